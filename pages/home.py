@@ -1,4 +1,43 @@
+"""Home: what copying is, one figure, links to every page, and a one-click start."""
+
 import streamlit as st
 
-st.title("home")
-st.info("This page is being built.")
+from ui.illustration import schematic_figure
+from ui.toylab import START_HERE_VALUES, request_autostart
+
+st.title("DMD Copying Lab")
+st.markdown(
+    """
+**Distribution Matching Distillation (DMD)** trains a one-step *student* S to produce the same
+*distribution* as a many-step diffusion *teacher* T. Nothing in that objective says *which* noise
+vector z should land on *which* sample — so a student is free to **remap** noise. Yet large
+students are observed to **copy**: S(z) ≈ T(z) for the same z.
+
+This lab lets you watch that pairing form. We color every noise vector by its position, push the
+same noise through teacher and student, and compare. The headline number is the **pairing
+inefficiency ΔE** — 0 when the student copies the teacher's noise→sample pairing, ≈ 1 when the
+pairing is no better than chance (definitions on the Docs page).
+"""
+)
+st.plotly_chart(schematic_figure(), key="home_schematic", config={"displayModeBar": False})
+st.caption(
+    "Schematic with hand-made closed-form maps (not trained models): both students produce "
+    "exactly the teacher's samples; only the noise→sample pairing differs."
+)
+
+left, right = st.columns([1, 2])
+with left:
+    if st.button("▶ Start here: distill a shipped teacher", type="primary", key="start_here"):
+        request_autostart(st.session_state, START_HERE_VALUES)
+        st.switch_page("pages/toy_lab.py")
+with right:
+    st.markdown(
+        "Loads the shipped *8 Gaussians* toy teacher, opens the **Toy Lab** and starts a short "
+        "distillation (a few hundred steps on CPU)."
+    )
+
+st.subheader("Pages")
+st.page_link("pages/toy_lab.py", label="Toy Lab — live distillation on 2-D and R^d toys", icon="🧪")
+st.page_link("pages/experiments.py", label="Experiments — sweeps and the run index", icon="📈")
+st.page_link("pages/images.py", label="Image models — EDM / DMD2 checkpoints", icon="🖼️")
+st.page_link("pages/docs.py", label="Docs — metrics, controls and the DMD loop", icon="📖")

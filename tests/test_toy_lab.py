@@ -1,0 +1,172 @@
+"""Toy Lab: the pure helpers (figures, URL codec) and the page driven through AppTest."""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from ui import plots, urlstate
+
+
+# ------------------------------------------------------------------ plots: colors / projection
+def test_position_colors_follow_angle_and_radius():
+    pts = np.array([[2.0, 0.0], [0.0, 2.0], [-2.0, 0.0], [0.0, 0.0]])
+    cols = plots.position_colors(pts, scale=2.0)
+    # independent computation of the hue/saturation map
+    for p, c in zip(pts, cols):
+        h = (np.arctan2(p[1], p[0]) / (2 * np.pi)) % 1.0
+        s = min(np.hypot(*p) / 2.0, 1.0)
+        r, g, b = colorsys.hls_to_rgb(h, 0.5, 0.15 + 0.85 * s)
+        assert c == f"rgb({int(255 * r)},{int(255 * g)},{int(255 * b)})"
+    assert cols[0] != cols[1] != cols[2]
+    # continuity: two nearby points get nearly the same color
+    near = plots.position_colors(np.array([[1.0, 1.0], [1.001, 1.0]]), scale=2.0)
+    a = np.array(near[0][4:-1].split(","), float)
+    b = np.array(near[1][4:-1].split(","), float)
+    assert np.abs(a - b).max() <= 2
+    with pytest.raises(ValueError, match="points"):
+        plots.position_colors(np.zeros((3, 3)))
+
+
+def test_mode_colors_are_categorical():
+    c = plots.mode_colors(np.array([0, 1, 0, 21]))
+    assert c[0] == c[2] == plots.MODE_PALETTE[0] and c[1] == plots.MODE_PALETTE[1]
+    assert c[3] == plots.MODE_PALETTE[21 % len(plots.MODE_PALETTE)]
+
+
+def test_projection_identity_in_2d_and_pca_in_higher_d():
+    rng = np.random.default_rng(0)
+    x2 = rng.standard_normal((50, 2))
+    p2 = plots.fit_projection(x2)
+    assert p2.is_identity and np.allclose(p2.transform(x2), x2, atol=1e-6)
+    assert p2.axis_titles() == ("x₁", "x₂")
+    # data stretched along a known direction in R^5: PC1 must be that direction
+    u = np.array([1.0, 2.0, 0.0, -1.0, 0.5])
+    u /= np.linalg.norm(u)
+    x = rng.standard_normal((400, 1)) * 5.0 * u + 0.1 * rng.standard_normal((400, 5)) + 3.0
+    p = plots.fit_projection(x)
+    assert not p.is_identity
+    assert abs(abs(float(p.components[0] @ u)) - 1.0) < 1e-2
+    y = p.transform(x)
+    assert y.dtype == np.float32 and y.shape == (400, 2)
+    assert abs(y[:, 0].mean()) < 1e-4  # centred on the teacher mean
+    # explained variance against sklearn's independent PCA
+    from sklearn.decomposition import PCA
+
+    ref = PCA(n_components=2).fit(x)
+    assert np.allclose(p.explained, ref.explained_variance_ratio_, atol=1e-6)
+    assert "PC1 of teacher samples" in p.axis_titles()[0]
+    with pytest.raises(ValueError, match="x"):
+        p.transform(np.zeros((3, 4)))
+
+
+def test_segments_xy_separates_pairs_with_nan():
+    a = np.array([[0, 0], [1, 1]], float)
+    b = np.array([[2, 0], [3, 5]], float)
+    x, y = plots.segments_xy(a, b)
+    assert x.dtype == np.float32 and len(x) == 6
+    assert np.allclose(x[[0, 1, 3, 4]], [0, 2, 1, 3]) and np.allclose(y[[0, 1, 3, 4]], [0, 0, 1, 5])
+    assert np.isnan(x[2]) and np.isnan(y[5])
+
+
+# ------------------------------------------------------------------ plots: figures
+def _pairing_inputs(n=100, d=2, seed=0):
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, d)).astype(np.float32)
+    t = (2 * z).astype(np.float32)
+    s = (2 * z + 0.1).astype(np.float32)
+    return z, t, s
+
+
+def test_pairing_figure_is_one_webgl_figure_with_shared_colors():
+    z, t, s = _pairing_inputs()
+    proj = plots.fit_projection(t)
+    cols = plots.position_colors(z)
+    fig = plots.pairing_figure(z, t, s, colors=cols, projection=proj, uirevision="u1",
+                               max_segments=30)
+    assert all(isinstance(tr, go.Scattergl) for tr in fig.data)
+    assert fig.layout.uirevision == "u1"
+    noise, teach, stud, seg, ends = fig.data
+    assert list(noise.marker.color) == list(teach.marker.color) == list(stud.marker.color)
+    assert np.allclose(np.asarray(teach.x), t[:, 0]) and np.allclose(np.asarray(stud.y), s[:, 1])
+    assert len(seg.x) == 3 * 30  # capped segments
+    assert np.asarray(teach.x).dtype == np.float32
+    # without a student: noise and teacher only
+    fig0 = plots.pairing_figure(z, t, None, colors=cols, projection=proj)
+    assert len(fig0.data) == 2
+    with pytest.raises(ValueError, match="student"):
+        plots.pairing_figure(z, t, s[:10], colors=cols, projection=proj)
+
+
+def test_pairing_figure_projects_high_dim_with_pca_titles():
+    z, t, s = _pairing_inputs(d=6)
+    proj = plots.fit_projection(t)
+    fig = plots.pairing_figure(z, t, s, colors=plots.mode_colors(np.zeros(100, int)),
+                               projection=proj)
+    assert "PC1 of teacher samples" in fig.layout.xaxis2.title.text
+    assert "PC" in fig.layout.xaxis.title.text  # noise is projected too
+
+
+def test_transition_and_basin_figures():
+    m = np.array([[0.9, 0.1], [0.2, 0.8]])
+    fig = plots.transition_figure(m, copy_rate=0.85)
+    assert "0.850" in fig.layout.title.text
+    assert np.allclose(np.asarray(fig.data[0].z), m)
+    with pytest.raises(ValueError, match="matrix"):
+        plots.transition_figure(np.zeros((2, 3)), 0.0)
+    tm = np.array([[0, 1], [1, 2]])
+    bf = plots.basin_figure(tm, tm[::-1], extent=3.0)
+    assert len(bf.data) == 2
+    assert np.array_equal(np.asarray(bf.data[1].customdata), tm[::-1])
+    with pytest.raises(ValueError, match="student_map"):
+        plots.basin_figure(tm, np.zeros((3, 3), int), extent=3.0)
+
+
+def test_curves_figure_band_and_missing_cells():
+    metrics = pd.DataFrame({
+        "step": [0, 10, 20, 30],
+        "phase": ["teacher", "student", "student", "student"],
+        "delta_e": [None, 0.5, 0.3, 0.2],
+        "delta_e_lo": [None, 0.4, 0.25, 0.1],
+        "delta_e_hi": [None, 0.6, 0.35, 0.3],
+        "w2": [None, 1.0, 0.5, 0.4],
+        "eta_teacher": [None, 0.1, 0.1, 0.1],
+        "eta_student": [None, 0.3, 0.2, 0.15],
+        "loss_dm": [None, 1.0, 0.9, 0.8],
+    })
+    fig = plots.curves_figure(metrics)
+    assert plots.curve_point_count(fig, "ΔE") == 3
+    band = next(tr for tr in fig.data if tr.name == "ΔE 95% CI")
+    assert np.allclose(np.asarray(band.y, float), [0.6, 0.35, 0.3, 0.1, 0.25, 0.4])
+    assert plots.curve_point_count(fig, "η(S)") == 3
+    assert plots.curve_point_count(fig, "loss_dm") == 3
+    empty = plots.curves_figure(None)
+    assert plots.curve_point_count(empty, "ΔE") == 0
+
+
+# ------------------------------------------------------------------ URL codec
+def test_urlstate_roundtrip_only_non_defaults():
+    vals = urlstate.defaults()
+    assert urlstate.encode(vals) == {}
+    vals.update(dataset="mixture", dim=8, gan=True, lr=3e-4, seed=7)
+    qp = urlstate.encode(vals)
+    assert qp == {"ds": "mixture", "d": "8", "gan": "1", "lr": "0.0003", "seed": "7"}
+    back, errors = urlstate.decode(qp)
+    assert errors == [] and back == vals
+
+
+def test_urlstate_rejects_bad_values_naming_them():
+    back, errors = urlstate.decode({"d": "1000", "ds": "nope", "lr": "abc", "ss": "12",
+                                    "zzz": "ignored"})
+    assert back["s_steps"] == 12 and back["dim"] == urlstate.defaults()["dim"]
+    assert len(errors) == 3
+    assert any("'d'" in e and "[2, 256]" in e for e in errors)
+    assert any("'ds'" in e and "8gaussians" in e for e in errors)
+    with pytest.raises(ValueError, match="gan"):
+        urlstate.check("gan", "maybe")
+    with pytest.raises(ValueError, match="s_steps"):
+        urlstate.check("s_steps", 2.5)

@@ -1,0 +1,42 @@
+"""Helpers for the Docs page: reading docs/*.md and the DMD-loop diagram (Graphviz DOT)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
+
+
+def read_doc(name: str, docs_dir: Path = DOCS_DIR) -> str | None:
+    """Text of docs/<name>, or None when the file does not exist. name must be a bare file name."""
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"name: {name!r} must be a plain file name inside docs/")
+    path = docs_dir / name
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+# One DMD2 iteration (Yin et al. 2024, Alg. 1; two time-scale update rule).
+DMD_LOOP_DOT = r"""
+digraph dmd {
+  rankdir=LR; bgcolor="transparent";
+  node [shape=box, style="rounded,filled", fillcolor="#eef3fb", fontname="Helvetica", fontsize=11];
+  edge [fontname="Helvetica", fontsize=10];
+  z      [label="noise z ~ N(0, I)", shape=ellipse, fillcolor="#ffffff"];
+  G      [label="student G\nx = D_G(σ_max·z; σ_max)", fillcolor="#fde8d7"];
+  x      [label="sample x = G(z)", shape=ellipse, fillcolor="#ffffff"];
+  noise  [label="noise it\nx_σ = x + σ·ε"];
+  real   [label="teacher D_real (frozen)", fillcolor="#dff2df"];
+  fake   [label="fake score D_fake", fillcolor="#f3e3f7"];
+  grad   [label="DM gradient\n(D_real − D_fake)(x_σ; σ)\n/ mean|x − D_real|"];
+  fakeloss [label="fake-score loss\nλ(σ)‖D_fake(x_σ;σ) − sg(x)‖²"];
+  reg    [label="optional: regression\nλ_reg‖G(z_k) − T(z_k)‖²", style="rounded,dashed"];
+  gan    [label="optional: GAN head on\nD_fake features", style="rounded,dashed"];
+  z -> G -> x -> noise;
+  noise -> real; noise -> fake;
+  real -> grad; fake -> grad;
+  grad -> G [label="generator step\n(every ratio-th iteration)", color="#d62728", fontcolor="#d62728"];
+  x -> fakeloss [label="detached"];
+  fakeloss -> fake [label="fake step\n(every iteration)", color="#1f77b4", fontcolor="#1f77b4"];
+  reg -> G [style=dashed]; gan -> G [style=dashed]; gan -> fake [style=dashed];
+}
+"""

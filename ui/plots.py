@@ -1,0 +1,363 @@
+"""Plotly figure builders for the dashboard.
+
+Every function here takes plain numpy arrays / pandas DataFrames and returns a
+``plotly.graph_objects.Figure``; nothing here imports streamlit or trains anything, so the
+figures are unit-testable on their own. Point clouds use WebGL (``Scattergl``) traces with
+float32 arrays, and each *panel group* is a single figure (one WebGL context per figure), so a
+page stays well under the browser's WebGL-context limit however often it redraws. Pass a stable
+``uirevision`` so that zoom/pan survive the live refreshes.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+# A qualitative palette for modes/clusters (Plotly's "D3" + "Dark24" start; 20 distinct colors).
+MODE_PALETTE: tuple[str, ...] = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#222A2A",
+    "#B68100", "#750D86", "#EB663B", "#511CFB",
+)
+
+DELTA_E_HELP = (
+    "ΔE = (E_pair − E_OT) / (E_ind − E_OT): E_pair = mean‖S(z_i) − T(z_i)‖², E_OT = exact optimal-"
+    "transport cost between the student and teacher sample sets, E_ind = cost of an independent "
+    "pairing. 0 = the student copies the teacher's noise→sample pairing, ≈1 = no better than chance."
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Colors
+# ---------------------------------------------------------------------------------------------
+def position_colors(points: np.ndarray, *, scale: float | None = None) -> np.ndarray:
+    """Smooth 2-D color map of positions: hue = polar angle, saturation = radius.
+
+    points: (n, 2) array (e.g. the evaluation noise z). scale: radius that maps to full
+    saturation (default: the 95th percentile of the radii, so the map adapts to the cloud).
+    Returns an (n,) array of CSS ``"rgb(r,g,b)"`` strings; nearby points get similar colors and
+    the map is continuous everywhere except at the origin (where every hue fades to grey).
+    """
+    p = np.asarray(points, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 2:
+        raise ValueError(f"points: expected shape (n, 2), got {p.shape}")
+    r = np.hypot(p[:, 0], p[:, 1])
+    if scale is None:
+        scale = float(np.percentile(r, 95)) if len(r) else 1.0
+    if not np.isfinite(scale) or scale <= 0:
+        scale = 1.0
+    hue = (np.arctan2(p[:, 1], p[:, 0]) / (2 * np.pi)) % 1.0
+    sat = np.clip(r / scale, 0.0, 1.0)
+    out = np.empty(len(p), dtype=object)
+    for i, (h, s) in enumerate(zip(hue, sat)):
+        red, green, blue = colorsys.hls_to_rgb(h, 0.5, 0.15 + 0.85 * s)
+        out[i] = f"rgb({int(255 * red)},{int(255 * green)},{int(255 * blue)})"
+    return out
+
+
+def mode_colors(modes: np.ndarray) -> np.ndarray:
+    """Categorical colors for integer mode/cluster labels (n,) → (n,) CSS color strings."""
+    m = np.asarray(modes)
+    if m.ndim != 1:
+        raise ValueError(f"modes: expected a 1-D integer array, got shape {m.shape}")
+    pal = np.asarray(MODE_PALETTE, dtype=object)
+    return pal[np.mod(m.astype(np.int64), len(pal))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Projection to 2-D (PCA fitted once on teacher samples)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Projection:
+    """A fixed linear map R^d → R^2: identity for d = 2, else PCA of the teacher samples.
+
+    mean: (d,), components: (2, d) orthonormal rows, explained: fraction of variance per
+    component (2,) (1.0, 1.0 meaning "not a projection" when d = 2).
+    """
+
+    mean: np.ndarray
+    components: np.ndarray
+    explained: np.ndarray
+    is_identity: bool
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """(n, d) → (n, 2) float32."""
+        a = np.asarray(x, dtype=np.float32)
+        if a.ndim != 2 or a.shape[1] != self.dim:
+            raise ValueError(f"x: expected shape (n, {self.dim}), got {a.shape}")
+        if self.is_identity:
+            return a.copy()
+        return ((a - self.mean) @ self.components.T).astype(np.float32)
+
+    def axis_titles(self, what: str = "") -> tuple[str, str]:
+        """Axis titles that say what the axes are (coordinates or PCA components)."""
+        if self.is_identity:
+            return (f"{what}x₁".strip(), f"{what}x₂".strip())
+        return tuple(
+            f"PC{k + 1} of teacher samples ({100 * self.explained[k]:.0f}% var)" for k in range(2)
+        )
+
+
+def fit_projection(teacher_samples: np.ndarray) -> Projection:
+    """Fit the 2-D projection once on teacher samples (n, d); identity when d == 2.
+
+    PCA via SVD of the centred samples (float64), components ordered by explained variance.
+    """
+    t = np.asarray(teacher_samples, dtype=np.float64)
+    if t.ndim != 2 or t.shape[0] < 2 or t.shape[1] < 2:
+        raise ValueError(f"teacher_samples: expected shape (n>=2, d>=2), got {t.shape}")
+    d = t.shape[1]
+    if d == 2:
+        return Projection(np.zeros(2, np.float32), np.eye(2, dtype=np.float32), np.ones(2), True)
+    mean = t.mean(axis=0)
+    _, s, vt = np.linalg.svd(t - mean, full_matrices=False)
+    var = s**2
+    explained = var[:2] / var.sum() if var.sum() > 0 else np.zeros(2)
+    return Projection(mean.astype(np.float32), vt[:2].astype(np.float32), explained, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Panel group 1: noise / teacher / student / displacement (one figure, WebGL)
+# ---------------------------------------------------------------------------------------------
+def _gl_points(xy: np.ndarray, colors, name: str, size: float) -> go.Scattergl:
+    xy = np.asarray(xy, dtype=np.float32)
+    return go.Scattergl(
+        x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, showlegend=False,
+        marker=dict(color=list(colors), size=size, line=dict(width=0)),
+        hoverinfo="skip",
+    )
+
+
+def segments_xy(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Polyline coordinates drawing one segment a_i → b_i per row, separated by NaN gaps.
+
+    a, b: (n, 2). Returns x, y of length 3n (float32): a_0, b_0, nan, a_1, b_1, nan, …
+    """
+    a = np.asarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    if a.shape != b.shape or a.ndim != 2 or a.shape[1] != 2:
+        raise ValueError(f"a, b: expected equal shapes (n, 2), got {a.shape} and {b.shape}")
+    n = a.shape[0]
+    xy = np.full((n, 3, 2), np.nan, dtype=np.float32)
+    xy[:, 0] = a
+    xy[:, 1] = b
+    xy = xy.reshape(3 * n, 2)
+    return xy[:, 0], xy[:, 1]
+
+
+def pairing_figure(
+    z: np.ndarray,
+    teacher: np.ndarray,
+    student: np.ndarray | None,
+    *,
+    colors: np.ndarray,
+    projection: Projection,
+    noise_projection: Projection | None = None,
+    uirevision: str = "pairing",
+    max_segments: int = 2000,
+    marker_size: float = 4.0,
+    height: int = 420,
+    student_title: str = "Student samples S(z)",
+) -> go.Figure:
+    """Four WebGL panels in one figure: noise z | T(z) | S(z) | segments T(z_i) → S(z_i).
+
+    z, teacher, student: (n, d) arrays over the *same* noise (row i ↔ z_i); student may be None
+    (not distilled yet). colors: (n,) CSS colors, the same for all panels so copying looks
+    identical and remapping looks scrambled. projection: maps samples to 2-D (fitted once on
+    teacher samples); noise_projection: for z (defaults to identity when d == 2, else PCA of z).
+    max_segments: at most this many pair segments are drawn (the first ones, deterministic).
+    """
+    z = np.asarray(z, dtype=np.float32)
+    teacher = np.asarray(teacher, dtype=np.float32)
+    n = teacher.shape[0]
+    if z.shape[0] != n or len(colors) != n:
+        raise ValueError(f"z/teacher/colors: row counts differ ({z.shape[0]}, {n}, {len(colors)})")
+    if student is not None:
+        student = np.asarray(student, dtype=np.float32)
+        if student.shape != teacher.shape:
+            raise ValueError(f"student: shape {student.shape} != teacher shape {teacher.shape}")
+    if noise_projection is None:
+        noise_projection = fit_projection(z)
+    z2 = noise_projection.transform(z)
+    t2 = projection.transform(teacher)
+    fig = make_subplots(
+        rows=1, cols=4, horizontal_spacing=0.05,
+        subplot_titles=("Noise z", "Teacher samples T(z)", student_title,
+                        "Pair displacement T(zᵢ) → S(zᵢ)"),
+    )
+    fig.add_trace(_gl_points(z2, colors, "z", marker_size), row=1, col=1)
+    fig.add_trace(_gl_points(t2, colors, "T(z)", marker_size), row=1, col=2)
+    if student is not None:
+        s2 = projection.transform(student)
+        fig.add_trace(_gl_points(s2, colors, "S(z)", marker_size), row=1, col=3)
+        m = min(n, max_segments)
+        sx, sy = segments_xy(t2[:m], s2[:m])
+        fig.add_trace(
+            go.Scattergl(x=sx, y=sy, mode="lines", showlegend=False, hoverinfo="skip",
+                         line=dict(width=1, color="rgba(80,80,80,0.45)"), name="T→S"),
+            row=1, col=4,
+        )
+        fig.add_trace(_gl_points(s2[:m], colors[:m], "S(z) end", marker_size * 0.7), row=1, col=4)
+    nz = noise_projection.axis_titles("z")
+    ns = projection.axis_titles()
+    fig.update_xaxes(title_text=nz[0], row=1, col=1)
+    fig.update_yaxes(title_text=nz[1], row=1, col=1)
+    for c in (2, 3, 4):
+        fig.update_xaxes(title_text=ns[0], row=1, col=c)
+        fig.update_yaxes(title_text=ns[1], row=1, col=c)
+    # Teacher, student and displacement share axes so that positions are comparable.
+    fig.update_xaxes(matches="x2", row=1, col=3)
+    fig.update_xaxes(matches="x2", row=1, col=4)
+    fig.update_yaxes(matches="y2", row=1, col=3)
+    fig.update_yaxes(matches="y2", row=1, col=4)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), uirevision=uirevision)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Panel group 2: mode transition matrix + basin maps (SVG/heatmap, no WebGL)
+# ---------------------------------------------------------------------------------------------
+def transition_figure(matrix: np.ndarray, copy_rate: float, *, uirevision: str = "modes",
+                      height: int = 380) -> go.Figure:
+    """Heatmap of P(student mode j | teacher mode i) (K, K), copy rate in the title."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"matrix: expected a square (K, K) array, got {m.shape}")
+    k = m.shape[0]
+    fig = go.Figure(go.Heatmap(
+        z=m, x=list(range(k)), y=list(range(k)), zmin=0.0, zmax=1.0, colorscale="Blues",
+        text=np.round(m, 2), texttemplate="%{text}" if k <= 12 else None,
+        hovertemplate="teacher mode %{y} → student mode %{x}: %{z:.3f}<extra></extra>",
+        colorbar=dict(title="P"),
+    ))
+    fig.update_layout(
+        title=f"Mode transition (copy rate = {copy_rate:.3f}, diagonal mass)",
+        xaxis_title="student mode", yaxis_title="teacher mode", height=height,
+        yaxis=dict(autorange="reversed", scaleanchor="x"), uirevision=uirevision,
+        margin=dict(l=10, r=10, t=50, b=10),
+    )
+    return fig
+
+
+def basin_figure(teacher_map: np.ndarray, student_map: np.ndarray | None, extent: float, *,
+                 uirevision: str = "basins", height: int = 380) -> go.Figure:
+    """Side-by-side basin maps over the 2-D noise grid [-extent, extent]².
+
+    teacher_map / student_map: (G, G) integer mode labels, row index = z₂ (bottom→top),
+    column index = z₁ (left→right). Colors follow ``MODE_PALETTE`` so the same mode has the same
+    color in both maps (and in the transition matrix axes).
+    """
+    tm = np.asarray(teacher_map)
+    if tm.ndim != 2:
+        raise ValueError(f"teacher_map: expected (G, G) labels, got {tm.shape}")
+    maps = [("Teacher basins: mode of T(z)", tm)]
+    if student_map is not None:
+        sm = np.asarray(student_map)
+        if sm.shape != tm.shape:
+            raise ValueError(f"student_map: shape {sm.shape} != teacher_map shape {tm.shape}")
+        maps.append(("Student basins: mode of S(z)", sm))
+    k = int(max(int(np.max(mp)) for _, mp in maps)) + 1
+    # A discrete colorscale: label j → MODE_PALETTE[j].
+    scale = []
+    for j in range(k):
+        c = MODE_PALETTE[j % len(MODE_PALETTE)]
+        scale += [(j / k, c), ((j + 1) / k, c)]
+    g = tm.shape[0]
+    axis = np.linspace(-extent, extent, g, dtype=np.float32)
+    fig = make_subplots(rows=1, cols=len(maps), subplot_titles=[t for t, _ in maps],
+                        horizontal_spacing=0.08)
+    for c, (_, mp) in enumerate(maps, start=1):
+        fig.add_trace(go.Heatmap(
+            z=mp.astype(np.float32) + 0.5, x=axis, y=axis, zmin=0, zmax=k, colorscale=scale,
+            showscale=False, customdata=mp,
+            hovertemplate="z=(%{x:.2f}, %{y:.2f}) → mode %{customdata}<extra></extra>",
+        ), row=1, col=c)
+        fig.update_xaxes(title_text="z₁", row=1, col=c)
+        fig.update_yaxes(title_text="z₂", row=1, col=c)
+    fig.update_layout(height=height, uirevision=uirevision, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Panel group 3: curves
+# ---------------------------------------------------------------------------------------------
+LOSS_COLUMNS = ("loss", "loss_dm", "loss_fake", "loss_reg", "loss_gan_g", "loss_gan_d")
+
+
+def _numeric(df: pd.DataFrame, col: str) -> pd.Series:
+    return pd.to_numeric(df[col], errors="coerce") if col in df.columns else pd.Series(dtype=float)
+
+
+def curves_figure(metrics: pd.DataFrame | None, train_log: pd.DataFrame | None = None, *,
+                  uirevision: str = "curves", height: int = 420) -> go.Figure:
+    """Four panels: training losses | ΔE with its bootstrap CI band | W₂² | η(T), η(S).
+
+    metrics: rows of metrics.csv (columns per docs/architecture.md: step, delta_e, delta_e_lo,
+    delta_e_hi, w2, w2_data, eta_teacher, eta_student, …); train_log: per-step losses (columns
+    step + any of ``LOSS_COLUMNS``), falling back to the loss columns of ``metrics``. Empty
+    cells are skipped. These are few points, so SVG traces (no WebGL context) are used.
+    """
+    fig = make_subplots(rows=1, cols=4, horizontal_spacing=0.06, subplot_titles=(
+        "Losses", "Pairing inefficiency ΔE (95% CI)", "W₂² student↔teacher", "Transport ineff. η"))
+    metrics = metrics if metrics is not None else pd.DataFrame()
+    logsrc = train_log if train_log is not None and len(train_log) else metrics
+    if len(logsrc) and "step" in logsrc.columns:
+        step = _numeric(logsrc, "step")
+        for col in LOSS_COLUMNS:
+            y = _numeric(logsrc, col)
+            ok = y.notna() & step.notna()
+            if ok.any():
+                fig.add_trace(go.Scatter(x=step[ok], y=y[ok], mode="lines", name=col,
+                                         legendgroup="loss"), row=1, col=1)
+    if len(metrics) and "step" in metrics.columns:
+        # Only the student phase has ΔE/W₂²; keep rows where each value exists.
+        step = _numeric(metrics, "step")
+        de = _numeric(metrics, "delta_e")
+        ok = de.notna()
+        if ok.any():
+            lo, hi = _numeric(metrics, "delta_e_lo"), _numeric(metrics, "delta_e_hi")
+            band = ok & lo.notna() & hi.notna()
+            if band.any():
+                xs = pd.concat([step[band], step[band][::-1]])
+                ys = pd.concat([hi[band], lo[band][::-1]])
+                fig.add_trace(go.Scatter(x=xs, y=ys, fill="toself", mode="lines",
+                                         line=dict(width=0), fillcolor="rgba(214,39,40,0.18)",
+                                         name="ΔE 95% CI", hoverinfo="skip"), row=1, col=2)
+            fig.add_trace(go.Scatter(x=step[ok], y=de[ok], mode="lines+markers", name="ΔE",
+                                     line=dict(color="#d62728")), row=1, col=2)
+        for col, name in (("w2", "W₂²(S, T)"), ("w2_data", "W₂²(S, data)")):
+            y = _numeric(metrics, col)
+            ok = y.notna()
+            if ok.any():
+                fig.add_trace(go.Scatter(x=step[ok], y=y[ok], mode="lines+markers", name=name),
+                              row=1, col=3)
+        for col, name in (("eta_teacher", "η(T)"), ("eta_student", "η(S)")):
+            y = _numeric(metrics, col)
+            ok = y.notna()
+            if ok.any():
+                fig.add_trace(go.Scatter(x=step[ok], y=y[ok], mode="lines+markers", name=name),
+                              row=1, col=4)
+    for c in range(1, 5):
+        fig.update_xaxes(title_text="step", row=1, col=c)
+    fig.update_yaxes(type="log", row=1, col=1)
+    fig.update_layout(height=height, uirevision=uirevision, margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def curve_point_count(fig: go.Figure, name: str) -> int:
+    """Number of finite y values in the trace called ``name`` (0 if absent) — for tests/checks."""
+    for tr in fig.data:
+        if tr.name == name and tr.y is not None:
+            y = np.asarray(tr.y, dtype=np.float64)
+            return int(np.isfinite(y).sum())
+    return 0

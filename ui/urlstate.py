@@ -1,0 +1,155 @@
+"""Toy Lab controls ↔ URL query string.
+
+The full Toy Lab configuration is a flat dict of *control values* (one entry per widget, see
+``CONTROLS``). It is stored in the URL as short keys, only for values that differ from the
+defaults, so a shared link is compact and opening it restores every control. Pure functions,
+no streamlit import: the page calls ``encode``/``decode`` with ``st.query_params`` contents.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Control:
+    """One Toy Lab control: its session key, URL key, type, default and allowed values."""
+
+    name: str            # session-state / widget key suffix, e.g. "dataset"
+    qp: str              # URL query key (short)
+    kind: type           # int | float | bool | str
+    default: Any
+    lo: float | None = None      # inclusive bounds for numbers
+    hi: float | None = None
+    choices: tuple[str, ...] | None = None   # allowed strings (None = free text)
+    label: str = ""
+    help: str = ""
+
+
+DATASETS_2D = ("8gaussians", "25gaussians", "moons", "rings", "swissroll", "checkerboard",
+               "2spirals", "pinwheel")
+DATASETS = DATASETS_2D + ("mixture", "embedded", "digits", "user")
+
+# Keep in the order of the sidebar. Defaults are a small config that runs in well under a
+# minute on two CPU cores; docs/controls.md explains each one.
+CONTROLS: tuple[Control, ...] = (
+    Control("teacher_source", "t", str, "shipped", choices=("shipped", "train"),
+            label="Teacher", help="Use a shipped pre-trained toy teacher or train one now."),
+    Control("shipped_name", "tn", str, "", label="Shipped teacher",
+            help="Entry of checkpoints/manifest.json (sets the dataset and dimension)."),
+    Control("dataset", "ds", str, "8gaussians", choices=DATASETS, label="Dataset"),
+    Control("dim", "d", int, 2, 2, 256, label="Dimension d",
+            help="Ambient dimension (2-D datasets are fixed to 2; digits is 64)."),
+    Control("n_modes", "k", int, 8, 2, 20, label="Mixture modes"),
+    Control("base", "b", str, "8gaussians", choices=DATASETS_2D, label="Embedded 2-D base"),
+    Control("t_width", "tw", int, 128, 16, 1024, label="Teacher width"),
+    Control("t_depth", "td", int, 3, 1, 8, label="Teacher depth"),
+    Control("t_steps", "ts", int, 1500, 10, 100000, label="Teacher steps"),
+    Control("t_lr", "tlr", float, 1e-3, 1e-6, 1e-1, label="Teacher lr"),
+    Control("init", "init", str, "teacher", choices=("teacher", "random"),
+            label="Student init"),
+    Control("ratio", "r", int, 5, 1, 50, label="Fake-score steps per generator step"),
+    Control("lr", "lr", float, 1e-4, 1e-7, 1e-1, label="Student / fake-score lr"),
+    Control("batch", "bs", int, 256, 8, 8192, label="Student batch"),
+    Control("s_steps", "ss", int, 400, 1, 100000, label="Student steps"),
+    Control("gan", "gan", bool, False, label="GAN loss"),
+    Control("regression", "reg", bool, False, label="Regression loss"),
+    Control("reg_weight", "lam", float, 0.25, 0.0, 100.0, label="Regression λ"),
+    Control("student_steps", "fs", int, 1, 1, 8, label="Student sampling steps"),
+    Control("seed", "seed", int, 0, 0, 2**31 - 1, label="Seed"),
+    Control("eval_n", "en", int, 1000, 16, 20000, label="Evaluation batch n"),
+    Control("eval_every", "ee", int, 50, 1, 100000, label="Evaluate every"),
+)
+BY_NAME = {c.name: c for c in CONTROLS}
+BY_QP = {c.qp: c for c in CONTROLS}
+
+
+def defaults() -> dict[str, Any]:
+    """The default control values {name: value}."""
+    return {c.name: c.default for c in CONTROLS}
+
+
+def check(name: str, value: Any) -> Any:
+    """Coerce ``value`` to control ``name``'s type and check its range.
+
+    Raises ValueError("<name>: <value> not in <allowed>") for anything out of range.
+    """
+    if name not in BY_NAME:
+        raise ValueError(f"{name}: unknown control (known: {', '.join(BY_NAME)})")
+    c = BY_NAME[name]
+    try:
+        if c.kind is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("1", "0", "true", "false"):
+                    raise ValueError
+                v = value.lower() in ("1", "true")
+            else:
+                v = bool(value)
+        elif c.kind is int:
+            f = float(value)
+            if not f.is_integer():
+                raise ValueError
+            v = int(f)
+        elif c.kind is float:
+            v = float(value)
+            if not math.isfinite(v):
+                raise ValueError
+        else:
+            v = str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: {value!r} is not a valid {c.kind.__name__}") from None
+    if c.lo is not None and c.hi is not None and not (c.lo <= v <= c.hi):
+        raise ValueError(f"{name}: {v} not in [{c.lo}, {c.hi}]")
+    if c.choices is not None and v not in c.choices:
+        raise ValueError(f"{name}: {v!r} not in {{{', '.join(c.choices)}}}")
+    return v
+
+
+def _fmt(c: Control, v: Any) -> str:
+    if c.kind is bool:
+        return "1" if v else "0"
+    if c.kind is float:
+        return repr(float(v))
+    return str(v)
+
+
+def encode(values: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, str]:
+    """Control values → query params {qp: str}, only those that differ from ``base``.
+
+    base defaults to ``defaults()``. Values are checked first (ValueError on bad ones).
+    """
+    base = defaults() if base is None else base
+    out: dict[str, str] = {}
+    for c in CONTROLS:
+        if c.name not in values:
+            continue
+        v = check(c.name, values[c.name])
+        if c.name in base and check(c.name, base[c.name]) == v:
+            continue
+        out[c.qp] = _fmt(c, v)
+    return out
+
+
+def decode(params: dict[str, Any], base: dict[str, Any] | None = None,
+           ) -> tuple[dict[str, Any], list[str]]:
+    """Query params → (control values, errors).
+
+    Starts from ``base`` (default: ``defaults()``) and overrides each known key. Unknown keys
+    are ignored (other pages may add their own); invalid values are skipped and reported as
+    messages naming the URL key, so a bad link still opens with the valid part applied.
+    """
+    values = dict(defaults() if base is None else base)
+    errors: list[str] = []
+    for key, raw in params.items():
+        if key not in BY_QP:
+            continue
+        if isinstance(raw, (list, tuple)):
+            raw = raw[-1] if raw else ""
+        c = BY_QP[key]
+        try:
+            values[c.name] = check(c.name, raw)
+        except ValueError as exc:
+            errors.append(f"URL parameter '{key}': {exc}")
+    return values, errors
