@@ -27,7 +27,7 @@ st.caption(
 
 left, right = st.columns([1, 2])
 with left:
-    if st.button("▶ Start here: distill a shipped teacher", type="primary", key="start_here"):
+    if st.button("Start here: distill a shipped teacher", type="primary", key="start_here", icon=":material/play_arrow:"):
         request_autostart(st.session_state, START_HERE_VALUES)
         st.switch_page("pages/toy_lab.py")
 with right:
@@ -37,7 +37,7 @@ with right:
     )
 
 st.subheader("Pages")
-st.page_link("pages/toy_lab.py", label="Toy Lab — live distillation on 2-D and R^d toys", icon="🧪")
-st.page_link("pages/experiments.py", label="Experiments — sweeps and the run index", icon="📈")
-st.page_link("pages/images.py", label="Image models — EDM / DMD2 checkpoints", icon="🖼️")
-st.page_link("pages/docs.py", label="Docs — metrics, controls and the DMD loop", icon="📖")
+st.page_link("pages/toy_lab.py", label="Toy Lab — live distillation on 2-D and R^d toys", icon=":material/science:")
+st.page_link("pages/experiments.py", label="Experiments — sweeps and the run index", icon=":material/monitoring:")
+st.page_link("pages/images.py", label="Image models — EDM / DMD2 checkpoints", icon=":material/image:")
+st.page_link("pages/docs.py", label="Docs — metrics, controls and the DMD loop", icon=":material/menu_book:")

@@ -43,8 +43,8 @@ def schematic_figure(n: int = 800, seed: int = 0, height: int = 330) -> go.Figur
     z, t, s_copy, s_remap = schematic_maps(n, seed)
     colors = position_colors(z)
     fig = make_subplots(rows=1, cols=4, horizontal_spacing=0.04, subplot_titles=(
-        "Noise z (colored by position)", "Teacher T(z)", "Student that copies: S(z) = T(z)",
-        "Student that remaps: same samples, new pairing"))
+        "Noise z (colored by position)", "Teacher T(z)", "Student that copies",
+        "Student that remaps (same samples)"))
     for c, pts in enumerate((z, t, s_copy, s_remap), start=1):
         fig.add_trace(_gl_points(pts, colors, f"panel{c}", 4.0), row=1, col=c)
         fig.update_xaxes(showticklabels=False, row=1, col=c)
