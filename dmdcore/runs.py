@@ -1,0 +1,704 @@
+"""Run directories and the SQLite run index.
+
+A run is a directory (see docs/architecture.md, section runs.py)::
+
+    config.json    {"kind", "experiment", "teacher_source", "dmdcore_version"}
+    metrics.csv    one row per evaluation, columns METRIC_COLUMNS (empty cell = not applicable)
+    teacher.pt / student.pt / fake.pt   toy checkpoints (plain dicts, weights_only=True)
+    samples.npz    z, teacher, student, history_steps (K,), history_student (K, n, d)
+    status.json    {"status", "message", "pid", "step", "updated", "host", "pid_start"}
+
+Every file except metrics.csv is written atomically (temporary file in the same directory, then
+``os.replace``), so a process killed at any instant leaves either the old or the new version.
+metrics.csv is appended row by row; a row cut short by a kill is skipped when reading.
+
+``RunIndex(root)`` keeps ``root/index.sqlite`` (WAL journal, busy timeout, one short transaction
+per call, one connection per call so it is safe from threads and from several processes).
+``mark_interrupted()`` turns runs whose owning process is gone into ``failed``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import socket
+import sqlite3
+import tempfile
+import time
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from dmdcore import __version__
+
+STATUSES = ("running", "finished", "stopped", "diverged", "failed")
+KINDS = ("teacher", "distill", "experiment")
+PHASES = ("teacher", "student")
+
+# Columns of metrics.csv, in order (docs/architecture.md).
+METRIC_COLUMNS = (
+    "step", "phase", "wall_s",
+    "loss", "loss_dm", "loss_fake", "loss_reg", "loss_gan_g", "loss_gan_d",
+    "delta_e", "delta_e_lo", "delta_e_hi", "e_pair", "e_ot", "e_ind",
+    "w2", "w2_data", "eta_teacher", "eta_student", "copy_rate", "retrieval",
+)
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.csv"
+STATUS_FILE = "status.json"
+SAMPLES_FILE = "samples.npz"
+CHECKPOINT_ROLES = ("teacher", "student", "fake")
+INDEX_FILE = "index.sqlite"
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+@contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success fsync it and ``os.replace`` it onto
+    ``path`` (atomic on POSIX and Windows); on failure remove it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with _atomic_path(Path(path)) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically (inf/nan allowed, as Python writes
+    them, so configs with ``S_max=inf`` round-trip)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save(obj)`` to ``path`` atomically (the file is either the old or the new one)."""
+    import torch
+
+    with _atomic_path(Path(path)) as tmp:
+        torch.save(obj, tmp)
+
+
+# ----------------------------------------------------------------------------- process identity
+
+def _proc_start_token(pid: int) -> str | None:
+    """Start time of ``pid`` in clock ticks since boot (Linux /proc), used to tell a live process
+    from a later one that reused the pid; None where /proc is unavailable."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the parenthesised command name; field 22 (starttime) is index 19 there.
+    rest = raw[raw.rfind(")") + 2:].split()
+    return rest[19] if len(rest) > 19 else None
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = raw[raw.rfind(")") + 2:].split()
+    return rest[0] if rest else None
+
+
+def pid_alive(pid: int | None, start_token: str | None = None) -> bool:
+    """True when process ``pid`` exists on this host, is not a zombie and (if ``start_token`` is
+    given and /proc is available) is the same process that recorded the token."""
+    if pid is None or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    except OSError:
+        return False
+    if _proc_state(pid) in ("Z", "X"):
+        return False
+    if start_token is not None:
+        now = _proc_start_token(pid)
+        if now is not None and now != start_token:
+            return False
+    return True
+
+
+def this_process() -> dict:
+    """``{"pid", "host", "pid_start"}`` of the calling process."""
+    pid = os.getpid()
+    return {"pid": pid, "host": socket.gethostname(), "pid_start": _proc_start_token(pid)}
+
+
+# ----------------------------------------------------------------------------- metrics csv
+
+def _format_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))  # shortest exact round-trip representation
+    return str(value)
+
+
+def _parse_cell(column: str, text: str) -> Any:
+    if text == "":
+        return None
+    if column == "phase":
+        return text
+    if column == "step":
+        return int(text)
+    return float(text)
+
+
+# ----------------------------------------------------------------------------- run directory
+
+class RunDir:
+    """One run directory. Cheap to construct; every method touches the disk directly so several
+    readers (the app, the CLI) see what the writer wrote."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # -- creation
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        kind: str,
+        experiment: dict,
+        teacher_source: str | None = None,
+        overwrite: bool = False,
+    ) -> "RunDir":
+        """Create (or, with ``overwrite``, reset) a run directory: writes config.json and a
+        ``running`` status.json and removes metrics/samples/checkpoints of an earlier run there.
+
+        Raises ValueError if ``kind`` is unknown or ``path`` already holds a run and
+        ``overwrite`` is False.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"kind: {kind!r} not in {KINDS}")
+        if not isinstance(experiment, dict):
+            raise ValueError("experiment: must be a dict (ExperimentConfig.to_dict())")
+        run = cls(path)
+        if run.path.exists() and not run.path.is_dir():
+            raise ValueError(f"run_dir: {str(run.path)!r} exists and is not a directory")
+        if (run.path / CONFIG_FILE).exists() and not overwrite:
+            raise ValueError(
+                f"run_dir: {str(run.path)!r} already holds a run (config.json exists); "
+                "choose another directory or pass overwrite"
+            )
+        run.path.mkdir(parents=True, exist_ok=True)
+        for name in (METRICS_FILE, SAMPLES_FILE, STATUS_FILE) + tuple(f"{r}.pt" for r in CHECKPOINT_ROLES):
+            p = run.path / name
+            if p.exists():
+                p.unlink()
+        atomic_write_json(
+            run.path / CONFIG_FILE,
+            {
+                "kind": kind,
+                "experiment": experiment,
+                "teacher_source": teacher_source,
+                "dmdcore_version": __version__,
+            },
+        )
+        run.write_status("running", "created", step=0)
+        return run
+
+    def exists(self) -> bool:
+        return (self.path / CONFIG_FILE).is_file()
+
+    # -- config
+    def read_config(self) -> dict:
+        """The parsed config.json. Raises ValueError when missing or unreadable."""
+        p = self.path / CONFIG_FILE
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ValueError(f"run_dir: {str(self.path)!r} has no {CONFIG_FILE} (not a run directory)") from exc
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"run_dir: {str(p)!r} is not valid JSON ({exc})") from exc
+
+    # -- status
+    def write_status(self, status: str, message: str = "", *, step: int = 0, extra: dict | None = None) -> dict:
+        """Atomically write status.json for the calling process. Returns the written dict."""
+        if status not in STATUSES:
+            raise ValueError(f"status: {status!r} not in {STATUSES}")
+        proc = this_process()
+        data = {
+            "status": status,
+            "message": str(message),
+            "pid": proc["pid"],
+            "step": int(step),
+            "updated": time.time(),
+            "host": proc["host"],
+            "pid_start": proc["pid_start"],
+        }
+        if extra:
+            data.update(extra)
+        atomic_write_json(self.path / STATUS_FILE, data)
+        return data
+
+    def read_status(self) -> dict | None:
+        """The parsed status.json, or None when the run has none yet."""
+        p = self.path / STATUS_FILE
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError as exc:  # cannot happen with atomic writes; say so if it does
+            raise ValueError(f"status: {str(p)!r} is not valid JSON ({exc})") from exc
+
+    # -- metrics
+    def append_metrics(self, row: dict) -> None:
+        """Append one evaluation row to metrics.csv (header written first if the file is new).
+
+        ``row`` keys must be a subset of METRIC_COLUMNS (missing ones are written empty); floats
+        are written with ``repr`` so the file is bit-reproducible. Raises ValueError on an
+        unknown key or a bad ``phase``.
+        """
+        unknown = set(row) - set(METRIC_COLUMNS)
+        if unknown:
+            raise ValueError(f"metrics row: unknown columns {sorted(unknown)}; allowed {list(METRIC_COLUMNS)}")
+        if row.get("phase") not in PHASES:
+            raise ValueError(f"metrics row: phase {row.get('phase')!r} not in {PHASES}")
+        p = self.path / METRICS_FILE
+        new = not p.exists() or p.stat().st_size == 0
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        if new:
+            writer.writerow(METRIC_COLUMNS)
+        writer.writerow([_format_cell(row.get(c)) for c in METRIC_COLUMNS])
+        with open(p, "a", encoding="utf-8", newline="") as fh:
+            fh.write(buf.getvalue())
+            fh.flush()
+
+    def read_metrics(self) -> list[dict]:
+        """Rows of metrics.csv as dicts (numbers parsed, empty cells → None). A last row cut
+        short by a killed writer is skipped. Returns [] when there is no file."""
+        p = self.path / METRICS_FILE
+        if not p.exists():
+            return []
+        text = p.read_text(encoding="utf-8")
+        # The element after the last newline is "" (complete file) or a row cut short: drop it.
+        lines = text.split("\n")[:-1]
+        rows: list[dict] = []
+        reader = csv.reader(lines)
+        header = None
+        for cells in reader:
+            if header is None:
+                header = cells
+                continue
+            if len(cells) != len(header):
+                continue
+            try:
+                rows.append({c: _parse_cell(c, v) for c, v in zip(header, cells)})
+            except ValueError:
+                continue  # a torn row: skip it rather than make the run unreadable
+        return rows
+
+    # -- checkpoints
+    def checkpoint_path(self, role: str) -> Path:
+        if role not in CHECKPOINT_ROLES:
+            raise ValueError(f"role: {role!r} not in {CHECKPOINT_ROLES}")
+        return self.path / f"{role}.pt"
+
+    def save_checkpoint(self, role: str, obj: dict) -> Path:
+        """Atomically ``torch.save`` a plain-dict checkpoint as ``<role>.pt``."""
+        p = self.checkpoint_path(role)
+        atomic_torch_save(p, obj)
+        return p
+
+    def has_checkpoint(self, role: str) -> bool:
+        return self.checkpoint_path(role).is_file()
+
+    # -- samples
+    def save_samples(
+        self,
+        *,
+        z: np.ndarray,
+        teacher: np.ndarray | None,
+        student: np.ndarray | None,
+        history_steps: np.ndarray | None = None,
+        history_student: np.ndarray | None = None,
+    ) -> Path:
+        """Atomically write samples.npz. ``z``, ``teacher``, ``student``: (n, d); ``history_steps``
+        (K,) int64 and ``history_student`` (K, n, d) float32. Missing arrays are stored empty
+        (shape (0,) / (0, n, d)) so the file always has the same keys."""
+        z = np.asarray(z, dtype=np.float32)
+        n, d = z.shape[0], int(np.prod(z.shape[1:])) if z.ndim > 1 else 1
+        empty_nd = np.zeros((0, d), dtype=np.float32)
+        arrays = {
+            "z": z,
+            "teacher": empty_nd if teacher is None else np.asarray(teacher, dtype=np.float32),
+            "student": empty_nd if student is None else np.asarray(student, dtype=np.float32),
+            "history_steps": np.zeros((0,), np.int64) if history_steps is None else np.asarray(history_steps, np.int64),
+            "history_student": (
+                np.zeros((0, n, d), np.float32) if history_student is None
+                else np.asarray(history_student, np.float32)
+            ),
+        }
+        p = self.path / SAMPLES_FILE
+        with _atomic_path(p) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+        return p
+
+    def load_samples(self) -> dict[str, np.ndarray]:
+        """samples.npz as a dict of arrays (empty arrays where not yet available)."""
+        p = self.path / SAMPLES_FILE
+        if not p.exists():
+            raise ValueError(f"run_dir: {str(self.path)!r} has no {SAMPLES_FILE} yet")
+        with np.load(p, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+
+
+# ----------------------------------------------------------------------------- run index
+
+@dataclass
+class RunRecord:
+    """One row of the run index."""
+
+    id: int
+    path: str                 # absolute path of the run directory
+    kind: str                 # teacher | distill | experiment
+    status: str               # running | finished | stopped | diverged | failed
+    name: str = ""
+    dataset: str | None = None
+    dim: int | None = None
+    sweep: str | None = None
+    teacher_source: str | None = None
+    pid: int | None = None
+    host: str | None = None
+    pid_start: str | None = None
+    step: int = 0
+    message: str = ""
+    created: float = 0.0
+    updated: float = 0.0
+    delta_e: float | None = None   # latest evaluated ΔE (None before the student phase)
+    w2: float | None = None        # latest W₂²(student, teacher)
+    summary: dict = field(default_factory=dict)  # latest metrics row
+
+    @property
+    def run_dir(self) -> RunDir:
+        return RunDir(self.path)
+
+
+_INDEX_COLUMNS = (
+    "id", "path", "kind", "status", "name", "dataset", "dim", "sweep", "teacher_source", "pid",
+    "host", "pid_start", "step", "message", "created", "updated", "delta_e", "w2", "summary",
+)
+_UPDATABLE = frozenset(_INDEX_COLUMNS) - {"id", "path", "created"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    path           TEXT NOT NULL UNIQUE,
+    kind           TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    name           TEXT NOT NULL DEFAULT '',
+    dataset        TEXT,
+    dim            INTEGER,
+    sweep          TEXT,
+    teacher_source TEXT,
+    pid            INTEGER,
+    host           TEXT,
+    pid_start      TEXT,
+    step           INTEGER NOT NULL DEFAULT 0,
+    message        TEXT NOT NULL DEFAULT '',
+    created        REAL NOT NULL,
+    updated        REAL NOT NULL,
+    delta_e        REAL,
+    w2             REAL,
+    summary        TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
+CREATE INDEX IF NOT EXISTS runs_sweep ON runs(sweep);
+"""
+
+
+def _finite_or_none(x: Any) -> float | None:
+    if x is None:
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+class RunIndex:
+    """SQLite index of the runs under ``root`` (file ``root/index.sqlite``).
+
+    Safe to use from several threads and processes at once: each call opens its own connection,
+    the journal is WAL (readers never block the writer), writers wait up to ``timeout_s`` for the
+    lock, and each write is one short ``BEGIN IMMEDIATE`` transaction.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, timeout_s: float = 30.0):
+        self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(f"root: {str(self.root)!r} exists and is not a directory")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.path = self.root / INDEX_FILE
+        self.timeout_s = float(timeout_s)
+        try:
+            with closing(self._connect()) as con:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"index: {str(self.path)!r} is not a readable SQLite run index ({exc})") from exc
+
+    def __repr__(self) -> str:
+        return f"RunIndex({str(self.root)!r})"
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
+        con.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
+        con.row_factory = sqlite3.Row
+        return con
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with closing(self._connect()) as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    @staticmethod
+    def _record(row: sqlite3.Row) -> RunRecord:
+        d = dict(row)
+        d["summary"] = json.loads(d.get("summary") or "{}")
+        d["name"] = d.get("name") or ""
+        d["message"] = d.get("message") or ""
+        return RunRecord(**d)
+
+    def _key(self, run: int | str | os.PathLike | RunRecord | RunDir) -> tuple[str, Any]:
+        if isinstance(run, RunRecord):
+            return "id", run.id
+        if isinstance(run, bool):
+            raise ValueError(f"run: {run!r} is neither a run id nor a run directory")
+        if isinstance(run, (int, np.integer)):
+            return "id", int(run)
+        if isinstance(run, RunDir):
+            run = run.path
+        if isinstance(run, (str, os.PathLike)):
+            return "path", str(Path(run).resolve())
+        raise ValueError(f"run: {run!r} is neither a run id nor a run directory")
+
+    # -- writes
+    def register(
+        self,
+        run_dir: str | os.PathLike | RunDir,
+        *,
+        kind: str | None = None,
+        status: str | None = None,
+        name: str | None = None,
+        dataset: str | None = None,
+        dim: int | None = None,
+        sweep: str | None = None,
+        teacher_source: str | None = None,
+        pid: int | None = None,
+    ) -> RunRecord:
+        """Add ``run_dir`` to the index, or refresh its row if it is already there (re-running
+        into the same directory). Fields not given are read from the run's config.json and
+        status.json; the owning process defaults to the caller (pid, host, start token)."""
+        run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        path = str(run.path.resolve())
+        cfg = run.read_config() if run.exists() else {}
+        exp = cfg.get("experiment") or {}
+        data = exp.get("data") or {}
+        st = run.read_status() or {}
+        kind = kind if kind is not None else cfg.get("kind", "experiment")
+        if kind not in KINDS:
+            raise ValueError(f"kind: {kind!r} not in {KINDS}")
+        status = status if status is not None else st.get("status", "running")
+        if status not in STATUSES:
+            raise ValueError(f"status: {status!r} not in {STATUSES}")
+        proc = this_process()
+        if pid is None:
+            pid, host, pid_start = st.get("pid", proc["pid"]), st.get("host", proc["host"]), st.get("pid_start", proc["pid_start"])
+        else:
+            host, pid_start = proc["host"], _proc_start_token(pid)
+        now = time.time()
+        values = {
+            "path": path,
+            "kind": kind,
+            "status": status,
+            "name": name if name is not None else exp.get("name", "") or "",
+            "dataset": dataset if dataset is not None else data.get("dataset"),
+            "dim": dim if dim is not None else data.get("dim"),
+            "sweep": sweep,
+            "teacher_source": teacher_source if teacher_source is not None else cfg.get("teacher_source"),
+            "pid": pid,
+            "host": host,
+            "pid_start": pid_start,
+            "step": int(st.get("step", 0) or 0),
+            "message": st.get("message", "") or "",
+            "created": now,
+            "updated": now,
+        }
+        cols = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        upd = ", ".join(f"{c}=excluded.{c}" for c in values if c not in ("path", "created", "sweep"))
+        with self._write() as con:
+            con.execute(
+                f"INSERT INTO runs ({cols}) VALUES ({marks}) ON CONFLICT(path) DO UPDATE SET {upd}, "
+                "sweep=COALESCE(excluded.sweep, runs.sweep)",
+                tuple(values.values()),
+            )
+            row = con.execute("SELECT * FROM runs WHERE path=?", (path,)).fetchone()
+        return self._record(row)
+
+    def update(self, run: int | str | os.PathLike | RunRecord | RunDir, **fields: Any) -> RunRecord:
+        """Update columns of one run (e.g. ``status=``, ``step=``, ``message=``, ``delta_e=``,
+        ``summary=`` a metrics row dict). Raises ValueError on an unknown column or status,
+        KeyError when the run is not in the index."""
+        unknown = set(fields) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"update: unknown fields {sorted(unknown)}; allowed {sorted(_UPDATABLE)}")
+        if "status" in fields and fields["status"] not in STATUSES:
+            raise ValueError(f"status: {fields['status']!r} not in {STATUSES}")
+        if "kind" in fields and fields["kind"] not in KINDS:
+            raise ValueError(f"kind: {fields['kind']!r} not in {KINDS}")
+        if "summary" in fields:
+            summary = dict(fields["summary"] or {})
+            fields["summary"] = json.dumps(
+                {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in summary.items()}
+            )
+        for k in ("delta_e", "w2"):
+            if k in fields:
+                fields[k] = _finite_or_none(fields[k])
+        fields["updated"] = time.time()
+        col, key = self._key(run)
+        sets = ", ".join(f"{c}=?" for c in fields)
+        with self._write() as con:
+            cur = con.execute(f"UPDATE runs SET {sets} WHERE {col}=?", (*fields.values(), key))
+            if cur.rowcount == 0:
+                raise KeyError(f"run {key!r} is not in the index {str(self.path)!r}")
+            row = con.execute(f"SELECT * FROM runs WHERE {col}=?", (key,)).fetchone()
+        return self._record(row)
+
+    def remove(self, run: int | str | os.PathLike | RunRecord | RunDir) -> None:
+        """Drop a run from the index (its directory is left alone)."""
+        col, key = self._key(run)
+        with self._write() as con:
+            con.execute(f"DELETE FROM runs WHERE {col}=?", (key,))
+
+    # -- reads
+    def get(self, run: int | str | os.PathLike | RunRecord | RunDir) -> RunRecord:
+        """The record of a run id or run directory. Raises KeyError when absent."""
+        col, key = self._key(run)
+        with closing(self._connect()) as con:
+            row = con.execute(f"SELECT * FROM runs WHERE {col}=?", (key,)).fetchone()
+        if row is None:
+            raise KeyError(f"run {key!r} is not in the index {str(self.path)!r}")
+        return self._record(row)
+
+    def list(
+        self,
+        kind: str | None = None,
+        status: str | None = None,
+        dataset: str | None = None,
+        sweep: str | None = None,
+    ) -> list[RunRecord]:
+        """Runs matching every given filter, oldest first."""
+        if kind is not None and kind not in KINDS:
+            raise ValueError(f"kind: {kind!r} not in {KINDS}")
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"status: {status!r} not in {STATUSES}")
+        where, args = [], []
+        for col, val in (("kind", kind), ("status", status), ("dataset", dataset), ("sweep", sweep)):
+            if val is not None:
+                where.append(f"{col}=?")
+                args.append(val)
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        with closing(self._connect()) as con:
+            rows = con.execute(sql, args).fetchall()
+        return [self._record(r) for r in rows]
+
+    # -- maintenance
+    def scan(self) -> list[RunRecord]:
+        """Register every run directory under ``root`` (any depth ≤ 3) that the index lacks,
+        e.g. after the index file was deleted. Returns the newly added records."""
+        known = {r.path for r in self.list()}
+        added = []
+        for cfg in sorted(self.root.glob("*/" + CONFIG_FILE)) + sorted(self.root.glob("*/*/" + CONFIG_FILE)) + sorted(
+            self.root.glob("*/*/*/" + CONFIG_FILE)
+        ):
+            run = RunDir(cfg.parent)
+            if str(run.path.resolve()) in known:
+                continue
+            try:
+                added.append(self.register(run))
+            except ValueError:
+                continue  # not one of ours (foreign config.json); leave it out of the index
+        return added
+
+    def mark_interrupted(self) -> list[RunRecord]:
+        """Find runs left ``running`` by a process that no longer exists and mark them ``failed``
+        (index row and status.json). Also brings the index in line with a status.json that
+        moved on (finished/stopped/…) and marks runs whose directory vanished. Processes on
+        another host cannot be checked and are left alone. Returns the changed records."""
+        host = socket.gethostname()
+        changed = []
+        for rec in self.list(status="running"):
+            run = rec.run_dir
+            if not run.path.is_dir():
+                changed.append(self.update(rec.id, status="failed", message="run directory missing"))
+                continue
+            try:
+                st = run.read_status() or {}
+            except ValueError:
+                st = {}
+            disk_status = st.get("status", "running")
+            if disk_status != "running" and disk_status in STATUSES:
+                changed.append(self.update(
+                    rec.id, status=disk_status, message=st.get("message", ""), step=int(st.get("step", rec.step) or 0)
+                ))
+                continue
+            pid = st.get("pid", rec.pid)
+            owner_host = st.get("host", rec.host)
+            token = st.get("pid_start", rec.pid_start)
+            if owner_host not in (None, host):
+                continue
+            if pid_alive(pid, token):
+                continue
+            msg = f"interrupted: process {pid} is gone (killed or crashed) at step {st.get('step', rec.step)}"
+            step = int(st.get("step", rec.step) or 0)
+            if st:
+                data = dict(st)
+                data.update({"status": "failed", "message": msg, "updated": time.time()})
+                atomic_write_json(run.path / STATUS_FILE, data)
+            changed.append(self.update(rec.id, status="failed", message=msg, step=step))
+        return changed
