@@ -10,7 +10,9 @@ A *sweep spec* is a dict (JSON / YAML file, shipped preset, or built in Python):
 
 Dotted keys address nested config fields (``data.dim``, ``distill.gan``); the special axis
 ``seed`` sets ``data.seed``, ``teacher.seed`` and ``distill.seed`` together (a replicate of the
-whole pipeline). Every cell of the grid is validated (``ExperimentConfig.validate``) before
+whole pipeline). An axis given as a mapping instead of a list is a *named-level* axis: its key is
+a free label and each level names a set of dotted overrides, e.g.
+``"loss": {"dmd": {}, "dmd+gan": {"distill.gan": true}, "dmd+reg": {"distill.regression": true}}``. Every cell of the grid is validated (``ExperimentConfig.validate``) before
 anything runs.
 
 On disk a sweep is a directory ``DIR``::
@@ -122,7 +124,8 @@ class SweepSpec:
     """A validated sweep specification (see module docstring). ``grid`` preserves axis order."""
 
     name: str
-    grid: dict                       # dotted key (or "seed") -> list of values, in axis order
+    grid: dict                       # dotted key (or "seed", or a label) -> list of values, in axis order
+    levels: dict = field(default_factory=dict)  # named-level axes: label -> {level: {dotted overrides}}
     base: dict = field(default_factory=dict)    # flat dotted overrides shared by all cells
     quick: dict = field(default_factory=dict)   # flat dotted overrides applied with quick=True
     description: str = ""
@@ -144,9 +147,19 @@ class SweepSpec:
         grid = d.get("grid")
         if not isinstance(grid, dict) or not grid:
             raise SweepSpecError("spec.grid: must be a non-empty mapping {config key: [values, ...]}")
-        _check_keys(grid, "spec.grid", allow_seed=True)
         norm_grid: dict[str, list] = {}
+        levels: dict[str, dict] = {}
         for k, vals in grid.items():
+            if isinstance(vals, dict):
+                # A named-level axis: {"level name": {dotted overrides}, ...} (e.g. loss variants).
+                if k == SEED_AXIS or k in config_fields():
+                    raise SweepSpecError(f"spec.grid[{k!r}]: a named-level axis needs a free label, not a config key")
+                if not vals:
+                    raise SweepSpecError(f"spec.grid[{k!r}]: must name at least one level")
+                levels[k] = {str(name): _flatten(ov or {}, f"spec.grid[{k!r}][{name!r}]") for name, ov in vals.items()}
+                norm_grid[k] = list(levels[k])
+                continue
+            _check_keys([k], "spec.grid", allow_seed=True)
             if not isinstance(vals, (list, tuple)) or len(vals) == 0:
                 raise SweepSpecError(f"spec.grid[{k!r}]: must be a non-empty list of values, got {vals!r}")
             keys = [json.dumps(v, sort_keys=True) for v in vals]
@@ -168,7 +181,7 @@ class SweepSpec:
         for key in ("description", "claim"):
             if not isinstance(d.get(key, ""), str):
                 raise SweepSpecError(f"spec.{key}: must be a string")
-        spec = cls(name=name, grid=norm_grid, base=base, quick=quick,
+        spec = cls(name=name, grid=norm_grid, levels=levels, base=base, quick=quick,
                    description=d.get("description", ""), claim=d.get("claim", ""), full=dict(full),
                    plot=dict(plot))
         expand(spec, quick=False)   # validates every cell's config
@@ -179,7 +192,8 @@ class SweepSpec:
     def to_dict(self) -> dict:
         """JSON-able dict that ``from_dict`` reads back to an equal spec."""
         d = {"name": self.name, "description": self.description, "claim": self.claim,
-             "base": dict(self.base), "grid": {k: list(v) for k, v in self.grid.items()},
+             "base": dict(self.base),
+             "grid": {k: (copy.deepcopy(self.levels[k]) if k in self.levels else list(v)) for k, v in self.grid.items()},
              "quick": dict(self.quick)}
         if self.full:
             d["full"] = copy.deepcopy(self.full)
@@ -309,6 +323,9 @@ def cell_config_dict(spec: SweepSpec, overrides: dict, *, quick: bool = False) -
         if k == SEED_AXIS:
             for f in SEED_FIELDS:
                 _set_dotted(d, f, v)
+        elif k in spec.levels:
+            for kk, vv in spec.levels[k][v].items():
+                _set_dotted(d, kk, vv)
         else:
             _set_dotted(d, k, v)
     d["name"] = f"{spec.name}/" + ",".join(f"{k}={json.dumps(v)}" for k, v in overrides.items())
@@ -780,9 +797,10 @@ def summarize(table: pd.DataFrame, axes: list[str] | None = None, metric: str = 
 
     For each swept axis (except ``seed``, whose values are replicates): a numeric axis with ≥ 3
     levels → ΔE at the lowest and highest level (mean, 95% CI, n) per combination of the other
-    axes plus the Spearman rank correlation of ΔE with the axis over cells; a two-level axis →
-    the mean paired difference (level 2 − level 1, matched on all other axes and the seed) with
-    its 95% t-interval and whether it excludes 0; other axes → the mean per level.
+    axes plus the Spearman rank correlation of ΔE with the axis over cells; any other axis → for
+    each level, the mean paired difference to the reference level (False for booleans, else the
+    first level), matched on all other axes and the seed, with its 95% t-interval and whether it
+    excludes 0.
     Returns markdown-free plain sentences separated by newlines.
     """
     if axes is None:
@@ -790,6 +808,7 @@ def summarize(table: pd.DataFrame, axes: list[str] | None = None, metric: str = 
         axes = [c for c in table.columns if c not in fixed]
     done = table[(table["status"] == FINISHED) & table[metric].notna()] if len(table) else table
     n_total = len(table)
+    label = "ΔE" if metric == "delta_e" else metric
     if len(done) == 0:
         return f"No cell has finished yet (0 of {n_total}): nothing to summarise."
     n_eval = done["n_eval"].dropna()
@@ -820,39 +839,39 @@ def summarize(table: pd.DataFrame, axes: list[str] | None = None, metric: str = 
                 overlap = (np.isfinite([a["ci_low"], a["ci_high"], b["ci_low"], b["ci_high"]]).all()
                            and not (a["ci_high"] < b["ci_low"] or b["ci_high"] < a["ci_low"]))
                 lines.append(
-                    f"{metric} {direction} from {_fmt_ci(a['mean'], a['ci_low'], a['ci_high'], int(a['n']))} at "
+                    f"{label} {direction} from {_fmt_ci(a['mean'], a['ci_low'], a['ci_high'], int(a['n']))} at "
                     f"{axis}={a[axis]:g} to {_fmt_ci(b['mean'], b['ci_low'], b['ci_high'], int(b['n']))} at "
                     f"{axis}={b[axis]:g}{cond}; Spearman ρ = {_fmt(rho)} over {len(cells)} cells; the endpoint CIs "
                     + ("overlap." if overlap else "do not overlap.")
                 )
-        elif len(levels) == 2:
-            lv0, lv1 = sorted(levels, key=lambda v: (str(type(v)), v))
-            match = [o for o in (*others, SEED_AXIS) if o in done]
-            if match:
-                piv = done.pivot_table(index=match, columns=axis, values=metric, aggfunc="mean")
-                if lv0 in piv.columns and lv1 in piv.columns:
-                    diff = (piv[lv1] - piv[lv0]).dropna().to_numpy()
-                else:
-                    diff = np.array([])
-            else:
-                diff = np.array([done[done[axis] == lv1][metric].mean() - done[done[axis] == lv0][metric].mean()])
-            m0 = done[done[axis] == lv0][metric].mean()
-            m1 = done[done[axis] == lv1][metric].mean()
-            if len(diff) >= 2:
-                m, lo, hi, n = mean_ci(diff)
-                verdict = ("the interval excludes 0" if (lo > 0 or hi < 0) else "the interval contains 0 "
-                           "(no detectable effect at this n)")
-                lines.append(
-                    f"Switching {axis} from {lv0} to {lv1} changed {metric} by {m:+.3f} on average "
-                    f"(95% CI {lo:+.3f} to {hi:+.3f}, n = {n} matched pairs; means {_fmt(m0)} vs {_fmt(m1)}); {verdict}."
-                )
-            else:
-                lines.append(f"{metric} was {_fmt(m0)} with {axis}={lv0} and {_fmt(m1)} with {axis}={lv1} "
-                             f"({len(diff)} matched pair: too few for a CI).")
         else:
-            agg = aggregate(done, axis, None, metric)
-            parts = [f"{r[axis]}: {_fmt_ci(r['mean'], r['ci_low'], r['ci_high'], int(r['n']))}" for _, r in agg.iterrows()]
-            lines.append(f"{metric} by {axis}: " + "; ".join(parts) + ".")
+            # Categorical / two-level axis: paired difference of each level to the reference level
+            # (False for booleans, else the first level in grid order), matched on all other axes
+            # and the seed.
+            if all(isinstance(v, (bool, np.bool_)) for v in levels):
+                levels = sorted(levels)
+            ref = levels[0]
+            match = [o for o in (*others, SEED_AXIS) if o in done]
+            for lv in levels[1:6]:
+                m_ref = done[done[axis] == ref][metric].mean()
+                m_lv = done[done[axis] == lv][metric].mean()
+                if match:
+                    piv = done.pivot_table(index=match, columns=axis, values=metric, aggfunc="mean")
+                    diff = (piv[lv] - piv[ref]).dropna().to_numpy() if (lv in piv and ref in piv) else np.array([])
+                else:
+                    diff = np.array([m_lv - m_ref])
+                if len(diff) >= 2:
+                    m, lo, hi, n = mean_ci(diff)
+                    verdict = ("the interval excludes 0" if (lo > 0 or hi < 0)
+                               else "the interval contains 0 (no detectable effect at this n)")
+                    lines.append(
+                        f"Switching {axis} from {ref} to {lv} changed {label} by {m:+.3f} on average "
+                        f"(95% CI {lo:+.3f} to {hi:+.3f}, n = {n} matched pairs; means {_fmt(m_ref)} vs "
+                        f"{_fmt(m_lv)}); {verdict}."
+                    )
+                else:
+                    lines.append(f"{label} was {_fmt(m_ref)} with {axis}={ref} and {_fmt(m_lv)} with {axis}={lv} "
+                                 f"({len(diff)} matched pair(s): too few for a CI).")
     failed = table[table["status"].isin(["failed", "diverged", "stopped"])]
     if len(failed):
         lines.append(f"{len(failed)} cell(s) did not finish ({', '.join(sorted(set(failed['status'])))}); "
