@@ -1,4 +1,272 @@
+"""Experiments: pick or define a sweep, edit its grid, run it in the background, read the results.
+
+Thin page over ``dmdcore.sweep``: the sweep runs on a ``SweepJob`` thread (worker processes do
+the training) held in ``st.session_state``, so navigating away and back keeps its progress.
+Sweeps live under ``<runs root>/sweeps/<name>-<time>/`` (each with its own run index).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
 import streamlit as st
 
-st.title("experiments")
-st.info("This page is being built.")
+from dmdcore import sweep as sw
+from ui import experiments_plots as xp
+from ui.session import runs_root
+
+JOB_KEY = "exp_sweep_job"
+VIEW_KEY = "exp_view_dirs"
+SEEN_KEY = "exp_seen_done"
+CUSTOM = "custom (JSON spec)"
+CUSTOM_EXAMPLE = {
+    "name": "my-sweep",
+    "description": "Dimension × GAN, two seeds, small and fast.",
+    "base": {"data": {"dataset": "mixture", "n_modes": 8}, "teacher": {"width": 64, "steps": 400, "ema": 0.99},
+             "distill": {"steps": 100, "batch": 128}, "eval": {"every": 25, "n": 256, "bootstrap": 100}},
+    "grid": {"data.dim": [2, 16, 64], "distill.gan": [False, True], "seed": [0, 1]},
+    "quick": {"teacher.steps": 60, "distill.steps": 20, "eval.every": 10, "eval.n": 64},
+}
+
+
+def sweeps_root() -> Path:
+    root = runs_root() / "sweeps"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _parse_json(text: str, what: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+
+
+def _launch(spec, out_dir: Path, *, quick: bool, workers: int) -> None:
+    job = sw.SweepJob(spec, out_dir, workers=workers, quick=quick)
+    job.start()
+    st.session_state[JOB_KEY] = job
+    st.session_state[VIEW_KEY] = [str(out_dir)]
+    st.session_state[SEEN_KEY] = None
+
+
+# ------------------------------------------------------------------------------------------ define
+def define_panel() -> None:
+    presets = sw.list_presets()
+    c1, c2, c3 = st.columns([2, 1, 1])
+    choice = c1.selectbox("Preset", [*presets, CUSTOM], index=presets.index("dimension") if "dimension" in presets else 0,
+                          key="exp_preset")
+    variant = c2.radio("Size", ["default", "full"], horizontal=True, key="exp_variant",
+                       disabled=choice == CUSTOM, help="'full' is the larger variant of a preset (slower).")
+    quick = c3.checkbox("Quick (--quick)", key="exp_quick",
+                        help="Apply the spec's 'quick' overrides: very short training, for a smoke test.")
+    spec_dict = None
+    if choice == CUSTOM:
+        text = st.text_area("Spec (JSON)", value=json.dumps(CUSTOM_EXAMPLE, indent=2), height=320, key="exp_custom",
+                            help="Keys: name, description, claim, base, grid, quick, full, plot. Dotted grid keys "
+                                 "address config fields; 'seed' sets all seeds; a mapping value is a named-level axis.")
+        try:
+            spec_dict = _parse_json(text, "spec")
+        except ValueError as exc:
+            st.error(str(exc))
+            return
+    else:
+        try:
+            spec = sw.load_preset(choice if variant == "default" else f"{choice}:full")
+        except ValueError as exc:
+            st.error(str(exc))
+            return
+        if spec.claim:
+            st.markdown(f"**Claim tested.** {spec.claim}")
+        st.caption(spec.description)
+        spec_dict = spec.to_dict()
+        st.markdown("**Grid** (JSON values; edit to change the sweep)")
+        cols = st.columns(max(1, len(spec_dict["grid"])))
+        new_grid = {}
+        for col, (axis, values) in zip(cols, spec_dict["grid"].items()):
+            raw = col.text_input(axis, value=json.dumps(values), key=f"exp_axis_{choice}_{variant}_{axis}")
+            try:
+                new_grid[axis] = _parse_json(raw, f"grid axis {axis}")
+            except ValueError as exc:
+                st.error(str(exc))
+                return
+        extra = st.text_input("Add axes (JSON mapping, e.g. {\"distill.ratio\": [1, 5]})", value="{}",
+                              key=f"exp_extra_{choice}_{variant}")
+        base_extra = st.text_input("Override base fields (JSON, dotted keys, e.g. {\"distill.steps\": 300})",
+                                   value="{}", key=f"exp_base_{choice}_{variant}")
+        try:
+            new_grid.update(_parse_json(extra, "added axes"))
+            spec_dict["base"] = {**spec_dict["base"], **_parse_json(base_extra, "base overrides")}
+        except ValueError as exc:
+            st.error(str(exc))
+            return
+        spec_dict["grid"] = new_grid
+        spec_dict.pop("full", None)
+        if spec_dict.get("plot", {}).get("x") not in new_grid:
+            spec_dict.pop("plot", None)
+    try:
+        spec = sw.SweepSpec.from_dict(spec_dict)
+        n_teachers = len({c.teacher_key for c in sw.expand(spec, quick=quick)})
+    except ValueError as exc:
+        st.error(str(exc))
+        return
+    c1, c2, c3 = st.columns([1, 1, 2])
+    workers = c1.number_input("Worker processes", min_value=1, max_value=os.cpu_count() or 1,
+                              value=os.cpu_count() or 1, key="exp_workers")
+    c2.metric("Cells", spec.n_cells, help=f"{n_teachers} distinct teachers, each trained once and shared")
+    job = st.session_state.get(JOB_KEY)
+    busy = job is not None and job.snapshot().state == "running"
+    if c3.button("Launch sweep", type="primary", disabled=busy, key="exp_launch",
+                 help="Runs in the background; you can leave the page and come back."):
+        out_dir = sweeps_root() / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            _launch(spec, out_dir, quick=quick, workers=int(workers))
+        except ValueError as exc:
+            st.error(str(exc))
+        else:
+            st.rerun()
+
+
+# ------------------------------------------------------------------------------------------ progress
+@st.fragment(run_every=2.0)
+def progress_panel() -> None:
+    job = st.session_state.get(JOB_KEY)
+    if job is None:
+        return
+    snap = job.snapshot()
+    p = snap.progress
+    st.subheader(f"Sweep {Path(snap.out_dir).name}: {snap.state}")
+    if snap.error:
+        st.error(f"The sweep stopped with an error: {snap.error}")
+    if p is not None:
+        done = p.done_cells + p.failed_cells
+        st.progress(done / max(1, p.total_cells),
+                    text=f"cells {p.done_cells}/{p.total_cells} finished, {p.failed_cells} failed, "
+                         f"{p.running_cells} running · teachers {p.done_teachers}/{p.total_teachers}")
+        eta = "—" if p.eta_s is None or p.finished else f"{p.eta_s:.0f} s"
+        st.caption(f"elapsed {p.elapsed_s:.0f} s · ETA {eta} · {p.last}")
+        if p.failures:
+            with st.expander(f"{len(p.failures)} failure(s)", expanded=True):
+                for key, reason in p.failures:
+                    st.markdown(f"- `{key}`: {reason}")
+        # Re-render the results (outside this fragment) when a cell completes or the state changes.
+        mark = [done, snap.state]
+        if st.session_state.get(SEEN_KEY) != mark:
+            st.session_state[SEEN_KEY] = mark
+            st.rerun(scope="app")
+    if snap.state == "running" and st.button("Stop sweep", key="exp_stop"):
+        job.stop()
+
+
+# ------------------------------------------------------------------------------------------ results
+def _load(dirs: list[str]):
+    tables, curves, axes = [], [], []
+    meta = {}
+    for d in dirs:
+        man = json.loads((Path(d) / "sweep.json").read_text())
+        spec = man["spec"]
+        t = sw.results_table(d)
+        c = sw.training_curves(d)
+        if len(dirs) > 1:
+            t.insert(0, "sweep", Path(d).name)
+            c.insert(0, "sweep", Path(d).name)
+            t["cell"] = Path(d).name + "/" + t["cell"]
+            c["cell"] = Path(d).name + "/" + c["cell"]
+        tables.append(t)
+        curves.append(c)
+        for a in spec["grid"]:
+            if a not in axes:
+                axes.append(a)
+        meta = spec.get("plot", {}) or meta
+    if len(dirs) > 1:
+        axes.insert(0, "sweep")
+    return pd.concat(tables, ignore_index=True), pd.concat(curves, ignore_index=True), axes, meta
+
+
+def results_panel(dirs: list[str]) -> None:
+    try:
+        table, curves, axes, plot = _load(dirs)
+    except (ValueError, OSError, KeyError) as exc:
+        st.error(f"Cannot read the sweep: {exc}")
+        return
+    st.subheader("Results" + (f" — comparing {len(dirs)} sweeps" if len(dirs) > 1 else ""))
+    summary = sw.summarize(table, axes)
+    st.markdown("**What the numbers show** (computed from the finished cells)")
+    st.markdown("\n".join(f"- {line}" for line in summary.splitlines()))
+    choices = [a for a in axes if a != sw.SEED_AXIS] or axes
+    default_x = plot.get("x") if plot.get("x") in choices else next(
+        (a for a in choices if a in table and pd.api.types.is_numeric_dtype(table[a])
+         and not pd.api.types.is_bool_dtype(table[a])), choices[0])
+    c1, c2 = st.columns([2, 1])
+    x = c1.selectbox("Swept variable (x axis)", choices, index=choices.index(default_x), key="exp_x")
+    numeric_x = x in table and pd.api.types.is_numeric_dtype(table[x]) and not pd.api.types.is_bool_dtype(table[x])
+    log_x = c2.checkbox("log x", value=bool(plot.get("log_x", x == "data.dim")) and numeric_x,
+                        disabled=not numeric_x, key=f"exp_logx_{x}")
+    st.plotly_chart(xp.delta_e_vs_x_figure(table, x, axes, log_x=log_x), key="exp_fig_x",
+                    help=xp.DELTA_E_DEF + " Error bars: 95% CI (Student-t over seeds; one seed: bootstrap CI).")
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(xp.curves_overlay_figure(curves, axes), key="exp_fig_curves", help=xp.DELTA_E_DEF)
+    c2.plotly_chart(xp.quality_vs_copying_figure(table, axes), key="exp_fig_scatter",
+                    help="Lower W₂² = student samples closer to the teacher's; lower ΔE = more copying.")
+    factors = [a for a in choices if a in table and table[a].astype(str).nunique() > 1]
+    if len(factors) >= 2:
+        c1, c2 = st.columns(2)
+        hx = c1.selectbox("Heatmap x", factors, index=0, key="exp_hx")
+        hy = c2.selectbox("Heatmap y", [f for f in factors if f != hx], index=0, key="exp_hy")
+        st.plotly_chart(xp.heatmap_figure(table, hx, hy), key="exp_fig_heat")
+    st.markdown("**Results table** (click a column header to sort)")
+    st.dataframe(table, hide_index=True, key="exp_table")
+    st.download_button("Download CSV", table.to_csv(index=False).encode(), file_name="results.csv",
+                       mime="text/csv", key="exp_csv")
+
+
+# ------------------------------------------------------------------------------------------ past
+def past_panel() -> None:
+    try:
+        sweeps = sw.list_sweeps(sweeps_root())
+    except ValueError as exc:
+        st.error(str(exc))
+        return
+    if not sweeps:
+        st.info("No sweeps yet. Launch one in the 'Run a sweep' tab or with `python -m dmdcore sweep`.")
+        return
+    df = pd.DataFrame(sweeps)
+    df["updated"] = pd.to_datetime(df["updated"], unit="s").dt.strftime("%Y-%m-%d %H:%M")
+    st.dataframe(df[["id", "name", "state", "quick", "n_cells", "finished", "failed", "updated", "path"]],
+                 hide_index=True, key="exp_past_table")
+    ids = [s["id"] for s in sweeps]
+    pick = st.multiselect("Open (one) or compare (several)", ids, default=ids[:1], key="exp_past_pick")
+    c1, c2 = st.columns(2)
+    paths = [s["path"] for s in sweeps if s["id"] in pick]
+    if c1.button("Open", disabled=not pick, key="exp_open"):
+        st.session_state[VIEW_KEY] = paths
+        st.rerun()
+    job = st.session_state.get(JOB_KEY)
+    busy = job is not None and job.snapshot().state == "running"
+    if c2.button("Resume (re-run unfinished cells)", disabled=len(pick) != 1 or busy, key="exp_resume"):
+        man = json.loads((Path(paths[0]) / "sweep.json").read_text())
+        try:
+            _launch(man["spec"], Path(paths[0]), quick=bool(man.get("quick")),
+                    workers=int(st.session_state.get("exp_workers", os.cpu_count() or 1)))
+        except ValueError as exc:
+            st.error(str(exc))
+        else:
+            st.rerun()
+
+
+st.title("Experiments")
+st.caption("Sweeps over data dimension, losses, teacher training and student freedom — each cell a full "
+           "teacher → DMD student run, measured with the pairing inefficiency ΔE.")
+tab_run, tab_past = st.tabs(["Run a sweep", "Past sweeps"])
+with tab_run:
+    define_panel()
+with tab_past:
+    past_panel()
+progress_panel()
+view = st.session_state.get(VIEW_KEY)
+if view:
+    results_panel(view)

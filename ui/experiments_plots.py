@@ -1,0 +1,127 @@
+"""Plotly figures for the Experiments page (sweep results).
+
+Inputs are the DataFrames of ``dmdcore.sweep``: ``results_table`` (one row per cell) and
+``training_curves`` (one row per evaluation). Means and 95% CIs over replicates come from
+``dmdcore.sweep.aggregate`` (Student-t over seeds; a single cell shows its bootstrap CI).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from dmdcore.sweep import FINISHED, SEED_AXIS, aggregate
+
+DELTA_E_DEF = ("ΔE = (E_pair − E_OT)/(E_ind − E_OT): 0 = the student copies the teacher's "
+               "noise→sample pairing, ≈1 = no better than an independent pairing.")
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf")
+
+
+def condition_label(row: pd.Series | dict, axes: list[str]) -> str:
+    """'a=1, b=x' for the given axes of one row ('all' when there are none)."""
+    return ", ".join(f"{a.split('.')[-1]}={row[a]}" for a in axes) or "all"
+
+
+def condition_axes(table: pd.DataFrame, axes: list[str], x: str | None) -> list[str]:
+    """Swept axes other than ``x`` and the seed that take more than one value in ``table``."""
+    return [a for a in axes if a not in (x, SEED_AXIS) and a in table and table[a].astype(str).nunique() > 1]
+
+
+def _finished(table: pd.DataFrame) -> pd.DataFrame:
+    return table[(table["status"] == FINISHED) & table["delta_e"].notna()]
+
+
+def delta_e_vs_x_figure(table: pd.DataFrame, x: str, axes: list[str], *, log_x: bool = False,
+                        metric: str = "delta_e", height: int = 420) -> go.Figure:
+    """Mean ΔE (over seeds) vs the swept variable ``x`` with 95% CI error bars, one line per
+    combination of the other swept axes."""
+    conds = condition_axes(table, axes, x)
+    agg = aggregate(table, x, conds, metric)
+    fig = go.Figure()
+    if len(agg):
+        groups = agg.groupby(conds, sort=True) if conds else [((), agg)]
+        for i, (key, g) in enumerate(groups):
+            key = key if isinstance(key, tuple) else (key,)
+            g = g.sort_values(x)
+            name = condition_label(dict(zip(conds, key)), conds)
+            err_hi = (g["ci_high"] - g["mean"]).to_numpy(dtype=float)
+            err_lo = (g["mean"] - g["ci_low"]).to_numpy(dtype=float)
+            fig.add_trace(go.Scatter(
+                x=g[x].tolist(), y=g["mean"], mode="lines+markers", name=name,
+                line=dict(color=PALETTE[i % len(PALETTE)]),
+                error_y=dict(type="data", symmetric=False, array=np.nan_to_num(err_hi),
+                             arrayminus=np.nan_to_num(err_lo), visible=True),
+                customdata=np.stack([g["n"].to_numpy(), g["ci_low"], g["ci_high"]], axis=1),
+                hovertemplate=f"{x}=%{{x}}<br>mean ΔE=%{{y:.3f}}<br>95% CI %{{customdata[1]:.3f}}"
+                              "–%{customdata[2]:.3f}<br>n=%{customdata[0]}<extra>%{fullData.name}</extra>",
+            ))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10),
+                      title=f"ΔE vs {x} (mean over seeds, 95% CI)",
+                      xaxis_title=x, yaxis_title="ΔE", legend=dict(orientation="h", y=-0.2))
+    if log_x:
+        fig.update_xaxes(type="log")
+    return fig
+
+
+def curves_overlay_figure(curves: pd.DataFrame, axes: list[str], *, height: int = 400) -> go.Figure:
+    """ΔE over student training steps, one line per cell, colored by condition (non-seed axes)."""
+    fig = go.Figure()
+    if len(curves):
+        conds = [a for a in axes if a != SEED_AXIS and a in curves and curves[a].astype(str).nunique() > 1]
+        labels = sorted({condition_label(r, conds) for _, r in curves.iterrows()})
+        color = {lab: PALETTE[i % len(PALETTE)] for i, lab in enumerate(labels)}
+        shown: set[str] = set()
+        for cell, g in curves.groupby("cell", sort=False):
+            g = g.sort_values("step")
+            lab = condition_label(g.iloc[0], conds)
+            fig.add_trace(go.Scatter(x=g["step"], y=g["delta_e"], mode="lines", name=lab, legendgroup=lab,
+                                     showlegend=lab not in shown, line=dict(color=color[lab], width=1.5),
+                                     hovertemplate=f"{cell}<br>step=%{{x}}<br>ΔE=%{{y:.3f}}<extra></extra>"))
+            shown.add(lab)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), title="ΔE over training, every cell",
+                      xaxis_title="student step", yaxis_title="ΔE", legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def quality_vs_copying_figure(table: pd.DataFrame, axes: list[str], *, height: int = 400) -> go.Figure:
+    """Scatter of final W₂²(student, teacher) (quality; lower = closer) vs final ΔE (copying),
+    one point per finished cell with its bootstrap CI on ΔE."""
+    done = _finished(table)
+    done = done[done["w2"].notna()]
+    fig = go.Figure()
+    conds = condition_axes(done, axes, None)
+    if len(done):
+        labels = [condition_label(r, conds) for _, r in done.iterrows()]
+        done = done.assign(_label=labels)
+        for i, (lab, g) in enumerate(done.groupby("_label", sort=True)):
+            lo = (g["delta_e"] - g["delta_e_lo"]).to_numpy(dtype=float)
+            hi = (g["delta_e_hi"] - g["delta_e"]).to_numpy(dtype=float)
+            fig.add_trace(go.Scatter(
+                x=g["w2"], y=g["delta_e"], mode="markers", name=lab, text=g["cell"],
+                marker=dict(color=PALETTE[i % len(PALETTE)], size=9),
+                error_y=dict(type="data", symmetric=False, array=np.nan_to_num(hi), arrayminus=np.nan_to_num(lo)),
+                hovertemplate="%{text}<br>W₂²=%{x:.4g}<br>ΔE=%{y:.3f}<extra></extra>"))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10),
+                      title="Quality vs copying (one point per cell)", xaxis_title="W₂²(student, teacher)",
+                      yaxis_title="ΔE", legend=dict(orientation="h", y=-0.2))
+    fig.update_xaxes(type="log")
+    return fig
+
+
+def heatmap_figure(table: pd.DataFrame, x: str, y: str, *, metric: str = "delta_e", height: int = 400) -> go.Figure:
+    """Mean ΔE over seeds (and any other axes) on the grid of two swept axes."""
+    done = _finished(table)
+    fig = go.Figure()
+    if len(done):
+        piv = done.pivot_table(index=y, columns=x, values=metric, aggfunc="mean")
+        counts = done.pivot_table(index=y, columns=x, values=metric, aggfunc="count")
+        text = [[f"{v:.3f} (n={int(c)})" if np.isfinite(v) else "" for v, c in zip(rv, rc)]
+                for rv, rc in zip(piv.to_numpy(), counts.reindex_like(piv).fillna(0).to_numpy())]
+        fig.add_trace(go.Heatmap(z=piv.to_numpy(), x=[str(c) for c in piv.columns], y=[str(i) for i in piv.index],
+                                 text=text, texttemplate="%{text}", colorscale="RdBu", zmin=0.0,
+                                 zmax=max(1.0, float(np.nanmax(piv.to_numpy()))), colorbar=dict(title="ΔE")))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), title=f"mean ΔE: {y} × {x}",
+                      xaxis_title=x, yaxis_title=y)
+    return fig
