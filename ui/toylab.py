@@ -1,19 +1,39 @@
 """Toy Lab glue between widget values and the engine (no training logic here).
 
-``build_config`` turns the flat control values of ``ui.urlstate`` into a
-``dmdcore.config.ExperimentConfig``; ``request_autostart`` is how the Home page's
-"start here" button hands a configuration to the Toy Lab.
+* ``init_controls`` / ``read_controls``: the flat control values of ``ui.urlstate`` in
+  ``st.session_state`` (seeded from the Home page's request, else the URL, else defaults).
+* ``build_config``: control values → ``dmdcore.config.ExperimentConfig`` (validated by the
+  engine; a bad combination raises ValueError naming the field).
+* ``shipped_teachers``: toy teacher entries of ``checkpoints/manifest.json``.
+* ``save_upload``: validate an uploaded CSV/NPY with the engine's loader and store it as .npy.
+* export helpers: metrics CSV, evaluation-samples NPZ, run directory as a zip (bytes).
 """
 
 from __future__ import annotations
 
-from typing import Any, MutableMapping
+import hashlib
+import io
+import json
+import time
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping, MutableMapping
+
+import numpy as np
+import pandas as pd
 
 from ui import urlstate
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = REPO_ROOT / "checkpoints" / "manifest.json"
 
 # Session-state keys shared by Home and Toy Lab.
 AUTOSTART_KEY = "toylab_autostart"
 PENDING_VALUES_KEY = "toylab_pending_values"
+VALUES_KEY = "toylab_values"          # last control values (persist across page switches)
+GOOD_KEY = "toylab_good"              # (values, ExperimentConfig) of the last valid config
+WIDGET_PREFIX = "ctl_"
 
 # The Home page's one-click demo: shipped 8-gaussians teacher, a short distillation.
 START_HERE_VALUES: dict[str, Any] = {
@@ -32,3 +52,157 @@ def request_autostart(state: MutableMapping[str, Any], values: dict[str, Any]) -
     checked = {k: urlstate.check(k, v) for k, v in values.items()}
     state[PENDING_VALUES_KEY] = checked
     state[AUTOSTART_KEY] = True
+
+
+def init_controls(state: MutableMapping[str, Any], query: Mapping[str, Any]) -> list[str]:
+    """Seed the widget keys ``ctl_<name>`` before the widgets are drawn.
+
+    Priority: a pending request from Home > values kept from earlier in this session > the URL
+    (only on the session's first visit) > defaults. Returns URL-parameter error messages.
+    """
+    errors: list[str] = []
+    if VALUES_KEY not in state:
+        values, errors = urlstate.decode(dict(query))
+        state[VALUES_KEY] = values
+    pending = state.pop(PENDING_VALUES_KEY, None)
+    if pending:
+        state[VALUES_KEY] = {**state[VALUES_KEY], **pending}
+        for name in pending:
+            state.pop(WIDGET_PREFIX + name, None)
+    for name, value in state[VALUES_KEY].items():
+        if WIDGET_PREFIX + name not in state:
+            state[WIDGET_PREFIX + name] = value
+    return errors
+
+
+def read_controls(state: MutableMapping[str, Any]) -> dict[str, Any]:
+    """Current control values from the widgets (after they are drawn); remembered in state."""
+    values = dict(state.get(VALUES_KEY, urlstate.defaults()))
+    for c in urlstate.CONTROLS:
+        if WIDGET_PREFIX + c.name in state:
+            values[c.name] = state[WIDGET_PREFIX + c.name]
+    state[VALUES_KEY] = values
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+def shipped_teachers(manifest: Path = MANIFEST) -> list[dict]:
+    """Toy teacher entries of the checkpoint manifest ([] when there is no manifest yet)."""
+    if not manifest.is_file():
+        return []
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    entries = data.get("entries", []) if isinstance(data, dict) else []
+    return [e for e in entries if e.get("kind") == "toy" and e.get("role") == "teacher"]
+
+
+def build_config(values: Mapping[str, Any], *, teacher=None, user_path: str | None = None):
+    """Control values → ExperimentConfig.
+
+    teacher: a loaded ``ToyTeacher`` (shipped or trained this session) whose data/teacher
+    configs then replace the dataset and teacher controls (the student must match them).
+    user_path: the stored .npy of an upload (dataset "user"). Raises ValueError (from the
+    control checks or the engine's config validation) naming the bad field.
+    """
+    from dmdcore.config import (DATASETS_2D, DataConfig, DistillConfig, EvalConfig,
+                                ExperimentConfig, TeacherConfig)
+
+    v = {k: urlstate.check(k, values[k]) for k in urlstate.BY_NAME if k in values}
+    seed = v["seed"]
+    if teacher is not None:
+        data = teacher.data_config
+        tcfg = teacher.teacher_config
+    else:
+        ds = v["dataset"]
+        if ds in DATASETS_2D:
+            dim = 2
+        elif ds == "digits":
+            dim = 64
+        else:
+            dim = v["dim"]
+        if ds == "user" and not user_path:
+            raise ValueError("dataset: 'user' needs an uploaded CSV/NPY file (upload one first)")
+        if ds == "user":
+            dim = int(np.load(user_path, mmap_mode="r").shape[1])
+        data = DataConfig(dataset=ds, dim=dim, n_modes=v["n_modes"], base=v["base"],
+                          path=user_path if ds == "user" else None, seed=seed)
+        tcfg = TeacherConfig(width=v["t_width"], depth=v["t_depth"], steps=v["t_steps"],
+                             lr=v["t_lr"], seed=seed)
+    distill = DistillConfig(
+        init=v["init"], ratio=v["ratio"], steps=v["s_steps"], batch=v["batch"], lr_gen=v["lr"],
+        lr_fake=v["lr_fake"], gan=v["gan"], regression=v["regression"],
+        reg_weight=v["reg_weight"], student_steps=v["student_steps"], seed=seed,
+    )
+    ev = EvalConfig(every=v["eval_every"], n=v["eval_n"], bootstrap=v["bootstrap"])
+    return ExperimentConfig(data=data, teacher=tcfg, distill=distill, eval=ev, name="toylab")
+
+
+def save_upload(data: bytes, filename: str, root: Path) -> tuple[str, tuple[int, int]]:
+    """Validate an uploaded CSV/NPY with ``dmdcore.data.load_user_array`` and store it.
+
+    Returns (path of the stored float32 .npy, shape). Raises ValueError with the loader's
+    message (file, row, column) for invalid content or an unsupported extension.
+    """
+    from dmdcore.data import load_user_array
+
+    ext = Path(filename).suffix.lower()
+    if ext not in (".csv", ".npy"):
+        raise ValueError(f"upload: {filename!r} must be a .csv or .npy file")
+    arr = load_user_array(data, filename=filename)
+    if arr.shape[1] < 2:
+        raise ValueError(f"upload: {filename!r} has {arr.shape[1]} column; need d >= 2")
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    out = Path(root) / "uploads" / f"{digest}.npy"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.exists():
+        tmp = out.with_suffix(f".{uuid.uuid4().hex}.tmp.npy")
+        np.save(tmp, arr)
+        tmp.replace(out)
+    return str(out), tuple(arr.shape)
+
+
+def new_run_dir(root: Path, label: str) -> Path:
+    """A fresh, unique run directory path under ``root`` (not created)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in label)[:40]
+    return Path(root) / f"toylab-{stamp}-{safe}-{uuid.uuid4().hex[:6]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Exports
+def metrics_frame(metrics: list[dict]) -> pd.DataFrame:
+    """metrics rows (as in metrics.csv) → DataFrame with numeric columns where possible."""
+    df = pd.DataFrame(metrics)
+    for col in df.columns:
+        if col != "phase":
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df
+
+
+def metrics_csv_bytes(metrics: list[dict]) -> bytes:
+    return metrics_frame(metrics).to_csv(index=False).encode("utf-8")
+
+
+def samples_npz_bytes(z, teacher, student, history) -> bytes:
+    """NPZ with z, teacher, student (n, d) and history_steps (K,), history_student (K, n, d)."""
+    buf = io.BytesIO()
+    arrays = {"z": np.asarray(z, np.float32), "teacher": np.asarray(teacher, np.float32)}
+    if student is not None:
+        arrays["student"] = np.asarray(student, np.float32)
+    if history:
+        arrays["history_steps"] = np.asarray([s for s, _ in history], np.int64)
+        arrays["history_student"] = np.stack([np.asarray(h, np.float32) for _, h in history])
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def run_dir_zip_bytes(run_dir: str | Path) -> bytes:
+    """The whole run directory as an in-memory zip (paths relative to the run's parent)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"run_dir: {str(run_dir)!r} is not a directory")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(run_dir.rglob("*")):
+            if path.is_file() and not path.name.endswith(".tmp"):
+                zf.write(path, path.relative_to(run_dir.parent).as_posix())
+    return buf.getvalue()

@@ -51,7 +51,8 @@ CONTROLS: tuple[Control, ...] = (
     Control("init", "init", str, "teacher", choices=("teacher", "random"),
             label="Student init"),
     Control("ratio", "r", int, 5, 1, 50, label="Fake-score steps per generator step"),
-    Control("lr", "lr", float, 1e-4, 1e-7, 1e-1, label="Student / fake-score lr"),
+    Control("lr", "lr", float, 1e-4, 1e-7, 1e-1, label="Generator lr"),
+    Control("lr_fake", "flr", float, 1e-3, 1e-7, 1e-1, label="Fake-score lr"),
     Control("batch", "bs", int, 256, 8, 8192, label="Student batch"),
     Control("s_steps", "ss", int, 400, 1, 100000, label="Student steps"),
     Control("gan", "gan", bool, False, label="GAN loss"),
@@ -61,6 +62,7 @@ CONTROLS: tuple[Control, ...] = (
     Control("seed", "seed", int, 0, 0, 2**31 - 1, label="Seed"),
     Control("eval_n", "en", int, 1000, 16, 20000, label="Evaluation batch n"),
     Control("eval_every", "ee", int, 50, 1, 100000, label="Evaluate every"),
+    Control("bootstrap", "boot", int, 100, 0, 2000, label="ΔE bootstrap resamples"),
 )
 BY_NAME = {c.name: c for c in CONTROLS}
 BY_QP = {c.qp: c for c in CONTROLS}
