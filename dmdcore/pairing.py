@@ -1,0 +1,608 @@
+"""Pairing metrics: does a one-step student reproduce its teacher's noise -> sample pairing?
+
+Definitions follow /work/shared/design/pairing.md and are explained for users in docs/metrics.md.
+Notation: a fixed noise batch z_1..z_n, teacher samples t_i = T(z_i), student samples
+s_i = S(z_i), all in R^d (images are flattened). Every cost is a squared Euclidean distance
+accumulated in float64.
+
+    E_pair = (1/n) sum_i ||s_i - t_i||^2                      (pairing the noise induces)
+    E_OT   = min_pi (1/n) sum_i ||s_i - t_pi(i)||^2           (exact optimal transport)
+    E_ind  = (1/n^2) sum_i sum_j ||s_i - t_j||^2              (independent pairing, closed form)
+    Delta E = (E_pair - E_OT) / (E_ind - E_OT)                (0 = copying, 1 = chance, >1 = anti)
+
+This is the only module of dmdcore that imports POT (``ot``).  It never prints, keeps no
+module-level mutable state and takes its randomness from explicit seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ot
+import torch
+from scipy.optimize import linear_sum_assignment
+
+__all__ = [
+    "METRIC_HELP",
+    "ModeTransition",
+    "OTSolverError",
+    "PairingResult",
+    "SOLVERS",
+    "mode_transition",
+    "pair_retrieval_accuracy",
+    "pairing_inefficiency",
+    "sliced_wasserstein2",
+    "transport_inefficiency",
+    "wasserstein2_squared",
+]
+
+# One-line help strings per metric (keys follow the metrics.csv columns); pages use them as
+# chart help text.  Each names the definition it shows.
+METRIC_HELP: dict[str, str] = {
+    "delta_e": (
+        "Pairing inefficiency ΔE = (E_pair − E_OT)/(E_ind − E_OT): 0 = student copies the "
+        "teacher's noise→sample pairing, 1 = no better than chance, >1 = anti-paired "
+        "(this project's reconstruction of Li et al. 2026's scale-invariant ΔE)."
+    ),
+    "e_pair": "E_pair = mean_i ‖s_i − t_i‖²: squared distance between student and teacher samples from the same noise.",
+    "e_ot": "E_OT = min over matchings of mean ‖s_i − t_π(i)‖²: exact optimal-transport cost (= W₂² student↔teacher).",
+    "e_ind": "E_ind = mean_ij ‖s_i − t_j‖²: cost of pairing student and teacher samples independently (chance level).",
+    "w2": "W₂² (exact OT, squared Euclidean) between student and teacher samples: distribution mismatch, not pairing.",
+    "w2_data": "W₂² (exact OT, squared Euclidean) between student samples and training data: sample quality.",
+    "eta": "Transport inefficiency η(M) = E‖M(z) − z‖² / W₂²(z, M(z)) − 1: 0 = the map is the optimal-transport map.",
+    "eta_teacher": "η(T) = E‖T(z) − z‖² / W₂²(z, T(z)) − 1 for the teacher ODE map (0 = optimal-transport map).",
+    "eta_student": "η(S) = E‖S(z) − z‖² / W₂²(z, S(z)) − 1 for the one-step student (0 = optimal-transport map).",
+    "copy_rate": "Copy rate: fraction of noises whose student sample lands in the same mode as the teacher's (diagonal of the mode transition matrix).",
+    "mode_transition": "Mode transition matrix P(student mode j | teacher mode i) over the shared noise batch; rows sum to 1.",
+    "retrieval": "Pair retrieval accuracy: fraction of i whose nearest teacher sample to s_i is t_i (chance = 1/n).",
+    "sliced_w2": "Sliced W₂: root mean over random directions of the 1-D W₂² between projected samples (fast, for large n).",
+}
+
+SOLVERS = ("auto", "emd", "lsa")
+
+# Relative tolerance under which E_ind - E_OT counts as zero (ΔE undefined).
+_ZERO_SPREAD_RTOL = 1e-12
+# Largest (resamples x n) index block materialised at once by the bootstrap.
+_BOOT_CHUNK = 4_000_000
+
+
+class OTSolverError(RuntimeError):
+    """The exact OT solver did not reach an optimal solution (e.g. an iteration limit)."""
+
+
+@dataclass(frozen=True)
+class PairingResult:
+    """Pairing inefficiency of a student against its teacher on a shared noise batch.
+
+    delta_e, e_pair, e_ot, e_ind: see the module docstring (costs in squared data units).
+    n: number of noise samples.  ci_low/ci_high: percentile bootstrap interval for delta_e at
+    level ``ci_level`` (None when no bootstrap was asked for).  exact: False when n > max_exact
+    and E_OT came from the block approximation (an upper bound on the exact E_OT).
+    n_blocks: number of disjoint blocks E_OT was solved on (1 = exact).
+    """
+
+    delta_e: float
+    e_pair: float
+    e_ot: float
+    e_ind: float
+    n: int
+    ci_low: float | None = None
+    ci_high: float | None = None
+    ci_level: float | None = None
+    bootstrap: int = 0
+    exact: bool = True
+    n_blocks: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict of every field."""
+        return {
+            "delta_e": self.delta_e,
+            "e_pair": self.e_pair,
+            "e_ot": self.e_ot,
+            "e_ind": self.e_ind,
+            "n": self.n,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "ci_level": self.ci_level,
+            "bootstrap": self.bootstrap,
+            "exact": self.exact,
+            "n_blocks": self.n_blocks,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class ModeTransition:
+    """Mode transition between teacher and student samples over a shared noise batch.
+
+    matrix: (K, K) float64, matrix[i, j] = P(student mode j | teacher mode i); every row of a
+    mode that holds at least one teacher sample sums to 1, rows of modes with no teacher sample
+    are all zero (see teacher_counts).  copy_rate: fraction of the n noises whose student sample
+    is in the teacher sample's mode (trace of the count matrix / n).  teacher_modes,
+    student_modes: (n,) int64 mode index per noise.  centers: (K, d) float64 mode centres.
+    teacher_counts: (K,) int64 number of teacher samples per mode.
+    """
+
+    matrix: np.ndarray
+    copy_rate: float
+    teacher_modes: np.ndarray
+    student_modes: np.ndarray
+    centers: np.ndarray
+    teacher_counts: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (arrays become nested lists)."""
+        return {
+            "matrix": self.matrix.tolist(),
+            "copy_rate": self.copy_rate,
+            "teacher_modes": self.teacher_modes.tolist(),
+            "student_modes": self.student_modes.tolist(),
+            "centers": self.centers.tolist(),
+            "teacher_counts": self.teacher_counts.tolist(),
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# Input validation
+# ----------------------------------------------------------------------------------------------
+
+
+_TORCH_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _as_points(x: Any, name: str, min_n: int = 2) -> tuple[np.ndarray, torch.device | None]:
+    """Convert x (numpy array, torch tensor or nested sequence) of shape (n, ...) to a float64
+    (n, d) numpy array.  Returns it with the CUDA device x lived on (None otherwise)."""
+    device = None
+    if isinstance(x, torch.Tensor):
+        if not (x.is_floating_point() or x.dtype in _TORCH_INT_DTYPES):
+            raise ValueError(f"{name}: dtype {x.dtype} is not a real numeric type (need float or int)")
+        if x.device.type == "cuda":
+            device = x.device
+        arr = x.detach().to(device="cpu", dtype=torch.float64).numpy()
+    else:
+        try:
+            arr = np.asarray(x)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name}: cannot be read as a numeric array ({exc})") from exc
+        if arr.dtype.kind not in "iuf":
+            raise ValueError(f"{name}: dtype {arr.dtype} is not a real numeric type (need float or int)")
+        arr = arr.astype(np.float64, copy=False)
+    if arr.ndim == 0:
+        raise ValueError(f"{name}: need an array of shape (n, ...), got a scalar")
+    n = arr.shape[0]
+    if n < min_n:
+        raise ValueError(f"{name}: need at least {min_n} samples, got n={n}")
+    arr = arr.reshape(n, -1)
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name}: samples have 0 features, need d >= 1")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        bad = int((~finite).sum())
+        raise ValueError(f"{name}: contains {bad} NaN/Inf entries; all values must be finite")
+    return np.ascontiguousarray(arr), device
+
+
+def _as_pair(a: Any, b: Any, name_a: str, name_b: str, *, same_n: bool = True) -> tuple[np.ndarray, np.ndarray, torch.device | None]:
+    """Validate two sample sets; optionally require the same n (a paired noise batch)."""
+    x, dev_x = _as_points(a, name_a)
+    y, dev_y = _as_points(b, name_b)
+    if same_n and x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{name_a} and {name_b}: different n ({x.shape[0]} vs {y.shape[0]}); "
+            "they must come from the same noise batch"
+        )
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(
+            f"{name_a} and {name_b}: mismatched feature sizes (d={x.shape[1]} vs d={y.shape[1]} after flattening)"
+        )
+    return x, y, dev_x or dev_y
+
+
+def _check_int(value: Any, name: str, low: int, high: float = math.inf) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name}: {value!r} is not an integer in [{low}, {high}]")
+    if not low <= value <= high:
+        raise ValueError(f"{name}: {value} not in [{low}, {high}]")
+    return int(value)
+
+
+def _check_solver(solver: str) -> str:
+    if solver not in SOLVERS:
+        raise ValueError(f"solver: {solver!r} not in {SOLVERS}")
+    return solver
+
+
+# ----------------------------------------------------------------------------------------------
+# Costs and exact OT
+# ----------------------------------------------------------------------------------------------
+
+
+def _cost_matrix(x: np.ndarray, y: np.ndarray, device: torch.device | None = None) -> np.ndarray:
+    """Squared Euclidean cost C[i, j] = ||x_i - y_j||^2, float64 (n, m), via one GEMM:
+    ||x||^2 + ||y||^2 - 2 x y^T, clamped at 0.  On CUDA when the inputs lived there."""
+    if device is not None and device.type == "cuda":
+        xt = torch.from_numpy(x).to(device)
+        yt = torch.from_numpy(y).to(device)
+        c = (xt * xt).sum(1)[:, None] + (yt * yt).sum(1)[None, :] - 2.0 * (xt @ yt.T)
+        return c.clamp_min_(0.0).cpu().numpy()
+    c = x @ y.T
+    c *= -2.0
+    c += np.einsum("ij,ij->i", x, x)[:, None]
+    c += np.einsum("ij,ij->i", y, y)[None, :]
+    np.maximum(c, 0.0, out=c)
+    return c
+
+
+def _row_sqdist(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-row squared distance ||x_i - y_i||^2 (n,), computed from differences (exact)."""
+    diff = x - y
+    return np.einsum("ij,ij->i", diff, diff)
+
+
+def _emd_plan(cost: np.ndarray, a: np.ndarray | None = None, b: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Exact OT plan with POT's network simplex (uniform weights unless given).  Raises
+    OTSolverError if the solver stopped before optimality."""
+    n, m = cost.shape
+    a = np.full(n, 1.0 / n) if a is None else a
+    b = np.full(m, 1.0 / m) if b is None else b
+    # numItermax far above what the network simplex needs, so it never stops early.
+    num_iter_max = max(10_000_000, 100 * n * m)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan, log = ot.emd(a, b, np.ascontiguousarray(cost), numItermax=num_iter_max, log=True)
+    if log.get("result_code") != 1 or log.get("warning") is not None:
+        raise OTSolverError(
+            f"ot.emd did not reach an optimal solution (result_code={log.get('result_code')}, "
+            f"warning={log.get('warning')!r}, warnings={[str(w.message) for w in caught]})"
+        )
+    return plan, float(log["cost"])
+
+
+def _assignment(cost: np.ndarray, solver: str) -> np.ndarray:
+    """Optimal assignment perm (n,) minimising sum_i cost[i, perm[i]] for a square cost matrix.
+
+    With uniform weights and equal n, exact OT has a permutation matrix as solution (Birkhoff),
+    so ot.emd and the assignment problem (scipy linear_sum_assignment) give the same optimum.
+    """
+    n = cost.shape[0]
+    if solver == "lsa":
+        rows, cols = linear_sum_assignment(cost)
+        perm = np.empty(n, dtype=np.int64)
+        perm[rows] = cols
+        return perm
+    plan, _ = _emd_plan(cost)
+    perm = plan.argmax(axis=1).astype(np.int64)
+    if np.unique(perm).size != n or not np.allclose(plan[np.arange(n), perm], 1.0 / n, rtol=1e-9, atol=0.0):
+        raise OTSolverError("ot.emd returned a plan that is not a permutation matrix")
+    return perm
+
+
+def _matching(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    max_exact: int,
+    rng: np.random.Generator,
+    solver: str,
+    device: torch.device | None,
+) -> tuple[np.ndarray, int]:
+    """Optimal matching perm (n,) of x onto y (equal n): exact when n <= max_exact, else the
+    block approximation — random disjoint blocks of at most max_exact indices, each solved
+    exactly, i.e. a feasible (hence upper-bound) permutation of the full problem.
+    Returns (perm, n_blocks)."""
+    n = x.shape[0]
+    if n <= max_exact:
+        return _assignment(_cost_matrix(x, y, device), solver), 1
+    n_blocks = math.ceil(n / max_exact)
+    order = rng.permutation(n)
+    perm = np.empty(n, dtype=np.int64)
+    for block in np.array_split(order, n_blocks):
+        local = _assignment(_cost_matrix(x[block], y[block], device), solver)
+        perm[block] = block[local]
+    return perm, n_blocks
+
+
+def _center(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Subtract the pooled mean from both sets (all metrics here are translation invariant;
+    centring keeps the GEMM cost matrix well conditioned)."""
+    c = 0.5 * (x.mean(axis=0) + y.mean(axis=0))
+    return x - c, y - c
+
+
+def _independent_cost(x: np.ndarray, y: np.ndarray) -> float:
+    """E_ind = (1/n m) sum_ij ||x_i - y_j||^2 in O((n + m) d), in the translation-invariant
+    form var(x) + var(y) + ||mean x - mean y||^2 (equal to mean||x||^2 + mean||y||^2 -
+    2 <mean x, mean y>, without its cancellation)."""
+    mx, my = x.mean(axis=0), y.mean(axis=0)
+    dx, dy = x - mx, y - my
+    return float(np.einsum("ij,ij->", dx, dx) / x.shape[0] + np.einsum("ij,ij->", dy, dy) / y.shape[0] + np.dot(mx - my, mx - my))
+
+
+def _zero_spread(x: np.ndarray) -> bool:
+    return bool(np.all(x == x[0]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Pairing inefficiency
+# ----------------------------------------------------------------------------------------------
+
+
+def pairing_inefficiency(
+    student: Any,
+    teacher: Any,
+    *,
+    bootstrap: int = 0,
+    seed: int = 0,
+    max_exact: int = 4096,
+    level: float = 0.95,
+    solver: str = "auto",
+) -> PairingResult:
+    """Pairing inefficiency ΔE of student samples against teacher samples from the same noise.
+
+    student, teacher: numpy arrays or torch tensors (CPU or CUDA) of shape (n, ...), row i made
+    from noise z_i; trailing dims are flattened to d.  Returns a PairingResult with
+    ΔE = (E_pair - E_OT) / (E_ind - E_OT) (dimensionless) and the three costs (squared data units).
+
+    bootstrap: number of bootstrap resamples (0 = no CI, else >= 10) for a percentile CI at
+    ``level``; the CI is conditional on the solved optimal matching (see docs/metrics.md).
+    seed: seeds the bootstrap and the block split.  max_exact: largest n solved exactly; above
+    it E_OT comes from random disjoint blocks of <= max_exact samples (an upper bound, see docs).
+    solver: "auto" | "emd" (POT network simplex) | "lsa" (scipy linear_sum_assignment).
+
+    Raises ValueError on bad input (different n, n < 2, NaN/Inf, non-numeric, mismatched
+    feature sizes) and when ΔE is undefined because E_ind == E_OT (zero spread).
+    """
+    s, t, device = _as_pair(student, teacher, "student", "teacher")
+    bootstrap = _check_int(bootstrap, "bootstrap", 0)
+    if 0 < bootstrap < 10:
+        raise ValueError(f"bootstrap: {bootstrap} not in {{0}} ∪ [10, ∞) (too few resamples for a percentile CI)")
+    seed = _check_int(seed, "seed", 0)
+    max_exact = _check_int(max_exact, "max_exact", 2)
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
+        raise ValueError(f"level: {level!r} not in (0, 1)")
+    solver = _check_solver(solver)
+    for arr, name in ((s, "student"), (t, "teacher")):
+        if _zero_spread(arr):
+            raise ValueError(f"{name}: zero spread (all {arr.shape[0]} samples identical), so E_ind == E_OT and ΔE is undefined")
+    n = s.shape[0]
+    block_rng, boot_rng = (np.random.default_rng(ss) for ss in np.random.SeedSequence(seed).spawn(2))
+    s, t = _center(s, t)
+
+    # E_pair = (1/n) sum_i ||s_i - t_i||^2   (design/pairing.md)
+    e_pair_i = _row_sqdist(s, t)
+    # E_OT = min_pi (1/n) sum_i ||s_i - t_pi(i)||^2 ; per-pair terms recomputed from differences
+    perm, n_blocks = _matching(s, t, max_exact=max_exact, rng=block_rng, solver=solver, device=device)
+    e_ot_i = _row_sqdist(s, t[perm])
+    e_pair = float(e_pair_i.mean())
+    e_ot = float(e_ot_i.mean())
+    if e_ot > e_pair:
+        # The identity (noise) pairing is itself a feasible matching; only rounding in the GEMM
+        # cost matrix (or the block approximation) can make the solved one worse.
+        perm = np.arange(n)
+        e_ot_i = e_pair_i
+        e_ot = e_pair
+    # E_ind = (1/n^2) sum_ij ||s_i - t_j||^2 in closed form
+    e_ind = _independent_cost(s, t)
+    den = e_ind - e_ot
+    if not den > _ZERO_SPREAD_RTOL * e_ind:
+        raise ValueError(
+            f"student/teacher: E_ind ({e_ind:.6g}) == E_OT ({e_ot:.6g}) up to rounding (zero spread), ΔE is undefined"
+        )
+    # ΔE = (E_pair - E_OT) / (E_ind - E_OT)
+    delta_e = (e_pair - e_ot) / den
+
+    ci_low = ci_high = None
+    if bootstrap:
+        deltas = _bootstrap_delta(s, t, e_pair_i, e_ot_i, bootstrap, boot_rng)
+        alpha = 1.0 - level
+        ci_low, ci_high = (float(q) for q in np.quantile(deltas, [alpha / 2, 1 - alpha / 2]))
+    return PairingResult(
+        delta_e=float(delta_e),
+        e_pair=e_pair,
+        e_ot=e_ot,
+        e_ind=e_ind,
+        n=n,
+        ci_low=ci_low,
+        ci_high=ci_high,
+        ci_level=float(level) if bootstrap else None,
+        bootstrap=bootstrap,
+        exact=n_blocks == 1,
+        n_blocks=n_blocks,
+    )
+
+
+def _bootstrap_delta(
+    s: np.ndarray,
+    t: np.ndarray,
+    e_pair_i: np.ndarray,
+    e_ot_i: np.ndarray,
+    n_boot: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """ΔE on n_boot resamples of the pair indices i (with replacement), the optimal matching
+    held fixed: E_pair* and E_OT* are resampled means of the per-pair terms, E_ind* is the
+    closed form on the resampled pairs.  s, t must be centred.  Returns (n_boot,) float64."""
+    n = s.shape[0]
+    sq_s = np.einsum("ij,ij->i", s, s)
+    sq_t = np.einsum("ij,ij->i", t, t)
+    out = np.empty(n_boot)
+    chunk = max(1, _BOOT_CHUNK // n)
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        idx = rng.integers(0, n, size=(b, n))
+        # weights w[b, i] = (multiplicity of i in resample b) / n
+        w = np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n) / n
+        ep = w @ e_pair_i
+        eo = w @ e_ot_i
+        # E_ind* = mean||s||^2 + mean||t||^2 - 2 <mean s, mean t> over the resample
+        ms = w @ s
+        mt = w @ t
+        ei = w @ sq_s + w @ sq_t - 2.0 * np.einsum("ij,ij->i", ms, mt)
+        den = ei - eo
+        if not np.all(den > _ZERO_SPREAD_RTOL * np.abs(ei)):
+            bad = int(np.sum(~(den > _ZERO_SPREAD_RTOL * np.abs(ei))))
+            raise ValueError(
+                f"bootstrap: {bad} resample(s) have E_ind <= E_OT (n={n} too small for a bootstrap CI); use bootstrap=0 or more samples"
+            )
+        out[start : start + b] = (ep - eo) / den
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Companion metrics
+# ----------------------------------------------------------------------------------------------
+
+
+def wasserstein2_squared(a: Any, b: Any, *, max_exact: int = 4096, seed: int = 0, solver: str = "auto") -> float:
+    """Exact squared 2-Wasserstein distance W₂² between two empirical distributions with uniform
+    weights, squared Euclidean ground cost (squared data units).
+
+    a: (n, ...) and b: (m, ...) numpy arrays or torch tensors with the same flattened d; n may
+    differ from m.  When max(n, m) > max_exact the sets are split into the same number of random
+    disjoint blocks (sizes <= max_exact) and the blockwise exact costs are averaged weighted by
+    block mass (an upper bound when the blocks hold equal mass fractions, see docs/metrics.md).
+    """
+    x, y, device = _as_pair(a, b, "a", "b", same_n=False)
+    max_exact = _check_int(max_exact, "max_exact", 2)
+    seed = _check_int(seed, "seed", 0)
+    solver = _check_solver(solver)
+    x, y = _center(x, y)
+    rng = np.random.default_rng(seed)
+    n, m = x.shape[0], y.shape[0]
+    if n == m:
+        # Equal n, uniform weights: W₂² is the optimal assignment cost.
+        perm, _ = _matching(x, y, max_exact=max_exact, rng=rng, solver=solver, device=device)
+        return float(_row_sqdist(x, y[perm]).mean())
+    n_blocks = math.ceil(max(n, m) / max_exact)
+    total = 0.0
+    for bx, by in zip(np.array_split(rng.permutation(n), n_blocks), np.array_split(rng.permutation(m), n_blocks)):
+        _, cost = _emd_plan(_cost_matrix(x[bx], y[by], device))
+        # Block mass: mean of the two sides' fractions (equal when the sizes divide evenly).
+        total += 0.5 * (bx.size / n + by.size / m) * cost
+    return float(total)
+
+
+def transport_inefficiency(noise: Any, samples: Any, *, max_exact: int = 4096, seed: int = 0, solver: str = "auto") -> float:
+    """Transport inefficiency η(M) = E‖M(z) − z‖² / W₂²({z_i}, {M(z_i)}) − 1 of a map M.
+
+    noise: (n, ...) noise z_i, samples: (n, ...) M(z_i), same flattened d.  η >= 0; 0 means the
+    map's noise→sample pairing is an optimal-transport pairing.  Raises ValueError when
+    W₂² == 0 (the samples are a relabelling of the noise, η undefined).
+    """
+    z, x, device = _as_pair(noise, samples, "noise", "samples")
+    max_exact = _check_int(max_exact, "max_exact", 2)
+    seed = _check_int(seed, "seed", 0)
+    solver = _check_solver(solver)
+    z, x = _center(z, x)
+    # Numerator: E‖M(z) − z‖² over the noise batch
+    e_map = float(_row_sqdist(x, z).mean())
+    perm, _ = _matching(x, z, max_exact=max_exact, rng=np.random.default_rng(seed), solver=solver, device=device)
+    # Denominator: W₂²({z}, {M(z)}); the identity pairing is feasible so W₂² <= e_map
+    w2 = min(float(_row_sqdist(x, z[perm]).mean()), e_map)
+    if not w2 > _ZERO_SPREAD_RTOL * max(e_map, np.finfo(float).tiny):
+        raise ValueError("noise/samples: W₂²(noise, samples) is 0 (samples are a relabelling of the noise), η is undefined")
+    return e_map / w2 - 1.0
+
+
+def pair_retrieval_accuracy(student: Any, teacher: Any, *, chunk: int = 2048) -> float:
+    """Top-1 pair retrieval accuracy: fraction of i with argmin_j ‖s_i − t_j‖ = i (chance 1/n).
+
+    student, teacher: (n, ...) paired samples.  A tie between t_i and another teacher sample
+    (equal distance up to 1e-12 relative) counts as retrieved.  chunk: rows per distance block.
+    """
+    s, t, device = _as_pair(student, teacher, "student", "teacher")
+    chunk = _check_int(chunk, "chunk", 1)
+    s, t = _center(s, t)
+    n = s.shape[0]
+    own = _row_sqdist(s, t)
+    scale = np.einsum("ij,ij->i", s, s) + float(np.einsum("ij,ij->i", t, t).max())
+    hits = 0
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        nearest = _cost_matrix(s[start:stop], t, device).min(axis=1)
+        hits += int(np.sum(own[start:stop] <= nearest + 1e-12 * scale[start:stop]))
+    return hits / n
+
+
+def mode_transition(
+    student: Any,
+    teacher: Any,
+    *,
+    centers: Any = None,
+    n_modes: int | None = None,
+    seed: int = 0,
+    n_init: int = 4,
+) -> ModeTransition:
+    """Mode transition matrix P(student mode j | teacher mode i) over a shared noise batch.
+
+    student, teacher: (n, ...) paired samples.  centers: (K, d) mode centres (e.g. the mixture
+    means); samples are assigned to the nearest centre.  Otherwise n_modes clusters are fitted by
+    scikit-learn KMeans(n_clusters=n_modes, n_init=n_init, random_state=seed) on the teacher
+    samples, and both sets are assigned to the nearest fitted centre.  If both are given,
+    centers win.  copy_rate = fraction of i whose student mode equals its teacher mode.
+    """
+    s, t, device = _as_pair(student, teacher, "student", "teacher")
+    seed = _check_int(seed, "seed", 0)
+    n = s.shape[0]
+    if centers is not None:
+        c, _ = _as_points(centers, "centers", min_n=1)
+        if c.shape[1] != s.shape[1]:
+            raise ValueError(f"centers: feature size d={c.shape[1]} does not match the samples' d={s.shape[1]}")
+    else:
+        if n_modes is None:
+            raise ValueError("centers/n_modes: give centers (K, d) or n_modes (int >= 1)")
+        n_modes = _check_int(n_modes, "n_modes", 1, n)
+        n_init = _check_int(n_init, "n_init", 1)
+        from sklearn.cluster import KMeans
+
+        km = KMeans(n_clusters=n_modes, n_init=n_init, random_state=seed).fit(t)
+        c = np.asarray(km.cluster_centers_, dtype=np.float64)
+    k = c.shape[0]
+    t_modes = _cost_matrix(t, c, device).argmin(axis=1).astype(np.int64)
+    s_modes = _cost_matrix(s, c, device).argmin(axis=1).astype(np.int64)
+    counts = np.zeros((k, k), dtype=np.int64)
+    np.add.at(counts, (t_modes, s_modes), 1)
+    row = counts.sum(axis=1)
+    matrix = np.divide(counts, row[:, None], out=np.zeros((k, k)), where=row[:, None] > 0)
+    return ModeTransition(
+        matrix=matrix,
+        copy_rate=float(np.trace(counts) / n),
+        teacher_modes=t_modes,
+        student_modes=s_modes,
+        centers=c,
+        teacher_counts=row,
+    )
+
+
+def sliced_wasserstein2(a: Any, b: Any, *, n_projections: int = 256, seed: int = 0) -> float:
+    """Sliced 2-Wasserstein distance SW₂ (data units, not squared):
+    SW₂ = sqrt( mean_k W₂²(⟨θ_k, a⟩, ⟨θ_k, b⟩) ) over n_projections directions θ_k drawn
+    uniformly on the unit sphere (numpy Generator(seed)); each 1-D W₂² is exact (quantile
+    matching, also for n != m).  a: (n, ...), b: (m, ...) with the same flattened d.
+    """
+    x, y, _ = _as_pair(a, b, "a", "b", same_n=False)
+    n_projections = _check_int(n_projections, "n_projections", 1)
+    seed = _check_int(seed, "seed", 0)
+    x, y = _center(x, y)
+    rng = np.random.default_rng(seed)
+    theta = rng.standard_normal((x.shape[1], n_projections))
+    theta /= np.linalg.norm(theta, axis=0, keepdims=True)
+    px = np.sort(x @ theta, axis=0)
+    py = np.sort(y @ theta, axis=0)
+    n, m = px.shape[0], py.shape[0]
+    if n == m:
+        sq = np.mean((px - py) ** 2, axis=0)
+    else:
+        # 1-D W₂² = ∫_0^1 (F_a^{-1}(u) − F_b^{-1}(u))² du; both quantile functions are step
+        # functions, constant between the merged breakpoints {i/n} ∪ {j/m}.
+        u = np.union1d(np.arange(1, n + 1) / n, np.arange(1, m + 1) / m)
+        lengths = np.diff(np.concatenate([[0.0], u]))
+        mid = u - 0.5 * lengths
+        ia = np.minimum((mid * n).astype(np.int64), n - 1)
+        ib = np.minimum((mid * m).astype(np.int64), m - 1)
+        sq = lengths @ (px[ia] - py[ib]) ** 2
+    return float(math.sqrt(float(np.mean(sq))))

@@ -1,0 +1,363 @@
+"""Tests for dmdcore.pairing: closed forms, independent computations and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import ot
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial.distance import cdist
+
+from dmdcore import pairing as P
+
+
+def _pair(n: int, d: int, seed: int, noise: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher samples from a 3-mode mixture and a student that is a noisy, partly remapped copy."""
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((3, d)) * 3.0
+    t = means[rng.integers(0, 3, n)] + rng.standard_normal((n, d))
+    s = 1.1 * t + noise * rng.standard_normal((n, d)) + 0.3
+    return s, t
+
+
+def _brute(s: np.ndarray, t: np.ndarray) -> tuple[float, float, float]:
+    """E_pair, E_OT, E_ind computed independently: cdist + Hungarian algorithm + n^2 mean."""
+    c = cdist(s, t, "sqeuclidean")
+    r, col = linear_sum_assignment(c)
+    return float(np.mean(np.diag(c))), float(c[r, col].mean()), float(c.mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# ΔE: closed forms and reference values
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("d", [1, 2, 16])
+def test_identity_gives_zero(d):
+    _, t = _pair(300, d, seed=d)
+    res = P.pairing_inefficiency(t, t.copy(), bootstrap=50)
+    assert abs(res.delta_e) <= 1e-12
+    assert res.e_pair == 0.0 and abs(res.e_ot) <= 1e-12
+    assert abs(res.ci_low) <= 1e-12 and abs(res.ci_high) <= 1e-12
+
+
+def test_identity_torch_images():
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(64, 3, 4, 4, generator=g)
+    res = P.pairing_inefficiency(t, t.clone())
+    assert abs(res.delta_e) <= 1e-12 and res.n == 64
+
+
+def test_permuted_noise_gives_one_within_ci():
+    rng = np.random.default_rng(1)
+    t = rng.standard_normal((1000, 4))
+    s = t[rng.permutation(1000)]
+    res = P.pairing_inefficiency(s, t, bootstrap=200, seed=3)
+    assert res.e_ot == pytest.approx(0.0, abs=1e-12)  # same point set: the OT cost is zero
+    assert res.ci_low <= 1.0 <= res.ci_high
+    assert res.ci_low <= res.delta_e <= res.ci_high
+    assert 0.02 < res.ci_high - res.ci_low < 0.4
+
+
+def test_matches_bruteforce_and_lsa():
+    for seed in range(4):
+        s, t = _pair(60, 3, seed)
+        e_pair, e_ot, e_ind = _brute(s, t)
+        res = P.pairing_inefficiency(s, t)
+        assert res.e_pair == pytest.approx(e_pair, rel=1e-12)
+        assert res.e_ot == pytest.approx(e_ot, rel=1e-10)
+        assert res.e_ind == pytest.approx(e_ind, rel=1e-10)
+        assert res.delta_e == pytest.approx((e_pair - e_ot) / (e_ind - e_ot), rel=1e-9)
+
+
+def test_e_ind_closed_form_unequal_sizes():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((70, 5)) + 2.0
+    y = rng.standard_normal((40, 5)) * 3.0
+    assert P._independent_cost(x, y) == pytest.approx(cdist(x, y, "sqeuclidean").mean(), rel=1e-12)
+
+
+def test_solvers_agree():
+    s, t = _pair(400, 2, seed=7)
+    a = P.pairing_inefficiency(s, t, solver="emd")
+    b = P.pairing_inefficiency(s, t, solver="lsa")
+    c = P.pairing_inefficiency(s, t, solver="auto")
+    assert a.e_ot == pytest.approx(b.e_ot, rel=1e-12)
+    assert c.e_ot == pytest.approx(b.e_ot, rel=1e-12)
+    assert a.delta_e == pytest.approx(b.delta_e, rel=1e-10)
+
+
+@pytest.mark.parametrize(
+    "transform",
+    ["scale_small", "scale_large", "translate", "rotate", "permute"],
+)
+def test_invariances(transform):
+    d = 6
+    s, t = _pair(300, d, seed=11)
+    base = P.pairing_inefficiency(s, t)
+    rng = np.random.default_rng(12)
+    if transform == "scale_small":
+        s2, t2 = 1e-3 * s, 1e-3 * t
+    elif transform == "scale_large":
+        s2, t2 = 1e3 * s, 1e3 * t
+    elif transform == "translate":
+        shift = rng.standard_normal(d) * 10.0
+        s2, t2 = s + shift, t + shift
+    elif transform == "rotate":
+        q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+        s2, t2 = s @ q, t @ q
+    else:
+        perm = rng.permutation(300)
+        s2, t2 = s[perm], t[perm]
+    res = P.pairing_inefficiency(s2, t2)
+    assert res.delta_e == pytest.approx(base.delta_e, rel=1e-9)
+
+
+def test_anti_paired_closed_form():
+    # Symmetric teacher set {x, -x}; the student sends every noise to the opposite point:
+    # E_OT = 0 (same set), E_pair = 4 mean||t||^2, E_ind = 2 mean||t||^2 (mean 0) => ΔE = 2.
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((150, 3))
+    t = np.concatenate([x, -x])
+    res = P.pairing_inefficiency(-t, t)
+    assert res.delta_e == pytest.approx(2.0, rel=1e-12)
+    assert res.delta_e > 1.0
+
+
+def test_partial_copy_expected_value():
+    # The student copies the teacher except on a random subset of m of the n noises, which it
+    # permutes uniformly among themselves.  For fixed teacher points,
+    # E[E_pair] = (m - 1)/(n - 1) * E_ind and E_OT = 0, so E[ΔE] = (m - 1)/(n - 1).
+    n, m, reps = 200, 100, 300
+    rng = np.random.default_rng(4)
+    t = rng.standard_normal((n, 3))
+    vals = []
+    for _ in range(reps):
+        sub = rng.choice(n, m, replace=False)
+        idx = np.arange(n)
+        idx[sub] = sub[rng.permutation(m)]
+        vals.append(P.pairing_inefficiency(t[idx], t).delta_e)
+    vals = np.asarray(vals)
+    expected = (m - 1) / (n - 1)
+    assert abs(vals.mean() - expected) < 4.0 * vals.std(ddof=1) / math.sqrt(reps)
+    assert abs(vals.mean() - expected) < 0.02
+
+
+def test_bootstrap_coverage():
+    # Coverage of the 90 % percentile CI in a simulation where the true value is known:
+    # student = teacher with the noise indices permuted uniformly at random => E[ΔE] = 1
+    # exactly (given the teacher points).  Nominal 0.90; accept [0.82, 0.97] (binomial sd 0.021
+    # at 200 replicates).
+    rng = np.random.default_rng(8)
+    reps, n = 200, 150
+    covered = 0
+    for r in range(reps):
+        t = rng.standard_normal((n, 2)) * np.array([1.0, 3.0])
+        s = t[rng.permutation(n)]
+        res = P.pairing_inefficiency(s, t, bootstrap=200, seed=r, level=0.90)
+        covered += res.ci_low <= 1.0 <= res.ci_high
+    coverage = covered / reps
+    assert 0.82 <= coverage <= 0.97, coverage
+
+
+def test_bootstrap_reproducible_and_seeded():
+    s, t = _pair(200, 3, seed=9)
+    a = P.pairing_inefficiency(s, t, bootstrap=100, seed=1)
+    b = P.pairing_inefficiency(s, t, bootstrap=100, seed=1)
+    c = P.pairing_inefficiency(s, t, bootstrap=100, seed=2)
+    assert (a.ci_low, a.ci_high) == (b.ci_low, b.ci_high)
+    assert (a.ci_low, a.ci_high) != (c.ci_low, c.ci_high)
+    assert a.ci_low <= a.delta_e <= a.ci_high
+    assert a.to_dict()["ci_level"] == 0.95 and a.to_dict()["bootstrap"] == 100
+
+
+def test_block_approximation_bias_is_small_and_one_sided():
+    # n > max_exact: E_OT from random disjoint blocks is a feasible matching, so it can only
+    # overestimate E_OT and underestimate ΔE.  Measured bias (documented in docs/metrics.md):
+    # n=2048 split into 4 blocks of 512.
+    for d, seed in ((2, 0), (16, 1)):
+        s, t = _pair(2048, d, seed, noise=1.0)
+        exact = P.pairing_inefficiency(s, t, max_exact=4096)
+        approx = P.pairing_inefficiency(s, t, max_exact=512, seed=seed)
+        assert exact.exact and not approx.exact and approx.n_blocks == 4
+        assert approx.e_ot >= exact.e_ot - 1e-12
+        assert approx.delta_e <= exact.delta_e + 1e-12
+        assert exact.delta_e - approx.delta_e < 0.03, (d, exact.delta_e, approx.delta_e)
+        assert approx.e_pair == exact.e_pair and approx.e_ind == exact.e_ind
+
+
+# ---------------------------------------------------------------------------------------------
+# Companion metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def test_wasserstein_exact_equal_and_unequal_sizes():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((80, 3))
+    y = rng.standard_normal((80, 3)) * 2.0 + 1.0
+    c = cdist(x, y, "sqeuclidean")
+    r, col = linear_sum_assignment(c)
+    assert P.wasserstein2_squared(x, y) == pytest.approx(c[r, col].mean(), rel=1e-10)
+    y2 = y[:50]
+    ref = ot.emd2(np.full(80, 1 / 80), np.full(50, 1 / 50), ot.dist(x, y2))
+    assert P.wasserstein2_squared(x, y2) == pytest.approx(ref, rel=1e-9)
+    assert P.wasserstein2_squared(x, x[::-1]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_wasserstein_1d_sorting_closed_form():
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal(300), rng.exponential(size=300)
+    assert P.wasserstein2_squared(x, y) == pytest.approx(np.mean((np.sort(x) - np.sort(y)) ** 2), rel=1e-10)
+
+
+def test_sliced_wasserstein():
+    rng = np.random.default_rng(6)
+    # d = 1: every direction is ±1, so SW₂ is the exact W₂ (also for unequal n).
+    x, y = rng.standard_normal(200), rng.standard_normal(130) * 2.0
+    ref = ot.emd2(np.full(200, 1 / 200), np.full(130, 1 / 130), ot.dist(x[:, None], y[:, None]))
+    assert P.sliced_wasserstein2(x, y, n_projections=3) == pytest.approx(math.sqrt(ref), rel=1e-9)
+    # Translation by m: SW₂² = E_θ <θ, m>² = ||m||² / d for θ uniform on the sphere.
+    d = 5
+    a = rng.standard_normal((500, d))
+    m = np.array([1.0, -2.0, 0.5, 0.0, 3.0])
+    sw = P.sliced_wasserstein2(a, a + m, n_projections=20000, seed=1)
+    assert sw**2 == pytest.approx(m @ m / d, rel=0.03)
+    assert P.sliced_wasserstein2(a, a, seed=2) == 0.0
+
+
+def test_transport_inefficiency():
+    rng = np.random.default_rng(7)
+    z = rng.standard_normal(400)
+    # In 1-D every monotone map is the OT map: η = 0.
+    assert P.transport_inefficiency(z, z**3 + 2 * z) == pytest.approx(0.0, abs=1e-12)
+    # Anti-monotone map: η = E(M(z) - z)^2 / W₂²(sorted) - 1, computed independently.
+    mz = -(z**3)
+    w2 = np.mean((np.sort(z) - np.sort(mz)) ** 2)
+    assert P.transport_inefficiency(z, mz) == pytest.approx(np.mean((mz - z) ** 2) / w2 - 1.0, rel=1e-10)
+    with pytest.raises(ValueError, match="W₂"):
+        P.transport_inefficiency(z, z[rng.permutation(400)])
+
+
+def test_pair_retrieval_accuracy():
+    rng = np.random.default_rng(8)
+    t = rng.standard_normal((300, 4))
+    assert P.pair_retrieval_accuracy(t, t) == 1.0
+    derange = np.roll(np.arange(300), 1)
+    assert P.pair_retrieval_accuracy(t[derange], t) == 0.0
+    s = t + 0.4 * rng.standard_normal(t.shape)
+    ref = np.mean(cdist(s, t, "sqeuclidean").argmin(axis=1) == np.arange(300))
+    assert P.pair_retrieval_accuracy(s, t, chunk=7) == pytest.approx(ref)
+
+
+def test_mode_transition_given_centers():
+    rng = np.random.default_rng(9)
+    centers = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    labels = np.repeat([0, 1, 2], 100)
+    t = centers[labels] + 0.1 * rng.standard_normal((300, 2))
+    s_labels = labels.copy()
+    s_labels[:40] = 1  # 40 of teacher mode 0's noises go to mode 1
+    s_labels[200:210] = 0  # 10 of mode 2's go to mode 0
+    s = centers[s_labels] + 0.1 * rng.standard_normal((300, 2))
+    mt = P.mode_transition(s, t, centers=centers, n_modes=7)  # centers win over n_modes
+    expected = np.array([[0.6, 0.4, 0.0], [0.0, 1.0, 0.0], [0.1, 0.0, 0.9]])
+    np.testing.assert_allclose(mt.matrix, expected, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(mt.matrix.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    assert mt.copy_rate == pytest.approx(250 / 300)
+    assert mt.teacher_counts.tolist() == [100, 100, 100]
+    assert mt.to_dict()["centers"] == centers.tolist()
+
+
+def test_mode_transition_kmeans_identity_and_empty_rows():
+    s, t = _pair(400, 3, seed=10)
+    mt = P.mode_transition(t, t, n_modes=3, seed=0)
+    assert mt.copy_rate == 1.0
+    np.testing.assert_allclose(mt.matrix, np.eye(3), atol=0)
+    mt2 = P.mode_transition(s, t, n_modes=3, seed=0)
+    np.testing.assert_allclose(mt2.matrix.sum(axis=1), 1.0, atol=1e-12)
+    assert mt2.centers.shape == (3, 3)
+    # A centre with no teacher sample gives an all-zero row (documented), never NaN.
+    far = np.vstack([mt.centers, np.full((1, 3), 1e6)])
+    mt3 = P.mode_transition(s, t, centers=far)
+    assert np.isfinite(mt3.matrix).all() and mt3.matrix[3].sum() == 0.0 and mt3.teacher_counts[3] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+_GOOD = np.random.default_rng(0).standard_normal((20, 3))
+
+
+@pytest.mark.parametrize(
+    "student, teacher, match",
+    [
+        (_GOOD, _GOOD[:10], "different n"),
+        (_GOOD[:1], _GOOD[:1], "at least 2"),
+        (np.where(np.eye(20, 3) > 0, np.nan, _GOOD), _GOOD, "NaN/Inf"),
+        (_GOOD, np.where(np.eye(20, 3) > 0, np.inf, _GOOD), "NaN/Inf"),
+        (np.full((20, 3), "a"), _GOOD, "not a real numeric"),
+        (_GOOD.astype(complex), _GOOD, "not a real numeric"),
+        (torch.ones(20, 3, dtype=torch.bool), _GOOD, "not a real numeric"),
+        (_GOOD, _GOOD[:, :2], "mismatched feature sizes"),
+        (np.ones((20, 3)), _GOOD, "zero spread"),
+        (_GOOD, np.zeros((20, 3)), "zero spread"),
+        (np.float64(3.0), _GOOD, "scalar"),
+    ],
+)
+def test_bad_input_raises(student, teacher, match):
+    with pytest.raises(ValueError, match=match):
+        P.pairing_inefficiency(student, teacher)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"bootstrap": -1}, "bootstrap"),
+        ({"bootstrap": 3}, "bootstrap"),
+        ({"bootstrap": 1.5}, "bootstrap"),
+        ({"max_exact": 1}, "max_exact"),
+        ({"seed": -2}, "seed"),
+        ({"level": 1.0}, "level"),
+        ({"solver": "sinkhorn"}, "solver"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        P.pairing_inefficiency(_GOOD, _GOOD[::-1], **kwargs)
+
+
+def test_companions_reject_bad_input():
+    nan = _GOOD.copy()
+    nan[0, 0] = np.nan
+    for fn in (P.wasserstein2_squared, P.sliced_wasserstein2, P.transport_inefficiency, P.pair_retrieval_accuracy):
+        with pytest.raises(ValueError, match="NaN"):
+            fn(nan, _GOOD)
+        with pytest.raises(ValueError, match="mismatched feature sizes"):
+            fn(_GOOD, _GOOD[:, :1])
+    with pytest.raises(ValueError, match="centers/n_modes"):
+        P.mode_transition(_GOOD, _GOOD)
+    with pytest.raises(ValueError, match="n_modes"):
+        P.mode_transition(_GOOD, _GOOD, n_modes=21)
+    with pytest.raises(ValueError, match="centers"):
+        P.mode_transition(_GOOD, _GOOD, centers=np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="n_projections"):
+        P.sliced_wasserstein2(_GOOD, _GOOD, n_projections=0)
+
+
+def test_solver_not_optimal_raises(monkeypatch):
+    def stopped_emd(a, b, m, **kwargs):
+        return np.zeros((len(a), len(b))), {"cost": 0.0, "result_code": 3, "warning": "numItermax reached before optimality"}
+
+    monkeypatch.setattr(P.ot, "emd", stopped_emd)
+    s, t = _pair(30, 2, seed=0)
+    with pytest.raises(P.OTSolverError, match="numItermax"):
+        P.pairing_inefficiency(s, t, solver="emd")
+
+
+def test_metric_help_covers_metrics_csv_columns():
+    for key in ("delta_e", "e_pair", "e_ot", "e_ind", "w2", "w2_data", "eta_teacher", "eta_student", "copy_rate", "retrieval"):
+        assert isinstance(P.METRIC_HELP[key], str) and len(P.METRIC_HELP[key]) > 20
+    assert "Li et al. 2026" in P.METRIC_HELP["delta_e"]
