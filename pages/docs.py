@@ -4,6 +4,9 @@ import streamlit as st
 
 from ui.docs import DMD_LOOP_DOT, read_doc
 from ui.plots import DELTA_E_HELP
+from ui.router import ensure_router
+
+ensure_router()
 
 st.title("Docs")
 st.markdown(
@@ -35,9 +38,9 @@ whether the student keeps the teacher's pairing (copying) is an emergent propert
 
 with tab_metrics:
     st.subheader("Pairing inefficiency ΔE")
-    st.latex(r"\Delta E = \frac{E_\mathrm{pair} - E_\mathrm{OT}}{E_\mathrm{ind} - E_\mathrm{OT}},\quad"
-             r"E_\mathrm{pair} = \tfrac1n\sum_i \lVert s_i - t_i\rVert^2,\quad"
-             r"E_\mathrm{OT} = \min_\pi \tfrac1n\sum_i \lVert s_i - t_{\pi(i)}\rVert^2,\quad"
+    st.latex(r"\Delta E = \frac{E_\mathrm{pair} - E_\mathrm{OT}}{E_\mathrm{ind} - E_\mathrm{OT}},\quad "
+             r"E_\mathrm{pair} = \tfrac1n\sum_i \lVert s_i - t_i\rVert^2,\quad "
+             r"E_\mathrm{OT} = \min_\pi \tfrac1n\sum_i \lVert s_i - t_{\pi(i)}\rVert^2,\quad "
              r"E_\mathrm{ind} = \tfrac1{n^2}\sum_{i,j}\lVert s_i - t_j\rVert^2")
     st.markdown(DELTA_E_HELP)
     st.info(

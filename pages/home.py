@@ -4,6 +4,9 @@ import streamlit as st
 
 from ui.illustration import schematic_figure
 from ui.toylab import START_HERE_VALUES, request_autostart
+from ui.router import ensure_router
+
+ensure_router()
 
 st.title("DMD Copying Lab")
 st.markdown(

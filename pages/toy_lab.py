@@ -11,6 +11,9 @@ import streamlit as st
 
 from ui import plots, toylab, urlstate
 from ui.session import get_manager, runs_root
+from ui.router import ensure_router
+
+ensure_router()
 
 S = st.session_state
 JOB = "toylab_job"

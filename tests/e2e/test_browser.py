@@ -14,6 +14,14 @@ def test_pages_render_in_a_real_browser(tmp_path):
     with streamlit_server(tmp_path) as (url, _proc), browser_page() as page:
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        # A fresh server's first visitor opening a deep link is still routed by app.py
+        # (wide layout, titled navigation) — see ui/router.py.
+        page.goto(f"{url}/docs", wait_until="domcontentloaded")
+        page.get_by_text("One DMD2 training iteration").first.wait_for(timeout=30000)
+        nav = page.locator('[data-testid="stSidebarNav"]')
+        nav.get_by_text("Image models").first.wait_for(timeout=10000)
+        assert nav.get_by_text("toy lab", exact=True).count() == 0
+
         page.goto(url, wait_until="domcontentloaded")
         page.get_by_text("DMD Copying Lab", exact=False).first.wait_for(timeout=30000)
         page.locator(".js-plotly-plot").first.wait_for(timeout=30000)
@@ -22,6 +30,7 @@ def test_pages_render_in_a_real_browser(tmp_path):
 
         page.goto(f"{url}/docs", wait_until="domcontentloaded")
         page.get_by_text("One DMD2 training iteration").first.wait_for(timeout=30000)
+        page.locator('[data-testid="stGraphVizChart"] svg').first.wait_for(timeout=30000)
         wait_app_idle(page)
         page.screenshot(path=str(ARTIFACTS / "docs.png"), full_page=True)
         page.get_by_role("tab", name="Metrics").click()
