@@ -332,6 +332,15 @@ def cell_config_dict(spec: SweepSpec, overrides: dict, *, quick: bool = False) -
     return d
 
 
+def _check_runnable(cfg) -> None:
+    """Cross-field limits that ``pipeline.Experiment`` enforces at construction, checked here so a
+    bad spec fails before anything runs (same messages)."""
+    if 0 < cfg.eval.bootstrap < 10:
+        raise ValueError(f"EvalConfig.bootstrap: {cfg.eval.bootstrap} not in {{0}} ∪ [10, 100000]")
+    if cfg.eval.n > cfg.data.n_samples:
+        raise ValueError(f"EvalConfig.n: {cfg.eval.n} not in [2, DataConfig.n_samples={cfg.data.n_samples}]")
+
+
 def expand(spec: SweepSpec, *, quick: bool = False) -> list[Cell]:
     """All cells of the grid (product in axis order), each config validated.
 
@@ -347,6 +356,7 @@ def expand(spec: SweepSpec, *, quick: bool = False) -> list[Cell]:
         try:
             cfg = ExperimentConfig.from_dict(d)
             cfg.validate()
+            _check_runnable(cfg)
         except (ValueError, TypeError, KeyError) as exc:
             raise SweepSpecError(f"spec cell [{where}]: {exc}") from exc
         d = cfg.to_dict()
@@ -576,7 +586,7 @@ def run_sweep(
                 ready_cells.extend(by_teacher[k])
             else:
                 for c in by_teacher[k]:
-                    record(c.key, {"status": "failed", "message": f"teacher {k} failed"}, "cell")
+                    record(c.key, _teacher_failed(out / "cells" / c.key, k, res), "cell")
         for c in ready_cells:
             if stopped or (stop_event is not None and stop_event.is_set()):
                 stopped = True
@@ -625,8 +635,7 @@ def run_sweep(
                             if res.get("status") == FINISHED and not stopped:
                                 submit("cell", c)
                             elif res.get("status") != FINISHED:
-                                record(c.key, {"status": "failed",
-                                               "message": f"its teacher {obj} did not finish"}, "cell")
+                                record(c.key, _teacher_failed(out / "cells" / c.key, obj, res), "cell")
                 prog.running_cells = sum(1 for kind, _ in pending.values() if kind == "cell")
     if stop_file.exists():
         stop_file.unlink()
@@ -639,6 +648,18 @@ def run_sweep(
     emit("stopped" if stopped else f"done: {prog.done_cells} finished, {prog.failed_cells} failed")
     return SweepResult(out_dir=str(out), sweep_id=sweep_id, table=table, failures=failures, n_cells=len(cells),
                        n_run=len(todo), n_skipped=skipped, wall_s=time.perf_counter() - t0, stopped=stopped)
+
+
+def _teacher_failed(cell_dir: Path, key: str, outcome: dict) -> dict:
+    """Outcome of a cell whose teacher did not finish; its status.json says why."""
+    from dmdcore.runs import RunDir
+
+    msg = f"its teacher {key} did not finish ({outcome.get('status')}: {outcome.get('message', '')})"
+    if cell_dir.exists():
+        shutil.rmtree(cell_dir)
+    cell_dir.mkdir(parents=True)
+    RunDir(cell_dir).write_status("failed", msg)
+    return {"status": "failed", "message": msg}
 
 
 def _call_safely(fn, kwargs: dict) -> dict:
@@ -1061,10 +1082,15 @@ def _drive(exp, stop_file: str | None) -> tuple[str, str]:
 
     steps = 0
     status, message = FINISHED, ""
+    parent = os.getppid()
     try:
         while not exp.done:
             if _stop_requested(stop_file):
                 status, message = "stopped", f"stopped by the sweep at step {steps}"
+                break
+            if os.getppid() != parent:
+                # The sweep process was killed: stop here so a resumed sweep can redo this cell.
+                status, message = "stopped", f"sweep process gone; stopped at step {steps}"
                 break
             exp.step()
             steps += 1

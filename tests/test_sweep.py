@@ -195,3 +195,149 @@ def test_summary_is_computed_from_the_data():
     assert "23 of 24 cells finished" in sw.summarize(t) and "1 cell(s) did not finish" in sw.summarize(t)
     empty = t.assign(status="pending", delta_e=np.nan)
     assert sw.summarize(empty).startswith("No cell has finished yet")
+
+
+# ---------------------------------------------------------------------------- end to end (real runs)
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The 2-cell tiny sweep, --quick, on 2 worker processes."""
+    out = tmp_path_factory.mktemp("sweep") / "tiny"
+    events: list[sw.SweepProgress] = []
+    res = sw.run_sweep(tiny_spec(), out, workers=2, quick=True, callback=events.append)
+    return out, res, events
+
+
+def test_tiny_sweep_end_to_end(tiny_run):
+    from dmdcore.pairing import pairing_inefficiency
+    from dmdcore.runs import RunDir, RunIndex
+
+    out, res, events = tiny_run
+    assert res.failures == [] and (res.n_cells, res.n_run, res.n_skipped) == (2, 2, 0)
+    t = res.table
+    expected = ["cell", "data.dim", "status", "message", "step", "n_eval", "wall_s", *sw.METRIC_COLUMNS, "run_dir"]
+    assert list(t.columns) == expected
+    assert list(t["data.dim"]) == [2, 3] and set(t["status"]) == {"finished"}
+    assert (t["wall_s"] > 0).all() and (t["n_eval"] == 48).all()
+    for _, row in t.iterrows():
+        # The table reports the final evaluation; recompute ΔE from the saved samples.
+        run = RunDir(row["run_dir"])
+        samples = run.load_samples()
+        assert samples["student"].shape == (48, row["data.dim"])
+        ref = pairing_inefficiency(samples["student"], samples["teacher"])
+        assert row["delta_e"] == pytest.approx(ref.delta_e, abs=1e-9)
+        assert row["delta_e_lo"] <= row["delta_e"] + 1e-12 <= row["delta_e_hi"] + 2e-12
+        last = [r for r in run.read_metrics() if r["phase"] == "student"][-1]
+        assert last["step"] == 4 and row["w2"] == pytest.approx(last["w2"])
+    # CSV written and identical to the returned table.
+    csv = pd.read_csv(out / "results.csv")
+    assert list(csv.columns) == expected
+    np.testing.assert_allclose(csv["delta_e"], t["delta_e"])
+    # Every cell and every teacher is a normal run in the sweep's index, tagged with the sweep id.
+    recs = RunIndex(out).list(sweep=res.sweep_id)
+    assert sorted(r.kind for r in recs) == ["experiment", "experiment", "teacher", "teacher"]
+    assert all(r.status == "finished" for r in recs)
+    # Progress: monotone counts, ETA once a cell is done, final event says finished.
+    dones = [e.done_cells for e in events]
+    assert dones == sorted(dones) and events[-1].finished and events[-1].done_cells == 2
+    assert events[-1].done_teachers == events[-1].total_teachers == 2
+    assert any(e.eta_s is not None for e in events)
+    curves = sw.training_curves(out)
+    assert set(curves["cell"]) == set(t["cell"]) and sorted(set(curves["step"])) == [0, 3, 4]
+    listed = sw.list_sweeps(out.parent)
+    assert [(s["id"], s["n_cells"], s["finished"]) for s in listed] == [(res.sweep_id, 2, 2)]
+
+
+def test_resume_skips_finished_and_reruns_failed(tiny_run):
+    from dmdcore.runs import RunDir
+
+    out, res, _ = tiny_run
+    cells = list(res.table["run_dir"])
+    mtimes = {p: (Path(p) / "metrics.csv").stat().st_mtime_ns for p in cells}
+    teacher_mtimes = sorted(p.stat().st_mtime_ns for p in (out / "teachers").glob("*/teacher.pt"))
+    again = sw.run_sweep(tiny_spec(), out, workers=2, quick=True)
+    assert (again.n_skipped, again.n_run, again.failures) == (2, 0, [])
+    assert again.sweep_id == res.sweep_id
+    assert {p: (Path(p) / "metrics.csv").stat().st_mtime_ns for p in cells} == mtimes
+    # Mark the second cell as failed (as a crash would): only it is re-run, from the shared teacher.
+    RunDir(cells[1]).write_status("failed", "simulated crash")
+    third = sw.run_sweep(tiny_spec(), out, workers=2, quick=True)
+    assert (third.n_skipped, third.n_run, third.failures) == (1, 1, [])
+    assert (Path(cells[0]) / "metrics.csv").stat().st_mtime_ns == mtimes[cells[0]]
+    assert (Path(cells[1]) / "metrics.csv").stat().st_mtime_ns != mtimes[cells[1]]
+    assert sorted(p.stat().st_mtime_ns for p in (out / "teachers").glob("*/teacher.pt")) == teacher_mtimes
+    assert list(third.table["status"]) == ["finished", "finished"]
+    # Same config + seed → same numbers (the re-run cell reproduces its ΔE exactly).
+    np.testing.assert_allclose(third.table["delta_e"], res.table["delta_e"], rtol=0, atol=1e-12)
+
+
+def test_failing_cell_is_reported_and_the_other_finishes(tmp_path):
+    missing = tmp_path / "missing.npy"
+    spec = tiny_spec(data={"ok": {}, "broken": {"data.dataset": "user", "data.path": str(missing)}})
+    events = []
+    res = sw.run_sweep(spec, tmp_path / "s", workers=2, quick=True, callback=events.append)
+    t = res.table.set_index("data")
+    assert t.loc["ok", "status"] == "finished" and np.isfinite(t.loc["ok", "delta_e"])
+    assert t.loc["broken", "status"] == "failed" and np.isnan(t.loc["broken", "delta_e"])
+    assert "missing.npy" in t.loc["broken", "message"]
+    keys = [k for k, _ in res.failures]
+    assert t.loc["broken", "cell"] in keys and any(k.startswith("teacher:") for k in keys)
+    assert all("missing.npy" in reason for _, reason in res.failures)
+    assert events[-1].failed_cells == 1 and events[-1].done_cells == 1
+    assert "1 cell(s) did not finish (failed)" in sw.summarize(res.table)
+
+
+def test_serial_mode_matches_pool(tiny_run, tmp_path):
+    _, res, _ = tiny_run
+    serial = sw.run_sweep(tiny_spec(), tmp_path / "serial", workers=0, quick=True)
+    assert serial.failures == []
+    np.testing.assert_allclose(serial.table["delta_e"], res.table["delta_e"], atol=1e-6)
+
+
+def test_sweep_job_stop_then_resume(tmp_path):
+    spec = tiny_spec(**{"data.dim": [2, 3], "seed": [0, 1]})
+    job = sw.SweepJob(spec, tmp_path / "s", workers=1, quick=False).start()
+    job.stop()
+    assert job.wait(timeout=300)
+    snap = job.snapshot()
+    assert snap.state == "stopped" and snap.progress.stopped
+    assert snap.result.table["status"].ne("finished").any()
+    res = sw.run_sweep(spec, tmp_path / "s", workers=2)
+    assert res.failures == [] and set(res.table["status"]) == {"finished"}
+    with pytest.raises(sw.SweepSpecError):
+        sw.SweepJob({"name": "x", "grid": {"data.dim": [0]}}, tmp_path / "bad")
+
+
+# ---------------------------------------------------------------------------- command line
+
+def _cli(argv):
+    parser = argparse.ArgumentParser(prog="dmdcore")
+    sw.register_cli(parser.add_subparsers(dest="cmd", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_bad_spec_exits_2_with_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "x", "grid": {"distill.ganz": [True]}}))
+    with pytest.raises(SystemExit) as e:
+        _cli(["sweep", str(bad), "--out", str(tmp_path / "o")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "distill.ganz" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_runs_through_python_m(tmp_path):
+    if not (REPO / "dmdcore" / "__main__.py").exists():
+        pytest.fail("dmdcore/__main__.py is missing: `python -m dmdcore sweep` cannot run")
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(tiny_spec(**{"data.dim": [2]})))
+    proc = subprocess.run([sys.executable, "-m", "dmdcore", "sweep", str(spec), "--out", str(tmp_path / "o"),
+                           "--quick", "--workers", "1"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "results:" in proc.stdout and "1 of 1 cells finished" in proc.stdout
+    assert len(pd.read_csv(tmp_path / "o" / "results.csv")) == 1
+    bad = subprocess.run([sys.executable, "-m", "dmdcore", "sweep", "no-such-preset", "--out", str(tmp_path / "p")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no-such-preset" in bad.stderr

@@ -1,0 +1,60 @@
+"""Benchmark: a sweep preset on the process pool vs. the same cells one after another in one process.
+
+    python benchmarks/sweep.py                      # dimension preset, default size (minutes)
+    python benchmarks/sweep.py --quick              # the preset's --quick variant (smoke run)
+    python benchmarks/sweep.py --preset freedom --workers 2
+
+Both runs start from empty directories (teachers included) and must finish every cell. The
+serial baseline is ``run_sweep(..., workers=0)``: every teacher and cell in this process, in grid
+order, with torch's default thread count (what a plain loop would get). Last line:
+``RESULT cells=<int> wall_s=<float> serial_s=<float> speedup=<float>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dmdcore.sweep import expand, load_preset, run_sweep  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="dimension")
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    spec = load_preset(args.preset)
+    cells = expand(spec, quick=args.quick)
+    n_teachers = len({c.teacher_key for c in cells})
+    print(f"preset {spec.name}{' --quick' if args.quick else ''}: {len(cells)} cells, {n_teachers} teachers; "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; serial torch threads {torch.get_num_threads()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        par = run_sweep(spec, Path(tmp) / "parallel", workers=args.workers, quick=args.quick)
+        wall = time.perf_counter() - t0
+        print(f"parallel ({args.workers} workers): {wall:.1f} s, {len(par.failures)} failures")
+        t0 = time.perf_counter()
+        ser = run_sweep(spec, Path(tmp) / "serial", workers=0, quick=args.quick)
+        serial = time.perf_counter() - t0
+        print(f"serial (one process): {serial:.1f} s, {len(ser.failures)} failures")
+        if par.failures or ser.failures:
+            raise SystemExit(f"failures: parallel {par.failures} serial {ser.failures}")
+        d = np.abs(par.table["delta_e"].to_numpy() - ser.table["delta_e"].to_numpy())
+        print(f"max |ΔE(parallel) − ΔE(serial)| over cells = {np.nanmax(d):.2e} (thread-count rounding only)")
+        print(f"mean cell wall time: parallel {par.table['wall_s'].mean():.1f} s, serial {ser.table['wall_s'].mean():.1f} s")
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+    print(f"RESULT cells={len(cells)} wall_s={wall:.1f} serial_s={serial:.1f} speedup={serial / wall:.2f}")
+
+
+if __name__ == "__main__":
+    main()
