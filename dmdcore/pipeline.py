@@ -1,0 +1,649 @@
+"""The experiment pipeline: data → teacher phase (EDM training) → student phase (DMD), with a
+fixed evaluation noise batch, periodic evaluation of the pairing metrics, and run saving.
+
+``Experiment`` implements the stepper protocol of ``dmdcore.jobs`` (``step``, ``done``,
+``total_steps``, ``set_phases``, ``view``, ``finalize``) so a ``TrainingJob`` can run it on a
+thread, and ``run()`` steps it to the end synchronously (the sweep and the CLI use that).
+
+Evaluation (every ``cfg.eval.every`` steps of a phase, at step 0 of the student phase and at the
+end of each phase) on the fixed noise z (``cfg.eval.n`` × d, ``torch.Generator`` seeded with
+``cfg.eval.seed``):
+
+* teacher phase: T(z) of the current EMA teacher (EDM Heun, ``cfg.sampler``); ``w2_data`` =
+  W₂²(T(z), data subsample of n points) and ``eta_teacher`` = η(T); ``loss`` is the mean EDM loss
+  since the previous evaluation;
+* student phase: S(z) of the one-step (or few-step) student; ΔE with a bootstrap CI
+  (``pairing_inefficiency(S, T, bootstrap=cfg.eval.bootstrap)``), ``w2`` = W₂²(S, T) (= E_OT of the
+  same exact matching), ``w2_data`` = W₂²(S, data subsample), η(T), η(S), the copy rate of the
+  mode transition (true mode centres when the data set has them, else k-means centres fitted
+  once on T(z) with K = the data set's number of classes, or 8), top-1 pair retrieval; loss
+  columns are means since the previous evaluation.
+
+The ``step`` column of metrics.csv counts steps within its phase (teacher steps, or generator
+steps of the student); ``Experiment.step_count`` / the job's snapshot step count both phases.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from dmdcore import pairing
+from dmdcore.config import DataConfig, ExperimentConfig, TeacherConfig
+from dmdcore.data import make_dataset, make_sampler
+from dmdcore.device import pick_device
+from dmdcore.runs import RunDir, RunIndex
+
+PHASES = ("teacher", "student")
+_HISTORY_MAX = 200                      # at most this many (step, S(z)) snapshots are kept
+_HISTORY_MAX_BYTES = 64 * 2**20         # ... and at most this many bytes of them
+_LOSS_KEYS_TEACHER = ("loss",)
+_LOSS_KEYS_STUDENT = ("loss_dm", "loss_fake", "loss_reg", "loss_gan_g", "loss_gan_d")
+
+
+# ----------------------------------------------------------------------------- teacher sources
+
+def checkpoints_dir() -> Path:
+    """The repository's ``checkpoints/`` folder (found from the package location, not the cwd)."""
+    return Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def shipped_teachers() -> list[dict]:
+    """Manifest entries of the shipped toy teachers (``kind == "toy"``, ``role == "teacher"``)."""
+    from dmdcore.checkpoints import read_manifest
+
+    return [
+        e for e in read_manifest(checkpoints_dir() / "manifest.json")["entries"]
+        if e.get("kind") == "toy" and e.get("role") == "teacher"
+    ]
+
+
+def resolve_teacher(source: str | os.PathLike) -> tuple[Path, str]:
+    """Where a teacher lives: ``(path of its .pt file, canonical source string)``.
+
+    source: a run directory (its ``teacher.pt``), a ``.pt`` file, ``manifest:<name>`` or a bare
+    manifest name such as ``8gaussians`` (when no file or directory of that name exists).
+    The canonical string is what a run's config.json records as ``teacher_source``.
+    Raises ValueError naming the source when it cannot be found or fails its checksum.
+    """
+    from dmdcore.checkpoints import entry_path, file_sha256, manifest_entry
+
+    text = os.fspath(source)
+    if not text:
+        raise ValueError("teacher: empty source (give a run directory, a .pt file or manifest:<name>)")
+    name = None
+    if text.startswith("manifest:"):
+        name = text[len("manifest:"):]
+    elif not Path(text).exists() and os.sep not in text and not text.endswith(".pt"):
+        name = text
+    if name is not None:
+        known = [e["name"] for e in shipped_teachers()]
+        if name not in known:
+            raise ValueError(
+                f"teacher: {text!r} is neither an existing path nor a shipped teacher (known: {', '.join(known) or 'none'})"
+            )
+        entry = manifest_entry(name, checkpoints_dir() / "manifest.json")
+        path = entry_path(entry, checkpoints_dir())
+        if not path.is_file():
+            raise ValueError(f"teacher: manifest entry {name!r} points at {str(path)!r}, which is missing")
+        if entry.get("size") is not None and path.stat().st_size != entry["size"]:
+            raise ValueError(f"teacher: {str(path)!r} has {path.stat().st_size} bytes, the manifest says {entry['size']}")
+        if entry.get("sha256") and file_sha256(path) != entry["sha256"].lower():
+            raise ValueError(f"teacher: {str(path)!r} does not match the manifest's sha256")
+        return path, f"manifest:{name}"
+    p = Path(text)
+    if p.is_dir():
+        pt = p / "teacher.pt"
+        if not pt.is_file():
+            st = RunDir(p).read_status() if (p / "status.json").exists() else None
+            extra = f" (run status: {st.get('status')}: {st.get('message')})" if st else ""
+            raise ValueError(f"teacher: run directory {text!r} has no teacher.pt{extra}")
+        return pt, str(p.resolve())
+    if p.is_file():
+        return p, str(p.resolve())
+    raise ValueError(f"teacher: {text!r} does not exist (give a run directory, a .pt file or manifest:<name>)")
+
+
+def load_teacher(source: str | os.PathLike, device: str | torch.device | None = None):
+    """Load a ``ToyTeacher`` from a run directory, a ``.pt`` file or ``manifest:<name>`` (see
+    ``resolve_teacher``), onto ``device`` (default: ``pick_device("auto")``)."""
+    from dmdcore.toy import ToyTeacher
+
+    path, _ = resolve_teacher(source)
+    return ToyTeacher.load(path, device=pick_device(device if device is not None else "auto"))
+
+
+# ----------------------------------------------------------------------------- basin maps
+
+@dataclass(frozen=True)
+class BasinMaps:
+    """Which mode each noise of a 2-D grid is sent to by the teacher and the student.
+
+    xs, ys: (grid_n,) noise coordinates; teacher_modes, student_modes: (grid_n, grid_n) int64
+    mode index at noise (xs[j], ys[i]) (student_modes None before the student phase);
+    centers: (K, 2) mode centres used; agreement: fraction of grid points where both agree
+    (None without a student); step: student step of the student used (None without one).
+    """
+
+    xs: np.ndarray
+    ys: np.ndarray
+    teacher_modes: np.ndarray
+    student_modes: np.ndarray | None
+    centers: np.ndarray
+    agreement: float | None
+    step: int | None
+
+
+# ----------------------------------------------------------------------------- experiment
+
+class Experiment:
+    """data → teacher phase → student phase, evaluated on a fixed noise batch.
+
+    cfg:      the complete ExperimentConfig (written to config.json).
+    run_dir:  where to save the run (None: keep everything in memory).
+    index:    a RunIndex to register the run in and keep up to date (None: no index).
+    teacher:  a ToyTeacher, or a source for ``load_teacher`` (run dir / .pt / ``manifest:<name>``);
+              when given, the teacher phase is skipped.
+    device:   "auto" | "cpu" | "cuda" | torch.device | None (auto).
+    phases:   which phases to run (default: both, or ("student",) when a teacher is given).
+    kind:     config.json ``kind``; default "teacher" for a teacher-only run, else "experiment".
+    teacher_source: recorded in config.json (default: the canonical form of ``teacher`` when it
+              is a source string, None when trained here).
+    overwrite: reuse a ``run_dir`` that already holds a run.
+
+    Raises ValueError for a bad config, an unknown teacher source, a teacher whose dimension or
+    data config does not match ``cfg.data``, or a run_dir that already holds a run.
+    """
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        *,
+        run_dir: str | os.PathLike | None = None,
+        index: RunIndex | None = None,
+        teacher: Any = None,
+        device: str | torch.device | None = None,
+        phases: Sequence[str] | None = None,
+        kind: str | None = None,
+        teacher_source: str | None = None,
+        overwrite: bool = False,
+    ):
+        if not isinstance(cfg, ExperimentConfig):
+            raise ValueError(f"cfg: expected an ExperimentConfig, got {type(cfg).__name__}")
+        cfg.validate()
+        if 0 < cfg.eval.bootstrap < 10:
+            raise ValueError(f"EvalConfig.bootstrap: {cfg.eval.bootstrap} not in {{0}} ∪ [10, 100000]")
+        if cfg.eval.n > cfg.data.n_samples:
+            raise ValueError(f"EvalConfig.n: {cfg.eval.n} not in [2, DataConfig.n_samples={cfg.data.n_samples}]")
+        self.cfg = cfg
+        self.device = pick_device(device if device is not None else "auto")
+        self._lock = threading.RLock()
+
+        # Teacher given (object or source) → distillation only.
+        self.teacher = None
+        if teacher is not None:
+            if isinstance(teacher, (str, os.PathLike)):
+                _, canonical = resolve_teacher(teacher)
+                teacher_source = teacher_source if teacher_source is not None else canonical
+                teacher = load_teacher(teacher, device=self.device)
+            self.teacher = teacher
+            self.teacher.denoiser.to(self.device)
+        self._teacher_given = self.teacher is not None
+
+        # Data, fixed evaluation noise and data subsample.
+        self.dataset = make_dataset(cfg.data)
+        d = self.dataset.dim
+        if self._teacher_given:
+            if self.teacher.dim != d:
+                raise ValueError(f"teacher: dimension {self.teacher.dim} != data dimension {d} ({cfg.data.dataset})")
+            tdata = self.teacher.data_config
+            if tdata is not None and tdata.to_dict() != cfg.data.to_dict():
+                raise ValueError(
+                    "cfg.data: does not match the data the teacher was trained on "
+                    f"({tdata.to_dict()}); use the teacher's data config"
+                )
+        g = torch.Generator().manual_seed(cfg.eval.seed)
+        self.z = torch.randn(cfg.eval.n, d, generator=g, dtype=torch.float32)
+        self.eval_labels = None
+        if cfg.teacher.conditional:
+            if self.dataset.labels is None or self.dataset.n_classes < 1:
+                raise ValueError(f"TeacherConfig.conditional: True needs a labelled data set; {cfg.data.dataset!r} has no labels")
+            self.eval_labels = torch.randint(0, self.dataset.n_classes, (cfg.eval.n,), generator=g)
+        rng = np.random.default_rng(cfg.eval.seed)
+        n_rows = self.dataset.x.shape[0]
+        sub = rng.choice(n_rows, size=cfg.eval.n, replace=cfg.eval.n > n_rows)
+        self.data_eval = self.dataset.x[torch.from_numpy(sub)].numpy().astype(np.float32)
+
+        # Phases.
+        self.phases: tuple[str, ...] = ()
+        self._set_phases_unchecked(phases if phases is not None else PHASES)
+        self.kind = kind if kind is not None else ("teacher" if self.phases == ("teacher",) else "experiment")
+
+        # Progress state.
+        self._started = False
+        self._phase_idx = 0
+        self.phase_step = 0
+        self.step_count = 0
+        self.metrics: list[dict] = []
+        self._loss_acc: dict[str, list[float]] = {}
+        self._active_s = 0.0
+        self._teacher_trainer = None
+        self._dmd = None
+        self.teacher_samples: np.ndarray | None = None
+        self.student_samples: np.ndarray | None = None
+        self.history: list[tuple[int, np.ndarray]] = []
+        self.modes = None
+        self._centers: np.ndarray | None = None
+        self._eta_teacher: float | None = None
+        self._finalized = False
+        self.status = "running"
+        self.message = ""
+        self._published: dict = {}
+
+        # Run directory and index.
+        self.teacher_source = teacher_source
+        self.rundir = None
+        self.index = index
+        if run_dir is not None:
+            self.rundir = RunDir.create(
+                run_dir, kind=self.kind, experiment=cfg.to_dict(), teacher_source=teacher_source, overwrite=overwrite
+            )
+            if self._teacher_given:
+                self._save_teacher(self.teacher)
+            if index is not None:
+                index.register(self.rundir, kind=self.kind, status="running")
+        self._publish()
+
+    # ------------------------------------------------------------------ protocol
+    @property
+    def total_steps(self) -> int:
+        """Training steps of all phases to run (teacher steps + generator steps)."""
+        return sum(self._phase_len(p) for p in self.phases)
+
+    @property
+    def done(self) -> bool:
+        return self._phase_idx >= len(self.phases)
+
+    @property
+    def phase(self) -> str | None:
+        """The current phase ("teacher" | "student"), None when done."""
+        return None if self.done else self.phases[self._phase_idx]
+
+    @property
+    def run_dir(self) -> Path | None:
+        return None if self.rundir is None else self.rundir.path
+
+    def set_phases(self, phases: Sequence[str]) -> None:
+        """Choose the phases before the first step. With a given teacher, "teacher" is dropped
+        (it is already trained); ValueError when nothing is left or the names are wrong."""
+        with self._lock:
+            if self._started:
+                raise ValueError("phases: cannot change the phases after the first step")
+            self._set_phases_unchecked(phases)
+            self._publish()
+
+    def _set_phases_unchecked(self, phases: Sequence[str]) -> None:
+        phases = tuple(phases)
+        if not phases or any(p not in PHASES for p in phases) or len(set(phases)) != len(phases):
+            raise ValueError(f"phases: {phases!r} must be a non-empty subset of {PHASES}")
+        phases = tuple(p for p in PHASES if p in phases)
+        if self._teacher_given:
+            phases = tuple(p for p in phases if p != "teacher")
+            if not phases:
+                raise ValueError("phases: ('teacher',) with a given teacher leaves nothing to do")
+        self.phases = phases
+
+    def _phase_len(self, phase: str) -> int:
+        return self.cfg.teacher.steps if phase == "teacher" else self.cfg.distill.steps
+
+    def step(self) -> dict:
+        """One training step of the current phase (evaluating when due). Returns the trainer's
+        step dict plus ``phase``, ``phase_step``, ``step`` (both phases) and ``evaluated``.
+
+        Raises ValueError when already done; ``dmdcore.distill.DivergenceError`` on a non-finite
+        loss (weights stay at the last good state; checkpoints at the last evaluation)."""
+        with self._lock:
+            if self.done:
+                raise ValueError("step: the experiment is already done")
+            t0 = time.perf_counter()
+            try:
+                if not self._started:
+                    self._started = True
+                    self._begin_phase()
+                phase = self.phase
+                trainer = self._teacher_trainer if phase == "teacher" else self._dmd
+                out = dict(trainer.step())
+                self.phase_step += 1
+                self.step_count += 1
+                for k in (_LOSS_KEYS_TEACHER if phase == "teacher" else _LOSS_KEYS_STUDENT):
+                    if out.get(k) is not None:
+                        self._loss_acc.setdefault(k, []).append(float(out[k]))
+                end = self.phase_step >= self._phase_len(phase)
+                evaluated = end or self.phase_step % self.cfg.eval.every == 0
+                if evaluated:
+                    self._evaluate()
+                if end:
+                    self._end_phase()
+            finally:
+                self._active_s += time.perf_counter() - t0
+            out.update(phase=phase, phase_step=self.phase_step, step=self.step_count, evaluated=evaluated)
+            self._publish()
+            return out
+
+    def view(self) -> dict:
+        """State published for the job snapshot (references to arrays that are never mutated)."""
+        with self._lock:
+            return dict(self._published)
+
+    def run(self, callback: Callable[[dict], None] | None = None) -> dict:
+        """Step to the end synchronously, then finalize. ``callback(step_dict)`` after each step.
+
+        Returns the last metrics row ({} if none). A DivergenceError ends the run as "diverged"
+        (returned, not raised); KeyboardInterrupt finalizes "stopped" and re-raises; any other
+        exception finalizes "failed" and re-raises."""
+        from dmdcore.distill import DivergenceError
+
+        try:
+            while not self.done:
+                out = self.step()
+                if callback is not None:
+                    callback(out)
+        except DivergenceError as exc:
+            self.finalize("diverged", f"diverged: {exc}")
+            return dict(self.metrics[-1]) if self.metrics else {}
+        except KeyboardInterrupt:
+            self.finalize("stopped", f"interrupted at step {self.step_count}")
+            raise
+        except Exception as exc:
+            self.finalize("failed", f"{type(exc).__name__}: {exc}")
+            raise
+        self.finalize("finished", f"finished at step {self.step_count}")
+        return dict(self.metrics[-1]) if self.metrics else {}
+
+    def finalize(self, status: str, message: str = "") -> None:
+        """End the run once: "finished" (nothing more to save), "stopped" (evaluate and save the
+        current weights), "diverged"/"failed" (keep the checkpoints of the last evaluation).
+        Writes status.json and the index row. Later calls are ignored."""
+        from dmdcore.runs import STATUSES
+
+        if status not in STATUSES or status == "running":
+            raise ValueError(f"status: {status!r} not in {tuple(s for s in STATUSES if s != 'running')}")
+        with self._lock:
+            if self._finalized:
+                return
+            self._finalized = True
+            if status == "stopped" and self._started and not self.done and self.phase_step > 0:
+                last = self.metrics[-1] if self.metrics else None
+                if last is None or last["step"] != self.phase_step or last["phase"] != self.phase:
+                    self._evaluate()
+            self.status, self.message = status, message
+            if self.rundir is not None:
+                self.rundir.write_status(status, message, step=self.step_count)
+            if self.index is not None and self.rundir is not None:
+                last = self.metrics[-1] if self.metrics else {}
+                self.index.update(
+                    self.rundir, status=status, message=message, step=self.step_count,
+                    delta_e=last.get("delta_e"), w2=last.get("w2"), summary=last,
+                )
+            self._publish()
+
+    # ------------------------------------------------------------------ phases
+    def _begin_phase(self) -> None:
+        phase = self.phase
+        self.phase_step = 0
+        self._loss_acc = {}
+        if phase == "teacher":
+            from dmdcore.distill import TeacherTrainer
+
+            conditional = self.cfg.teacher.conditional
+            self._teacher_trainer = TeacherTrainer(
+                self.cfg.teacher, self.dataset.x, labels=self.dataset.labels if conditional else None,
+                device=self.device, label_dim=self.dataset.n_classes if conditional else None,
+                data_config=self.cfg.data,
+            )
+        else:
+            self._begin_student()
+
+    def _begin_student(self) -> None:
+        from dmdcore.distill import DMDTrainer
+
+        teacher = self.teacher
+        if teacher is None:
+            raise ValueError("phases: the student phase needs a teacher (train one first or pass teacher=)")
+        z = self.z.to(self.device)
+        labels = None if self.eval_labels is None else self.eval_labels.to(self.device)
+        self.teacher_samples = self._np(teacher.sample(z, self.cfg.sampler, labels=labels))
+        self._eta_teacher = self._safe(pairing.transport_inefficiency, self.z.numpy(), self.teacher_samples)
+        if self.dataset.centers is not None:
+            self._centers = self.dataset.centers.numpy().astype(np.float64)
+        else:
+            k = self.dataset.n_classes if self.dataset.n_classes >= 2 else 8
+            k = min(k, self.cfg.eval.n)
+            mt = pairing.mode_transition(self.teacher_samples, self.teacher_samples, n_modes=k, seed=self.cfg.eval.seed)
+            self._centers = mt.centers
+        reg_pairs = None
+        dc = self.cfg.distill
+        if dc.regression:
+            # DMD regression pairs (z_k, T(z_k)) from the teacher's deterministic ODE, own seed.
+            g = torch.Generator().manual_seed(dc.seed + 1)
+            zr = torch.randn(dc.n_reg_pairs, teacher.dim, generator=g, dtype=torch.float32).to(self.device)
+            lr = None
+            if self.eval_labels is not None:
+                lr = torch.randint(0, self.dataset.n_classes, (dc.n_reg_pairs,), generator=g).to(self.device)
+            reg_pairs = (zr, teacher.sample(zr, self.cfg.sampler, labels=lr), lr)
+        data_sampler = None
+        if dc.gan:
+            # DMD2 GAN head: real samples for the discriminator, own seed
+            labels = self.dataset.labels if teacher.label_dim > 0 else None
+            data_sampler = make_sampler(
+                self.dataset.x.to(self.device), None if labels is None else labels.to(self.device), seed=dc.seed + 3
+            )
+        self._dmd = DMDTrainer(
+            teacher.denoiser, dc, sample_shape=(teacher.dim,), sigma_data=teacher.sigma_data,
+            label_dim=teacher.label_dim, reg_pairs=reg_pairs, data_sampler=data_sampler, device=self.device,
+        )
+        self._evaluate()  # student step 0
+
+    def _end_phase(self) -> None:
+        if self.phase == "teacher":
+            self.teacher = self._current_teacher()
+            self._teacher_trainer = None
+        self._phase_idx += 1
+        if not self.done:
+            self._begin_phase()
+
+    def _current_teacher(self):
+        t = self._teacher_trainer.teacher()
+        t.data_config = self.cfg.data
+        return t
+
+    # ------------------------------------------------------------------ evaluation
+    @staticmethod
+    def _np(x: torch.Tensor) -> np.ndarray:
+        a = x.detach().to("cpu", torch.float32).numpy()
+        a.setflags(write=False)
+        return a
+
+    @staticmethod
+    def _safe(fn, *args, **kw) -> float | None:
+        """A metric that is undefined for these samples (e.g. zero spread) is left empty."""
+        try:
+            return float(fn(*args, **kw))
+        except ValueError:
+            return None
+
+    def _loss_means(self) -> dict:
+        out = {k: float(np.mean(v)) for k, v in self._loss_acc.items() if v}
+        self._loss_acc = {}
+        return out
+
+    def _evaluate(self) -> None:
+        phase = self.phase
+        cfg = self.cfg
+        row: dict = {"step": self.phase_step, "phase": phase}
+        row.update(self._loss_means())
+        zeval = self.z.to(self.device)
+        labels = None if self.eval_labels is None else self.eval_labels.to(self.device)
+        if phase == "teacher":
+            teacher = self._current_teacher()
+            t = self._np(teacher.sample(zeval, cfg.sampler, labels=labels))
+            self.teacher_samples = t
+            # W₂²(T(z), data) and η(T) = E‖T(z) − z‖² / W₂²(z, T(z)) − 1 (pairing.md)
+            row["w2_data"] = self._safe(pairing.wasserstein2_squared, t, self.data_eval)
+            row["eta_teacher"] = self._safe(pairing.transport_inefficiency, self.z.numpy(), t)
+            self._save_teacher(teacher)
+        else:
+            s = self._np(self._dmd.student(zeval, labels))
+            t = self.teacher_samples
+            self.student_samples = s
+            # ΔE = (E_pair − E_OT) / (E_ind − E_OT) with a bootstrap CI (pairing.md)
+            pr = None
+            for boot in dict.fromkeys((cfg.eval.bootstrap, 0)):
+                # the bootstrap CI is undefined when a resample has no spread (e.g. a collapsed
+                # student): then ΔE is reported without CI; ΔE itself undefined → empty cells
+                try:
+                    pr = pairing.pairing_inefficiency(s, t, bootstrap=boot, seed=cfg.eval.seed)
+                    break
+                except ValueError:
+                    continue
+            if pr is not None:
+                row.update(delta_e=pr.delta_e, delta_e_lo=pr.ci_low, delta_e_hi=pr.ci_high,
+                           e_pair=pr.e_pair, e_ot=pr.e_ot, e_ind=pr.e_ind)
+                # W₂²(S, T) is the E_OT of the same exact matching
+                row["w2"] = pr.e_ot if pr.exact else self._safe(pairing.wasserstein2_squared, s, t)
+            else:
+                row["w2"] = self._safe(pairing.wasserstein2_squared, s, t)
+            row["w2_data"] = self._safe(pairing.wasserstein2_squared, s, self.data_eval)
+            row["eta_teacher"] = self._eta_teacher
+            row["eta_student"] = self._safe(pairing.transport_inefficiency, self.z.numpy(), s)
+            self.modes = pairing.mode_transition(s, t, centers=self._centers)
+            row["copy_rate"] = self.modes.copy_rate
+            row["retrieval"] = pairing.pair_retrieval_accuracy(s, t)
+            self._add_history(self.phase_step, s)
+            if self.rundir is not None:
+                self._save_student()
+        row["wall_s"] = self._active_s
+        self.metrics.append(row)
+        if self.rundir is not None:
+            self.rundir.append_metrics(row)
+            self._save_samples()
+            self.rundir.write_status("running", f"{phase} step {self.phase_step}", step=self.step_count)
+            if self.index is not None:
+                self.index.update(self.rundir, step=self.step_count, delta_e=row.get("delta_e"), w2=row.get("w2"),
+                                  summary=row)
+
+    def _add_history(self, step: int, s: np.ndarray) -> None:
+        self.history.append((step, s))
+        cap = max(2, min(_HISTORY_MAX, _HISTORY_MAX_BYTES // max(1, s.nbytes)))
+        if len(self.history) > cap:
+            # thin the older half of the history by two, keep the first and the newest entries
+            keep = self.history[:-1][::2] + [self.history[-1]]
+            self.history = keep
+
+    # ------------------------------------------------------------------ saving
+    def _save_teacher(self, teacher) -> None:
+        if self.rundir is None:
+            return
+        from dmdcore.toy import save_toy_model
+
+        save_toy_model(
+            self.rundir.checkpoint_path("teacher"), teacher.denoiser, role="teacher",
+            teacher_config=teacher.teacher_config, data_config=teacher.data_config or self.cfg.data,
+            step=teacher.step,
+        )
+
+    def _save_student(self) -> None:
+        from dmdcore.toy import save_toy_model
+
+        tc = self.teacher.teacher_config if self.teacher is not None else self.cfg.teacher
+        for role, module in (("student", self._dmd.generator), ("fake", self._dmd.fake)):
+            save_toy_model(
+                self.rundir.checkpoint_path(role), module, role=role, teacher_config=tc,
+                data_config=self.cfg.data, step=self.phase_step, distill_config=self.cfg.distill,
+            )
+
+    def _save_samples(self) -> None:
+        hs = np.array([h[0] for h in self.history], dtype=np.int64)
+        hx = np.stack([h[1] for h in self.history]) if self.history else None
+        self.rundir.save_samples(
+            z=self.z.numpy(), teacher=self.teacher_samples, student=self.student_samples,
+            history_steps=hs if self.history else None, history_student=hx,
+        )
+
+    def _publish(self) -> None:
+        self._published = {
+            "phase": self.phase,
+            "step": self.step_count,
+            "phase_step": self.phase_step,
+            "total_steps": self.total_steps,
+            "metrics": tuple(self.metrics),
+            "z": self.z.numpy(),
+            "teacher_samples": self.teacher_samples,
+            "student_samples": self.student_samples,
+            "history": tuple(self.history),
+            "modes": self.modes,
+            "run_dir": None if self.rundir is None else str(self.rundir.path),
+            "status": self.status,
+        }
+
+    # ------------------------------------------------------------------ basin maps
+    def basin_maps(self, grid_n: int = 64, extent: float = 3.0) -> BasinMaps:
+        """Teacher and student mode maps over a grid_n × grid_n noise grid on [-extent, extent]²
+        (2-D data only). Modes are the nearest of the centres used for the copy rate. Raises
+        ValueError for non-2-D data, bad arguments, or before a teacher exists."""
+        if isinstance(grid_n, bool) or not isinstance(grid_n, int) or not 2 <= grid_n <= 512:
+            raise ValueError(f"grid_n: {grid_n!r} not in integers [2, 512]")
+        if not (isinstance(extent, (int, float)) and 0 < float(extent) <= 10):
+            raise ValueError(f"extent: {extent!r} not in (0, 10]")
+        if self.dataset.dim != 2:
+            raise ValueError(f"basin_maps: data dimension {self.dataset.dim} not in {{2}} (2-D data only)")
+        with self._lock:
+            teacher = self.teacher
+            if teacher is None and self._teacher_trainer is not None:
+                teacher = self._current_teacher()
+            if teacher is None:
+                raise ValueError("basin_maps: no teacher yet (start the teacher phase first)")
+            xs = np.linspace(-extent, extent, grid_n, dtype=np.float32)
+            gx, gy = np.meshgrid(xs, xs)  # gx[i, j] = xs[j], gy[i, j] = xs[i]
+            zg = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], axis=1)).to(self.device)
+            labels = None
+            if self.eval_labels is not None:
+                labels = torch.zeros(zg.shape[0], dtype=torch.long, device=self.device)
+            t = teacher.sample(zg, self.cfg.sampler, labels=labels).detach().cpu().numpy().astype(np.float64)
+            centers = self._centers
+            if centers is None:
+                if self.dataset.centers is not None:
+                    centers = self.dataset.centers.numpy().astype(np.float64)
+                else:
+                    k = self.dataset.n_classes if self.dataset.n_classes >= 2 else 8
+                    centers = pairing.mode_transition(t, t, n_modes=k, seed=self.cfg.eval.seed).centers
+
+            def assign(x: np.ndarray) -> np.ndarray:
+                d2 = ((x[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
+                return d2.argmin(axis=1).reshape(grid_n, grid_n).astype(np.int64)
+
+            tm = assign(t)
+            sm, agreement, step = None, None, None
+            if self._dmd is not None:
+                s = self._dmd.student(zg, labels).detach().cpu().numpy().astype(np.float64)
+                sm = assign(s)
+                agreement = float((sm == tm).mean())
+                step = self.phase_step
+        return BasinMaps(xs=xs, ys=xs.copy(), teacher_modes=tm, student_modes=sm, centers=np.asarray(centers),
+                         agreement=agreement, step=step)
+
+
+def teacher_experiment_config(teacher, **overrides: Any) -> ExperimentConfig:
+    """An ExperimentConfig whose data and teacher sections are the teacher's own (so a student
+    can be distilled from a loaded teacher); ``overrides`` replace whole sections
+    (``distill=``, ``eval=``, ``sampler=``, ``name=``)."""
+    data = teacher.data_config if teacher.data_config is not None else DataConfig()
+    tc = teacher.teacher_config if isinstance(teacher.teacher_config, TeacherConfig) else TeacherConfig()
+    return ExperimentConfig(data=data, teacher=tc, **overrides)

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Train the shipped toy teachers and list them in checkpoints/manifest.json.
+
+    nice -n 10 python3 scripts/make_toy_teachers.py            # all of TEACHERS (CPU, ~minutes each)
+    python3 scripts/make_toy_teachers.py --only moons --steps 200 --out-dir /tmp/ck   # a quick try
+
+Each teacher is an ordinary teacher run (``dmdcore.pipeline.Experiment`` with phases ("teacher",))
+written to ``--work`` (default: ``runs/toy-teachers``, git-ignored);
+its ``teacher.pt`` is copied to ``<out-dir>/toy/<name>.pt`` and a manifest entry (size, sha256,
+the full ExperimentConfig, final evaluation metrics) replaces any earlier entry of that name.
+Entries of other kinds (image checkpoints) are kept as they are.
+
+Settings (recorded here and in every manifest entry's "config"): MLP width 128, depth 3, Fourier
+embedding 32 (≈ 40–70 k parameters, 0.2–0.3 MB float32), EDM loss with P_mean −1.2, P_std 1.2,
+Adam lr 1e-3, batch 512, EMA 0.999, 4000 steps, seed 0; data seed 0, 20000 points; T(z) is the
+EDM Heun sampler with 18 levels. Everything on CPU with one torch thread, so the files are
+reproducible bit for bit on the same torch build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from dmdcore.config import DataConfig, EvalConfig, ExperimentConfig, TeacherConfig  # noqa: E402
+from dmdcore.runs import atomic_write_json  # noqa: E402
+
+TEACHER = dict(width=128, depth=3, emb_dim=32, steps=4000, batch=512, lr=1e-3, ema=0.999, seed=0)
+EVAL = dict(every=1000, n=1000, bootstrap=0, seed=1234)
+
+# name -> (data config, description)
+TEACHERS = {
+    "8gaussians": (dict(dataset="8gaussians", dim=2), "8 Gaussians on a circle of radius 2 (std 0.1), 2-D"),
+    "moons": (dict(dataset="moons", dim=2), "two interleaved half-moons, 2-D"),
+    "mixture-d8": (dict(dataset="mixture", dim=8, n_modes=8), "8-mode Gaussian mixture in R^8 (means at radius 2, std 0.1)"),
+    "mixture-d32": (dict(dataset="mixture", dim=32, n_modes=8), "8-mode Gaussian mixture in R^32 (means at radius 2, std 0.1)"),
+    "mixture-d128": (dict(dataset="mixture", dim=128, n_modes=8), "8-mode Gaussian mixture in R^128 (means at radius 2, std 0.1)"),
+}
+MAX_BYTES = 1_000_000
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def train_one(name: str, data: dict, steps: int | None, work: Path, out_dir: Path) -> dict:
+    import torch
+
+    from dmdcore.pipeline import Experiment
+
+    tc = dict(TEACHER)
+    if steps is not None:
+        tc["steps"] = steps
+    cfg = ExperimentConfig(
+        data=DataConfig(**data),
+        teacher=TeacherConfig(**tc),
+        eval=EvalConfig(**{**EVAL, "every": min(EVAL["every"], tc["steps"])}),
+        name=f"shipped teacher {name}",
+    )
+    run_dir = work / name
+    t0 = time.perf_counter()
+    exp = Experiment(cfg, run_dir=run_dir, device="cpu", phases=("teacher",), overwrite=True)
+    last = exp.run()
+    if exp.status != "finished":
+        raise RuntimeError(f"{name}: teacher run ended {exp.status}: {exp.message}")
+    wall = time.perf_counter() - t0
+    dest = out_dir / "toy" / f"{name}.pt"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "teacher.pt", dest)
+    size = dest.stat().st_size
+    if size >= MAX_BYTES:
+        raise RuntimeError(f"{name}: {size} bytes is not under {MAX_BYTES}")
+    saved = torch.load(dest, weights_only=True)
+    return {
+        "name": name,
+        "role": "teacher",
+        "kind": "toy",
+        "format": saved["format"],
+        "file": f"toy/{name}.pt",
+        "url": None,
+        "size": size,
+        "sha256": sha256(dest),
+        "source": "trained by scripts/make_toy_teachers.py (this repository)",
+        "license": "same as this repository",
+        "description": data_description(name),
+        "dataset": data["dataset"],
+        "dim": int(saved["dim"]),
+        "n_params": int(sum(v.numel() for v in saved["state_dict"].values())),
+        "sigma_data": float(saved["sigma_data"]),
+        "teacher_step": int(saved["step"]),
+        "config": cfg.to_dict(),
+        "teacher_config": saved["config"],
+        "metrics": {k: last.get(k) for k in ("loss", "w2_data", "eta_teacher")},
+        "train_wall_s": round(wall, 1),
+        "torch": torch.__version__,
+    }
+
+
+def data_description(name: str) -> str:
+    return TEACHERS[name][1]
+
+
+def update_manifest(path: Path, new_entries: list[dict]) -> None:
+    manifest = {"version": 1, "entries": []}
+    if path.exists():
+        manifest = json.loads(path.read_text())
+    names = {e["name"] for e in new_entries}
+    kept = [e for e in manifest.get("entries", []) if e.get("name") not in names]
+    manifest["entries"] = kept + new_entries
+    atomic_write_json(path, manifest)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="*", choices=sorted(TEACHERS), help="train only these (default: all)")
+    ap.add_argument("--steps", type=int, default=None, help=f"override the teacher steps (default {TEACHER['steps']})")
+    ap.add_argument("--out-dir", default=str(REPO / "checkpoints"), help="checkpoints folder (default: the repository's)")
+    ap.add_argument("--work", default=str(REPO / "runs" / "toy-teachers"), help="where the teacher runs go (default: runs/toy-teachers, git-ignored)")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)  # a script process: one thread, reproducible and polite on shared CPUs
+    out_dir = Path(args.out_dir)
+    work = Path(args.work)
+    for name in args.only or list(TEACHERS):
+        data, _ = TEACHERS[name]
+        entry = train_one(name, data, args.steps, work, out_dir)
+        update_manifest(out_dir / "manifest.json", [entry])  # after each teacher: partial progress is kept
+        print(f"{name}: {entry['size']} bytes, {entry['n_params']} params, w2_data={entry['metrics']['w2_data']:.4g}, "
+              f"{entry['train_wall_s']} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
