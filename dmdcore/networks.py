@@ -48,14 +48,15 @@ IMAGENET64_KWARGS: dict = dict(
     dropout=0.0,
 )
 
-# The tiny configuration of the shipped demo pair (16x16 grey digits, 10 classes).
+# The tiny configuration of the shipped demo pair (16x16 grey digits, 10 classes; 64 channels
+# with one attention head at 8x8).
 DEMO_KWARGS: dict = dict(
     img_resolution=16,
     img_channels=1,
     label_dim=10,
     model_type="DhariwalUNet",
-    model_channels=32,
-    channel_mult=[1, 2],
+    model_channels=16,
+    channel_mult=[1, 4],
     channel_mult_emb=4,
     num_blocks=1,
     attn_resolutions=[8],

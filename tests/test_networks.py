@@ -216,7 +216,7 @@ def test_forward_matches_independent_reference():
     labels = F.one_hot(torch.tensor([0, 4, 9]), 10).float()
     with torch.no_grad():
         got = net(x, sigma, labels)
-        want = ref_forward(net.state_dict(), x, sigma, labels, res=16, mult=[1, 2], nblocks=1, attn=[8])
+        want = ref_forward(net.state_dict(), x, sigma, labels, res=16, mult=[1, 4], nblocks=1, attn=[8])
     assert got.shape == (3, 1, 16, 16) and got.dtype == torch.float32
     assert torch.allclose(got, want, atol=2e-5, rtol=1e-4), (got - want).abs().max()
     # The output is not trivially c_skip·x (F contributes).

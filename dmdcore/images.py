@@ -1,0 +1,363 @@
+"""Image sampling for EDM-family teachers and one-step students, per-image seeds, an on-disk
+cache, pair metrics, and the digits data of the demo pair.
+
+- Teacher: ``dmdcore.samplers.edm_sampler`` (EDM Algorithm 2: Heun, Karras steps, optional churn).
+- Student: one step at σ = 80, x = D_G(80·z; 80, one_hot(label)) (DMD2's generator).
+- Noise: one ``torch.Generator`` per image seed (z drawn on the CPU, then moved), so an image
+  never depends on the batch it was computed in or on the device that drew it. With churn
+  (S_churn > 0) the sampler's fresh noise comes from the batch's generator, so stochastic
+  teacher sampling is run one image at a time, with a generator seeded from that image's seed.
+- All sampling runs under ``torch.inference_mode``.
+Images are float32 (B, C, H, W) in the data range [-1, 1]; ``to_uint8`` maps them with
+x·127.5 + 128, clipped (EDM's convention).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import SamplerConfig
+from .device import pick_device
+from .networks import DEMO_KWARGS, set_fast_attention
+from .samplers import edm_sampler
+
+__all__ = [
+    "DEMO_CONFIG",
+    "IMAGENET_SAMPLER",
+    "DETERMINISTIC_SAMPLER",
+    "digits16",
+    "image_noise",
+    "one_hot",
+    "optimize_for_inference",
+    "sample_teacher",
+    "sample_student",
+    "generate_images",
+    "ImageCache",
+    "to_uint8",
+    "pair_metrics",
+    "PairMetrics",
+    "image_grid",
+]
+
+# The demo pair's EDMPrecond kwargs (see scripts/make_demo_pair.py).
+DEMO_CONFIG: dict = dict(DEMO_KWARGS, sigma_data=0.5)
+# EDM's deterministic default (N = 18, 35 NFE) and its stochastic ImageNet-64 setting (N = 256).
+DETERMINISTIC_SAMPLER = SamplerConfig()
+IMAGENET_SAMPLER = SamplerConfig(steps=256, S_churn=40.0, S_min=0.05, S_max=50.0, S_noise=1.003)
+STUDENT_SIGMA = 80.0
+
+
+def digits16() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1797 8×8 digits as (1797, 1, 16, 16) float32 in [-1, 1] (pixel/16, bilinear
+    2× upsampling, ·2 − 1) and (1797,) int64 labels 0-9."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False).clamp(0, 1) * 2 - 1
+    return x.contiguous(), torch.tensor(d.target, dtype=torch.int64)
+
+
+def _check_ids(name: str, values: Sequence[int], low: int, high: int | None = None) -> list[int]:
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low or (high is not None and v >= high):
+            rng = f"[{low}, {high})" if high is not None else f">= {low}"
+            raise ValueError(f"{name}: {v!r} not an integer in {rng}")
+        out.append(int(v))
+    return out
+
+
+def image_noise(seeds: Sequence[int], shape: Sequence[int], device=None) -> torch.Tensor:
+    """Standard normal noise, one independent generator per seed: (len(seeds), *shape) float32.
+    Drawn on the CPU then moved to ``device``, so z is the same on every device."""
+    seeds = _check_ids("seeds", seeds, 0, 2**63)
+    z = torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(s)) for s in seeds])
+    return z.to(pick_device(device) if device is not None else "cpu")
+
+
+def one_hot(class_ids: Sequence[int], label_dim: int, device=None) -> torch.Tensor | None:
+    """One-hot labels (B, label_dim) float32, or None when label_dim = 0 (unconditional)."""
+    if label_dim == 0:
+        return None
+    ids = _check_ids("class_ids", class_ids, 0, label_dim)
+    return F.one_hot(torch.tensor(ids, dtype=torch.int64), label_dim).float().to(device or "cpu")
+
+
+def _model_device(net: nn.Module) -> torch.device:
+    p = next(net.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def optimize_for_inference(net: nn.Module, *, channels_last: bool | None = None) -> nn.Module:
+    """The project's fast path (same math, same weights): fused SDPA attention and, on CUDA (or
+    when asked), channels-last memory format. Returns ``net`` (modified in place)."""
+    set_fast_attention(net, True)
+    if channels_last is None:
+        channels_last = _model_device(net).type == "cuda"
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    return net
+
+
+def _labels_for(net, class_ids, device):
+    return one_hot(class_ids, int(getattr(net, "label_dim", 0)), device)
+
+
+def _net_shape(net) -> tuple[int, int, int]:
+    return (int(net.img_channels), int(net.img_resolution), int(net.img_resolution))
+
+
+def sample_student(net: nn.Module, class_ids: Sequence[int], seeds: Sequence[int], *,
+                   sigma: float = STUDENT_SIGMA, channels_last: bool = False) -> torch.Tensor:
+    """One-step student: x = D_G(σ·z; σ, one_hot(class)) with σ = 80 (DMD2). Runs on the model's
+    device; returns (B, C, H, W) float32 on the CPU."""
+    if len(class_ids) != len(seeds):
+        raise ValueError(f"class_ids/seeds: lengths {len(class_ids)} and {len(seeds)} differ")
+    dev = _model_device(net)
+    z = image_noise(seeds, _net_shape(net), dev)
+    labels = _labels_for(net, class_ids, dev)
+    if channels_last:
+        z = z.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        # DMD2 one-step generator: G(z) = D_G(sigma_max z; sigma_max)
+        x = net(z * sigma, torch.full((z.shape[0],), float(sigma), device=dev), labels)
+    return x.float().cpu().contiguous()
+
+
+def sample_teacher(net: nn.Module, class_ids: Sequence[int], seeds: Sequence[int], *,
+                   sampler: SamplerConfig = DETERMINISTIC_SAMPLER, channels_last: bool = False,
+                   callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+    """Teacher samples with the EDM sampler (``dmdcore.samplers.edm_sampler``): (B, C, H, W)
+    float32 on the CPU. Deterministic settings run batched; with churn each image runs alone with
+    its own generator (seeded by its seed) so results never depend on the batch."""
+    if not isinstance(sampler, SamplerConfig):
+        raise ValueError(f"sampler: expected a SamplerConfig, got {type(sampler).__name__}")
+    sampler.validate()
+    if len(class_ids) != len(seeds):
+        raise ValueError(f"class_ids/seeds: lengths {len(class_ids)} and {len(seeds)} differ")
+    dev = _model_device(net)
+    z = image_noise(seeds, _net_shape(net), dev)
+    labels = _labels_for(net, class_ids, dev)
+    if channels_last:
+        z = z.contiguous(memory_format=torch.channels_last)
+    kw = dict(steps=sampler.steps, sigma_min=sampler.sigma_min, sigma_max=sampler.sigma_max, rho=sampler.rho,
+              S_churn=sampler.S_churn, S_min=sampler.S_min, S_max=sampler.S_max, S_noise=sampler.S_noise)
+    with torch.inference_mode():
+        if sampler.S_churn == 0:
+            out = edm_sampler(net, z, labels, callback=callback, **kw)
+        else:
+            outs = []
+            for i, s in enumerate(seeds):
+                g = torch.Generator(device=dev).manual_seed(int(s) + 1)  # churn noise of image i
+                outs.append(edm_sampler(net, z[i:i + 1], labels[i:i + 1] if labels is not None else None,
+                                        generator=g, callback=callback, **kw))
+            out = torch.cat(outs)
+    return out.float().cpu().contiguous()
+
+
+def sampler_key(sampler: SamplerConfig | None) -> dict:
+    """JSON-able description of the sampling settings (cache key part); None = one-step student."""
+    if sampler is None:
+        return {"kind": "one-step", "sigma": STUDENT_SIGMA}
+    d = asdict(sampler)
+    return {"kind": "edm", **{k: (repr(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}}
+
+
+class ImageCache:
+    """On-disk cache of generated images keyed by (checkpoint sha256, class, seed, sampler settings).
+
+    Each image is a small ``.npy`` (float32 (C, H, W)) under ``root``; reads refresh the file's
+    mtime and writes evict least-recently-used files once the total exceeds ``max_bytes``.
+    """
+
+    def __init__(self, root: str | Path, max_bytes: int = 256 * 2**20):
+        if not isinstance(max_bytes, int) or max_bytes < 1:
+            raise ValueError(f"max_bytes: {max_bytes!r} not an integer >= 1")
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+
+    @staticmethod
+    def key(ckpt_hash: str, class_id: int, seed: int, sampler: SamplerConfig | None) -> str:
+        blob = json.dumps({"ckpt": ckpt_hash, "class": int(class_id), "seed": int(seed),
+                           "sampler": sampler_key(sampler)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npy"
+
+    def get(self, key: str) -> np.ndarray | None:
+        p = self._path(key)
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (FileNotFoundError, ValueError, OSError, EOFError):
+            return None
+        os.utime(p)
+        return arr
+
+    def put(self, key: str, image: np.ndarray) -> None:
+        p = self._path(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(image, dtype=np.float32), allow_pickle=False)
+        os.replace(tmp, p)
+        self.evict()
+
+    def _files(self) -> list[Path]:
+        return list(self.root.glob("*/*.npy")) if self.root.exists() else []
+
+    def stats(self) -> dict:
+        files = self._files()
+        return {"files": len(files), "bytes": sum(f.stat().st_size for f in files), "max_bytes": self.max_bytes}
+
+    def evict(self) -> int:
+        """Delete least-recently-used files until the cache fits in max_bytes; returns the count."""
+        files = [(f.stat().st_mtime_ns, f.stat().st_size, f) for f in self._files()]
+        total = sum(s for _, s, _ in files)
+        removed = 0
+        for _, size, f in sorted(files, key=lambda t: t[0]):
+            if total <= self.max_bytes:
+                break
+            f.unlink(missing_ok=True)
+            total -= size
+            removed += 1
+        return removed
+
+    def clear(self) -> int:
+        """Delete every cached image; returns how many were removed."""
+        files = self._files()
+        for f in files:
+            f.unlink(missing_ok=True)
+        return len(files)
+
+
+def generate_images(net: nn.Module, class_ids: Sequence[int], seeds: Sequence[int], *,
+                    sampler: SamplerConfig | None, ckpt_hash: str | None = None,
+                    cache: ImageCache | None = None, batch_size: int = 8,
+                    callback: Callable[[dict], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+    """Generate (or read from ``cache``) one image per (class, seed): (B, C, H, W) float32 CPU.
+
+    sampler None = one-step student at σ = 80; a SamplerConfig = teacher (EDM sampler). Missing
+    images are computed in batches of ``batch_size`` (results do not depend on it). After each
+    batch ``callback({"done", "total", "indices", "images", "elapsed_s", "cached"})`` is called
+    with the newly finished images; ``should_stop()`` returning True ends early with
+    ``InterruptedError``. The cache is used only when ``ckpt_hash`` is given.
+    """
+    class_ids = list(class_ids)
+    seeds = list(seeds)
+    if len(class_ids) != len(seeds) or not seeds:
+        raise ValueError(f"class_ids/seeds: need equal, non-zero lengths (got {len(class_ids)}, {len(seeds)})")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: {batch_size!r} not an integer >= 1")
+    C, H, W = _net_shape(net)
+    out = torch.empty((len(seeds), C, H, W), dtype=torch.float32)
+    todo = []
+    t0 = time.perf_counter()
+    keys = [ImageCache.key(ckpt_hash, c, s, sampler) if (cache and ckpt_hash) else None
+            for c, s in zip(class_ids, seeds)]
+    cached = []
+    for i, k in enumerate(keys):
+        arr = cache.get(k) if k else None
+        if arr is not None and arr.shape == (C, H, W):
+            out[i] = torch.from_numpy(arr)
+            cached.append(i)
+        else:
+            todo.append(i)
+    done = len(cached)
+    if cached and callback:
+        callback({"done": done, "total": len(seeds), "indices": cached, "images": out[cached],
+                  "elapsed_s": time.perf_counter() - t0, "cached": True})
+    for start in range(0, len(todo), batch_size):
+        if should_stop is not None and should_stop():
+            raise InterruptedError(f"generation stopped after {done}/{len(seeds)} images")
+        idx = todo[start:start + batch_size]
+        cls = [class_ids[i] for i in idx]
+        sd = [seeds[i] for i in idx]
+        if sampler is None:
+            imgs = sample_student(net, cls, sd)
+        else:
+            imgs = sample_teacher(net, cls, sd, sampler=sampler)
+        out[idx] = imgs
+        for j, i in enumerate(idx):
+            if keys[i]:
+                cache.put(keys[i], imgs[j].numpy())
+        done += len(idx)
+        if callback:
+            callback({"done": done, "total": len(seeds), "indices": idx, "images": imgs,
+                      "elapsed_s": time.perf_counter() - t0, "cached": False})
+    return out
+
+
+def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8 via x·127.5 + 128, clipped (EDM)."""
+    x = torch.as_tensor(x, dtype=torch.float32)
+    return (x * 127.5 + 128).clip(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def image_grid(images: np.ndarray, ncols: int, pad: int = 2, fill: int = 255) -> np.ndarray:
+    """Tile (B, H, W, C) uint8 images into one (rows·(H+pad)+pad, cols·(W+pad)+pad, C) image."""
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"images: expected (B, H, W, C), got shape {images.shape}")
+    if not isinstance(ncols, int) or ncols < 1:
+        raise ValueError(f"ncols: {ncols!r} not an integer >= 1")
+    B, H, W, C = images.shape
+    rows = math.ceil(B / ncols)
+    grid = np.full((rows * (H + pad) + pad, ncols * (W + pad) + pad, C), fill, dtype=images.dtype)
+    for i in range(B):
+        r, c = divmod(i, ncols)
+        y, x = pad + r * (H + pad), pad + c * (W + pad)
+        grid[y:y + H, x:x + W] = images[i]
+    return grid
+
+
+@dataclass
+class PairMetrics:
+    """Pair metrics of n (teacher, student) images generated from the same (noise, class)."""
+
+    n: int
+    delta_e: float
+    ci_low: float | None
+    ci_high: float | None
+    e_pair: float
+    e_ot: float
+    e_ind: float
+    retrieval: float  # top-1 pair retrieval accuracy (chance 1/n)
+    l2: np.ndarray  # (n,) per-pair ‖s_i − t_i‖ (data units, flattened image)
+    absdiff: np.ndarray  # (n, H, W) per-pixel |s − t| averaged over channels
+
+
+def pair_metrics(teacher: torch.Tensor, student: torch.Tensor, *, bootstrap: int = 200, seed: int = 0) -> PairMetrics:
+    """ΔE (with bootstrap CI), pair retrieval accuracy, per-pair L2 and |difference| maps for
+    (n, C, H, W) teacher/student images (flattened for the set metrics; n >= 2)."""
+    from .pairing import pair_retrieval_accuracy, pairing_inefficiency
+
+    t = torch.as_tensor(teacher, dtype=torch.float32)
+    s = torch.as_tensor(student, dtype=torch.float32)
+    if t.shape != s.shape or t.ndim != 4:
+        raise ValueError(f"teacher/student: need equal (n, C, H, W) shapes, got {tuple(t.shape)} and {tuple(s.shape)}")
+    if t.shape[0] < 2:
+        raise ValueError(f"teacher/student: n = {t.shape[0]} pairs, need at least 2 for ΔE")
+    tf, sf = t.reshape(t.shape[0], -1).double(), s.reshape(s.shape[0], -1).double()
+    pr = pairing_inefficiency(sf.numpy(), tf.numpy(), bootstrap=bootstrap, seed=seed)
+    return PairMetrics(
+        n=pr.n, delta_e=float(pr.delta_e), ci_low=pr.ci_low, ci_high=pr.ci_high, e_pair=float(pr.e_pair),
+        e_ot=float(pr.e_ot), e_ind=float(pr.e_ind),
+        retrieval=float(pair_retrieval_accuracy(sf.numpy(), tf.numpy())),
+        l2=(sf - tf).norm(dim=1).numpy(),
+        absdiff=(s - t).abs().mean(dim=1).numpy(),
+    )
