@@ -6,7 +6,7 @@ A *sweep spec* is a dict (JSON / YAML file, shipped preset, or built in Python):
      "base":  {<partial ExperimentConfig dict, nested or dotted keys>},
      "grid":  {"data.dim": [2, 4, 8], "distill.gan": [false, true], "seed": [0, 1, 2]},
      "quick": {<dotted overrides applied with --quick, e.g. shorter training>},
-     "full":  {"grid": {...}, "base": {...}}}          # optional larger variant ("name:full")
+     "full":  {"grid": {...}, "base": {...}}}  # optional larger variant ("name:full"); null drops an axis
 
 Dotted keys address nested config fields (``data.dim``, ``distill.gan``); the special axis
 ``seed`` sets ``data.seed``, ``teacher.seed`` and ``distill.seed`` together (a replicate of the
@@ -61,6 +61,11 @@ SEED_FIELDS = ("data.seed", "teacher.seed", "distill.seed")
 METRIC_COLUMNS = ("delta_e", "delta_e_lo", "delta_e_hi", "e_pair", "e_ot", "e_ind", "w2", "w2_data",
                   "eta_teacher", "eta_student", "copy_rate", "retrieval")
 FINISHED = "finished"
+
+
+def is_replicate_axis(axis: str) -> bool:
+    """True for axes whose values are replicates, not conditions: ``seed`` and any ``*.seed``."""
+    return axis == SEED_AXIS or axis.endswith(".seed")
 
 
 class SweepSpecError(ValueError):
@@ -212,7 +217,8 @@ class SweepSpec:
         d = self.to_dict()
         d.pop("full")
         d["name"] = f"{self.name}-full"
-        d["grid"] = {**d["grid"], **self.full.get("grid", {})}
+        # full.grid adds or replaces axes; an axis set to null is removed.
+        d["grid"] = {k: v for k, v in {**d["grid"], **self.full.get("grid", {})}.items() if v is not None}
         d["base"] = {**d["base"], **_flatten(self.full.get("base", {}), "spec.full.base")}
         return SweepSpec.from_dict(d)
 
@@ -816,11 +822,11 @@ def _fmt_ci(m, lo, hi, n) -> str:
 def summarize(table: pd.DataFrame, axes: list[str] | None = None, metric: str = "delta_e") -> str:
     """A short written summary of what the measured numbers show, computed from ``table``.
 
-    For each swept axis (except ``seed``, whose values are replicates): a numeric axis with ≥ 3
+    For each swept axis (except replicate axes ``seed`` / ``*.seed``): a numeric axis with ≥ 3
     levels → ΔE at the lowest and highest level (mean, 95% CI, n) per combination of the other
     axes plus the Spearman rank correlation of ΔE with the axis over cells; any other axis → for
     each level, the mean paired difference to the reference level (False for booleans, else the
-    first level), matched on all other axes and the seed, with its 95% t-interval and whether it
+    first level), matched on all other axes and the replicate axes, with its 95% t-interval and whether it
     excludes 0.
     Returns markdown-free plain sentences separated by newlines.
     """
@@ -838,7 +844,8 @@ def summarize(table: pd.DataFrame, axes: list[str] | None = None, metric: str = 
         f"to {_fmt(done[metric].max())} (mean {_fmt(done[metric].mean())})"
         + (f", each ΔE computed on n = {int(n_eval.iloc[0])} noise vectors." if len(n_eval) and n_eval.nunique() == 1 else ".")
     ]
-    swept = [a for a in axes if a != SEED_AXIS and a in done and done[a].astype(str).nunique() > 1]
+    swept = [a for a in axes if not is_replicate_axis(a) and a in done and done[a].astype(str).nunique() > 1]
+    replicates = [a for a in axes if is_replicate_axis(a) and a in done]
     for axis in swept:
         others = [a for a in swept if a != axis]
         levels = list(dict.fromkeys(done[axis].tolist()))
@@ -872,7 +879,7 @@ def summarize(table: pd.DataFrame, axes: list[str] | None = None, metric: str = 
             if all(isinstance(v, (bool, np.bool_)) for v in levels):
                 levels = sorted(levels)
             ref = levels[0]
-            match = [o for o in (*others, SEED_AXIS) if o in done]
+            match = [*others, *replicates]
             for lv in levels[1:6]:
                 m_ref = done[done[axis] == ref][metric].mean()
                 m_lv = done[done[axis] == lv][metric].mean()

@@ -197,7 +197,7 @@ def results_panel(dirs: list[str]) -> None:
     summary = sw.summarize(table, axes)
     st.markdown("**What the numbers show** (computed from the finished cells)")
     st.markdown("\n".join(f"- {line}" for line in summary.splitlines()))
-    choices = [a for a in axes if a != sw.SEED_AXIS] or axes
+    choices = [a for a in axes if not sw.is_replicate_axis(a)] or axes
     default_x = plot.get("x") if plot.get("x") in choices else next(
         (a for a in choices if a in table and pd.api.types.is_numeric_dtype(table[a])
          and not pd.api.types.is_bool_dtype(table[a])), choices[0])

@@ -130,7 +130,9 @@ def test_presets_parse_and_have_full_variants():
     names = sw.list_presets()
     assert {"dimension", "adversarial", "memorization", "convergence", "freedom"} <= set(names)
     dim = sw.load_preset("dimension")
-    assert dim.grid["data.dim"] == [2, 4, 8, 16, 32, 64, 128, 256] and len(dim.grid["seed"]) == 3
+    assert dim.grid["data.dim"] == [2, 4, 8, 16, 32, 64, 128, 256] and len(dim.grid["distill.seed"]) == 3
+    full = sw.load_preset("dimension:full")
+    assert "distill.seed" not in full.grid and len(full.grid["seed"]) == 3  # null drops an axis
     for n in names:
         spec = sw.load_preset(n)
         assert spec.claim and spec.description

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from dmdcore.sweep import FINISHED, SEED_AXIS, aggregate
+from dmdcore.sweep import FINISHED, aggregate, is_replicate_axis
 
 DELTA_E_DEF = ("ΔE = (E_pair − E_OT)/(E_ind − E_OT): 0 = the student copies the teacher's "
                "noise→sample pairing, ≈1 = no better than an independent pairing.")
@@ -25,8 +25,8 @@ def condition_label(row: pd.Series | dict, axes: list[str]) -> str:
 
 
 def condition_axes(table: pd.DataFrame, axes: list[str], x: str | None) -> list[str]:
-    """Swept axes other than ``x`` and the seed that take more than one value in ``table``."""
-    return [a for a in axes if a not in (x, SEED_AXIS) and a in table and table[a].astype(str).nunique() > 1]
+    """Swept axes other than ``x`` and replicate (seed) axes that take more than one value in ``table``."""
+    return [a for a in axes if a != x and not is_replicate_axis(a) and a in table and table[a].astype(str).nunique() > 1]
 
 
 def _finished(table: pd.DataFrame) -> pd.DataFrame:
@@ -69,7 +69,7 @@ def curves_overlay_figure(curves: pd.DataFrame, axes: list[str], *, height: int 
     """ΔE over student training steps, one line per cell, colored by condition (non-seed axes)."""
     fig = go.Figure()
     if len(curves):
-        conds = [a for a in axes if a != SEED_AXIS and a in curves and curves[a].astype(str).nunique() > 1]
+        conds = condition_axes(curves, axes, None)
         labels = sorted({condition_label(r, conds) for _, r in curves.iterrows()})
         color = {lab: PALETTE[i % len(PALETTE)] for i, lab in enumerate(labels)}
         shown: set[str] = set()
