@@ -361,3 +361,102 @@ def pair_metrics(teacher: torch.Tensor, student: torch.Tensor, *, bootstrap: int
         l2=(sf - tf).norm(dim=1).numpy(),
         absdiff=(s - t).abs().mean(dim=1).numpy(),
     )
+
+
+class ImageGenerationJob:
+    """Background generation of a teacher/student comparison on a daemon thread.
+
+    Student images (one step, fast) are generated first, then teacher images batch by batch;
+    ``snapshot()`` returns copies of what is finished so far (NaN-filled where not yet done),
+    progress, the per-image time and an ETA. Thread-safe; ``stop()`` ends after the current batch.
+    """
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, class_ids: Sequence[int], seeds: Sequence[int], *,
+                 sampler: SamplerConfig = DETERMINISTIC_SAMPLER, teacher_hash: str | None = None,
+                 student_hash: str | None = None, cache: ImageCache | None = None, batch_size: int = 4):
+        import threading
+
+        if _net_shape(teacher) != _net_shape(student):
+            raise ValueError(f"student: image shape {_net_shape(student)} differs from the teacher's {_net_shape(teacher)}")
+        if int(getattr(teacher, "label_dim", 0)) != int(getattr(student, "label_dim", 0)):
+            raise ValueError("student: label_dim differs from the teacher's")
+        self.class_ids, self.seeds = list(class_ids), list(seeds)
+        if len(self.class_ids) != len(self.seeds) or not self.seeds:
+            raise ValueError("class_ids/seeds: need equal, non-zero lengths")
+        self._args = dict(teacher=teacher, student=student, sampler=sampler, teacher_hash=teacher_hash,
+                          student_hash=student_hash, cache=cache, batch_size=batch_size)
+        n = len(self.seeds)
+        shape = (n, *_net_shape(teacher))
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._t = torch.full(shape, float("nan"))
+        self._s = torch.full(shape, float("nan"))
+        self._done = {"teacher": 0, "student": 0}
+        self._state, self._phase, self._error = "queued", "student", None
+        self._t0 = None
+        self._teacher_t0 = None
+        self._teacher_computed = 0
+        self._teacher_elapsed = 0.0
+        self._thread = threading.Thread(target=self._run, daemon=True, name="image-generation")
+
+    def start(self) -> "ImageGenerationJob":
+        self._t0 = time.perf_counter()
+        self._state = "running"
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _cb(self, role):
+        def cb(ev):
+            with self._lock:
+                buf = self._t if role == "teacher" else self._s
+                buf[ev["indices"]] = ev["images"]
+                self._done[role] = ev["done"]
+                if role == "teacher" and not ev["cached"]:
+                    self._teacher_computed += len(ev["indices"])
+                    self._teacher_elapsed = time.perf_counter() - self._teacher_t0
+        return cb
+
+    def _run(self):
+        a = self._args
+        try:
+            generate_images(a["student"], self.class_ids, self.seeds, sampler=None, ckpt_hash=a["student_hash"],
+                            cache=a["cache"], batch_size=max(a["batch_size"], 8), callback=self._cb("student"),
+                            should_stop=self._stop.is_set)
+            with self._lock:
+                self._phase = "teacher"
+                self._teacher_t0 = time.perf_counter()
+            generate_images(a["teacher"], self.class_ids, self.seeds, sampler=a["sampler"], ckpt_hash=a["teacher_hash"],
+                            cache=a["cache"], batch_size=a["batch_size"], callback=self._cb("teacher"),
+                            should_stop=self._stop.is_set)
+            with self._lock:
+                self._state, self._phase = "finished", "done"
+        except InterruptedError:
+            with self._lock:
+                self._state = "stopped"
+        except (RuntimeError, ValueError, OSError) as exc:
+            with self._lock:
+                self._state, self._error = "failed", f"{type(exc).__name__}: {exc}"
+
+    def snapshot(self) -> dict:
+        """Copies: state (running|finished|stopped|failed), phase, done counts, total, teacher /
+        student (n, C, H, W) float32 with NaN where unfinished, per_image_s and eta_s of the
+        teacher phase (None until measurable), elapsed_s, error."""
+        with self._lock:
+            n = len(self.seeds)
+            per = self._teacher_elapsed / self._teacher_computed if self._teacher_computed else None
+            left = n - self._done["teacher"]
+            return {
+                "state": self._state, "phase": self._phase, "total": n,
+                "done_teacher": self._done["teacher"], "done_student": self._done["student"],
+                "teacher": self._t.clone(), "student": self._s.clone(),
+                "per_image_s": per, "eta_s": per * left if per is not None else None,
+                "elapsed_s": time.perf_counter() - self._t0 if self._t0 else 0.0,
+                "error": self._error,
+            }
