@@ -34,17 +34,30 @@ def _shipped_teacher(name: str):
     return load_teacher(f"manifest:{name}")
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
+@st.cache_data(show_spinner="Sampling the teacher…", max_entries=8)
 def _preview(name: str, cfg_json: str) -> dict:
-    """Noise z and teacher samples T(z) of a shipped teacher, before any job exists."""
+    """The fixed evaluation noise z of this configuration and the shipped teacher's T(z) (its
+    EDM Heun map), shown before any job exists; mode colors/centres as the Experiment uses."""
     import json
 
+    import torch
+
+    from dmdcore import pairing
     from dmdcore.config import ExperimentConfig
     from dmdcore.pipeline import Experiment
 
-    exp = Experiment(ExperimentConfig.from_dict(json.loads(cfg_json)), teacher=_shipped_teacher(name))
-    view = exp.preview()
-    return {"z": view["z"], "teacher_samples": view["teacher_samples"], "modes": view.get("modes")}
+    teacher = _shipped_teacher(name)
+    exp = Experiment(ExperimentConfig.from_dict(json.loads(cfg_json)), teacher=teacher)
+    with torch.no_grad():
+        t = teacher.sample(exp.z.to(teacher.device), exp.cfg.sampler).detach().cpu().numpy()
+    t = t.astype(np.float32)
+    centers = exp.dataset.centers
+    if centers is not None:
+        modes = pairing.mode_transition(t, t, centers=centers.numpy().astype(np.float64))
+    else:
+        k = exp.dataset.n_classes if exp.dataset.n_classes >= 2 else 8
+        modes = pairing.mode_transition(t, t, n_modes=min(k, len(t)), seed=exp.cfg.eval.seed)
+    return {"z": exp.z.numpy().astype(np.float32), "teacher_samples": t, "modes": modes}
 
 
 # ------------------------------------------------------------------ controls (sidebar)
@@ -52,7 +65,7 @@ url_errors = toylab.init_controls(S, st.query_params)
 for msg in url_errors:
     st.error(msg)
 
-shipped = toylab.shipped_teachers()
+shipped = toylab.shipped_teachers()  # [] when the manifest lists none
 shipped_names = [e["name"] for e in shipped]
 
 
@@ -136,6 +149,14 @@ try:
         st.query_params.from_dict(qp)
 except ValueError as exc:
     st.error(f"Configuration: {exc}")
+
+# A teacher trained by this session's job (teacher-only or teacher+student) becomes available
+# for distilling as long as the data/teacher controls still describe it.
+_job = S.get(JOB)
+if _job is not None and "teacher" in getattr(_job.experiment, "phases", ()):
+    _exp = _job.experiment
+    if _exp.teacher is not None and (S.get(TEACHER) is None or S[TEACHER][1] is not _exp.teacher):
+        S[TEACHER] = ((_exp.cfg.data.to_dict(), _exp.cfg.teacher.to_dict()), _exp.teacher)
 
 # The teacher this configuration distils: shipped, trained in this session, or none yet.
 teacher_obj = None
@@ -333,7 +354,10 @@ def _views(z, teacher, student, modes, metrics, train_log, *, key: str, step_lab
             st.plotly_chart(plots.basin_figure(basins["teacher"], basins.get("student"),
                                                basins["extent"], uirevision=f"basins-{key}"),
                             key="toylab_basins_fig", config={"displaylogo": False})
-            st.caption(f"Basin maps at step {basins['step']} (refreshed when the job pauses or ends).")
+            agree = basins.get("agreement")
+            st.caption(f"Basin maps at student step {basins['step']}"
+                       + (f" · teacher/student agree on {100 * agree:.1f}% of the grid" if agree is not None else "")
+                       + " (refreshed when the job pauses or ends).")
         else:
             st.info("Basin maps are computed when the job is paused or finished.")
     import pandas as pd
@@ -396,8 +420,9 @@ if (job is not None and not live and snap0 is not None and snap0.z is not None
     if S.get("toylab_basins", {}).get("key") != bkey:
         try:
             maps = job.experiment.basin_maps(grid_n=64, extent=3.0)
-            S["toylab_basins"] = {"key": bkey, "step": snap0.step, "extent": 3.0,
-                                  "teacher": maps["teacher"], "student": maps.get("student")}
+            S["toylab_basins"] = {"key": bkey, "step": maps.step, "extent": 3.0,
+                                  "teacher": maps.teacher_modes, "student": maps.student_modes,
+                                  "agreement": maps.agreement}
         except (ValueError, RuntimeError) as exc:
             st.warning(f"Basin maps unavailable: {exc}")
 

@@ -170,3 +170,125 @@ def test_urlstate_rejects_bad_values_naming_them():
         urlstate.check("gan", "maybe")
     with pytest.raises(ValueError, match="s_steps"):
         urlstate.check("s_steps", 2.5)
+
+
+# ------------------------------------------------------------------ the page (AppTest)
+import time
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+TINY = {  # URL keys → a teacher trained in a few seconds and a 20-step distillation
+    "t": "train", "tw": "32", "td": "2", "ts": "60", "ss": "20", "bs": "64", "en": "200",
+    "ee": "10", "boot": "20",
+}
+
+
+@pytest.fixture()
+def runs_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("DMD_RUNS_DIR", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+def _toy_lab(query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page("pages/toy_lab.py")
+    at.query_params.update(query or {})
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _metric(at: AppTest, label: str):
+    for m in at.metric:
+        if m.label == label:
+            return m.value
+    return None
+
+
+def _wait_until(at: AppTest, pred, timeout: float = 120.0) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        time.sleep(0.5)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        if pred(at):
+            return
+    raise AssertionError(f"condition not met within {timeout} s; errors: {[e.value for e in at.error]}")
+
+
+def test_toy_lab_distill_shows_delta_e_and_exports(runs_dir):
+    at = _toy_lab(TINY)
+    assert at.number_input(key="ctl_s_steps").value == 20  # URL restored the controls
+    at.button(key="btn_distill").click()
+    at.run()
+    _wait_until(at, lambda a: _metric(a, "ΔE (pairing inefficiency)") not in (None, "—")
+                and a.button(key="btn_stop").disabled)
+    value = float(_metric(at, "ΔE (pairing inefficiency)"))
+    # the number shown is the last metrics.csv row of the run the job saved
+    from dmdcore.runs import RunDir
+
+    runs = [p for p in runs_dir.glob("toylab-*") if p.is_dir()]
+    assert len(runs) == 1
+    rows = [r for r in RunDir(runs[0]).read_metrics() if r.get("delta_e") not in (None, "")]
+    assert rows and abs(float(rows[-1]["delta_e"]) - value) < 5e-4
+    assert rows[-1]["step"] == 20
+    # the run is in the index, exports are offered
+    from dmdcore.runs import RunIndex
+
+    assert any(Path(r.path).resolve() == runs[0].resolve() for r in RunIndex(runs_dir).list())
+    labels = {b.label for b in at.get("download_button")}
+    assert {"Metrics CSV", "Eval samples NPZ", "Run directory (zip)"} <= labels
+    # Reset forgets the session's job
+    at.button(key="btn_reset").click()
+    at.run()
+    assert _metric(at, "ΔE (pairing inefficiency)") is None
+
+
+def test_toy_lab_query_params_round_trip(runs_dir):
+    at = _toy_lab({"t": "train", "ds": "mixture", "d": "6", "gan": "1", "lr": "0.0003",
+                   "seed": "3"})
+    assert at.selectbox(key="ctl_dataset").value == "mixture"
+    assert at.number_input(key="ctl_dim").value == 6
+    assert at.toggle(key="ctl_gan").value is True
+    assert at.number_input(key="ctl_seed").value == 3
+    # changing a control writes the URL (only non-default values)
+    at.number_input(key="ctl_seed").set_value(5)
+    at.run()
+    assert at.query_params["seed"] == "5"
+    assert at.query_params["ds"] == "mixture" and at.query_params["d"] == "6"
+    assert "ss" not in at.query_params  # defaults stay out of the URL
+    # the URL written by the page restores the same controls in a new session
+    at2 = _toy_lab(dict(at.query_params))
+    assert at2.number_input(key="ctl_seed").value == 5
+    assert at2.selectbox(key="ctl_dataset").value == "mixture"
+
+
+def test_toy_lab_bad_url_value_shows_error_and_keeps_defaults(runs_dir):
+    at = _toy_lab({"t": "train", "d": "100000", "ds": "nonsense"})
+    errs = " ".join(e.value for e in at.error)
+    assert "'d'" in errs and "[2, 256]" in errs and "'ds'" in errs
+    assert at.selectbox(key="ctl_dataset").value == "8gaussians"
+
+
+def test_toy_lab_upload_validation(runs_dir):
+    at = _toy_lab({"t": "train", "ds": "user"})
+    # not a user dataset yet: the config error names the field and Distill stays disabled
+    assert any("dataset" in e.value and "upload" in e.value for e in at.error)
+    assert at.button(key="btn_distill").disabled
+    # a CSV with a non-numeric cell is rejected with row/column
+    rows = "\n".join(f"{i * 0.1},{i * 0.2}" for i in range(150)).replace("0.5,1.0", "0.5,abc", 1)
+    at.file_uploader(key="toylab_upload_widget").set_value(("bad.csv", rows.encode(), "text/csv"))
+    at.run()
+    errs = " ".join(e.value for e in at.error)
+    assert "Upload rejected" in errs and "bad.csv" in errs and "abc" in errs
+    # a valid one is accepted and enables Distill with its dimension
+    rng = np.random.default_rng(0)
+    good = "\n".join(",".join(f"{v:.4f}" for v in r) for r in rng.standard_normal((200, 3)))
+    at.file_uploader(key="toylab_upload_widget").set_value(("good.csv", good.encode(), "text/csv"))
+    at.run()
+    assert not any("Upload rejected" in e.value for e in at.error)
+    assert not at.button(key="btn_distill").disabled
+    assert any("200 × 3" in c.value for c in at.sidebar.caption)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import time
 import uuid
 import zipfile
@@ -26,7 +25,6 @@ import pandas as pd
 from ui import urlstate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-MANIFEST = REPO_ROOT / "checkpoints" / "manifest.json"
 
 # Session-state keys shared by Home and Toy Lab.
 AUTOSTART_KEY = "toylab_autostart"
@@ -86,13 +84,11 @@ def read_controls(state: MutableMapping[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-def shipped_teachers(manifest: Path = MANIFEST) -> list[dict]:
-    """Toy teacher entries of the checkpoint manifest ([] when there is no manifest yet)."""
-    if not manifest.is_file():
-        return []
-    data = json.loads(manifest.read_text(encoding="utf-8"))
-    entries = data.get("entries", []) if isinstance(data, dict) else []
-    return [e for e in entries if e.get("kind") == "toy" and e.get("role") == "teacher"]
+def shipped_teachers() -> list[dict]:
+    """Toy teacher entries of checkpoints/manifest.json (the engine's list; [] if it has none)."""
+    from dmdcore.pipeline import shipped_teachers as _engine_list
+
+    return _engine_list()
 
 
 def build_config(values: Mapping[str, Any], *, teacher=None, user_path: str | None = None):
