@@ -68,6 +68,7 @@ def _atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o644)  # mkstemp creates 0600; run files are meant to be shared/readable
     try:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
