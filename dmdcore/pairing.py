@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import ot
 import torch
+import scipy.sparse as sp
 from scipy.optimize import linear_sum_assignment
 
 __all__ = [
@@ -62,7 +63,14 @@ METRIC_HELP: dict[str, str] = {
     "sliced_w2": "Sliced W₂: root mean over random directions of the 1-D W₂² between projected samples (fast, for large n).",
 }
 
-SOLVERS = ("auto", "emd", "lsa")
+SOLVERS = ("auto", "emd", "lsa", "sparse")
+
+# Certified sparse solver ("sparse", and "auto" from _SPARSE_MIN_N samples on).
+_SPARSE_MIN_N = 200  # below this the dense network simplex is as fast
+_SPARSE_MIN_D = 8  # in lower d nearest-neighbour candidates miss the OT partners (many rounds)
+_SPARSE_K = 8  # candidate partners per row and per column
+_SPARSE_ROUNDS = 4  # refinement rounds before falling back to the dense network simplex
+_DUAL_RTOL = 1e-11  # certificate tolerance on reduced costs, relative to max C
 
 # Relative tolerance under which E_ind - E_OT counts as zero (ΔE undefined).
 _ZERO_SPREAD_RTOL = 1e-12
@@ -221,9 +229,21 @@ def _check_solver(solver: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def _cost_matrix(x: np.ndarray, y: np.ndarray, device: torch.device | None = None) -> np.ndarray:
-    """Squared Euclidean cost C[i, j] = ||x_i - y_j||^2, float64 (n, m), via one GEMM:
-    ||x||^2 + ||y||^2 - 2 x y^T, clamped at 0.  On CUDA when the inputs lived there."""
+def _sq_norms(x: np.ndarray) -> np.ndarray:
+    """Row squared norms ||x_i||^2, (n,) float64."""
+    return np.einsum("ij,ij->i", x, x)
+
+
+def _cost_matrix(
+    x: np.ndarray,
+    y: np.ndarray,
+    device: torch.device | None = None,
+    sq_x: np.ndarray | None = None,
+    sq_y: np.ndarray | None = None,
+) -> np.ndarray:
+    """Squared Euclidean cost C[i, j] = ||x_i - y_j||^2, float64 (n, m), via one float64 GEMM:
+    ||x_i||^2 + ||y_j||^2 - 2 <x_i, y_j>, clamped at 0 (inputs should be centred so the
+    cancellation stays at rounding level).  The GEMM runs on CUDA when the inputs lived there."""
     if device is not None and device.type == "cuda":
         xt = torch.from_numpy(x).to(device)
         yt = torch.from_numpy(y).to(device)
@@ -231,42 +251,124 @@ def _cost_matrix(x: np.ndarray, y: np.ndarray, device: torch.device | None = Non
         return c.clamp_min_(0.0).cpu().numpy()
     c = x @ y.T
     c *= -2.0
-    c += np.einsum("ij,ij->i", x, x)[:, None]
-    c += np.einsum("ij,ij->i", y, y)[None, :]
+    c += (_sq_norms(x) if sq_x is None else sq_x)[:, None]
+    c += (_sq_norms(y) if sq_y is None else sq_y)[None, :]
     np.maximum(c, 0.0, out=c)
     return c
 
 
-def _row_sqdist(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per-row squared distance ||x_i - y_i||^2 (n,), computed from differences (exact)."""
-    diff = x - y
-    return np.einsum("ij,ij->i", diff, diff)
+def _row_sqdist(x: np.ndarray, y: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
+    """Per-row squared distance ||x_i - y_idx(i)||^2 (n,) (idx = identity if None), computed from
+    differences (exact: 0 for identical rows), in cache-sized chunks."""
+    n, d = x.shape
+    out = np.empty(n)
+    step = max(1, 262_144 // d)
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        diff = x[a:b] - (y[a:b] if idx is None else y[idx[a:b]])
+        out[a:b] = np.einsum("ij,ij->i", diff, diff)
+    return out
 
 
-def _emd_plan(cost: np.ndarray, a: np.ndarray | None = None, b: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-    """Exact OT plan with POT's network simplex (uniform weights unless given).  Raises
-    OTSolverError if the solver stopped before optimality."""
+def _emd_plan(
+    cost: Any,
+    a: np.ndarray | None = None,
+    b: np.ndarray | None = None,
+    potentials: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[Any, dict]:
+    """Exact OT with POT's network simplex (ot.emd): cost is a dense (n, m) float64 array or a
+    scipy.sparse COO matrix of candidate edges; uniform weights unless given.  Returns
+    (plan, log) with the duals log["u"], log["v"].  Raises OTSolverError if the solver stopped
+    before optimality (iteration limit, infeasible candidate graph)."""
     n, m = cost.shape
     a = np.full(n, 1.0 / n) if a is None else a
     b = np.full(m, 1.0 / m) if b is None else b
     # numItermax far above what the network simplex needs, so it never stops early.
     num_iter_max = max(10_000_000, 100 * n * m)
+    if not sp.issparse(cost):
+        cost = np.ascontiguousarray(cost)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        plan, log = ot.emd(a, b, np.ascontiguousarray(cost), numItermax=num_iter_max, log=True)
+        plan, log = ot.emd(a, b, cost, numItermax=num_iter_max, log=True, potentials_init=potentials)
     if log.get("result_code") != 1 or log.get("warning") is not None:
         raise OTSolverError(
             f"ot.emd did not reach an optimal solution (result_code={log.get('result_code')}, "
             f"warning={log.get('warning')!r}, warnings={[str(w.message) for w in caught]})"
         )
-    return plan, float(log["cost"])
+    return plan, log
 
 
-def _assignment(cost: np.ndarray, solver: str) -> np.ndarray:
+def _plan_to_perm(plan: Any, n: int) -> np.ndarray:
+    """The permutation of an optimal uniform-weight (n, n) plan (dense or sparse), checked."""
+    if sp.issparse(plan):
+        coo = plan.tocoo()
+        keep = coo.data > 0.5 / n
+        rows, cols, mass = coo.row[keep], coo.col[keep], coo.data[keep]
+    else:
+        rows = np.arange(n)
+        cols = plan.argmax(axis=1)
+        mass = plan[rows, cols]
+    perm = np.full(n, -1, dtype=np.int64)
+    perm[rows] = cols
+    if rows.size != n or np.unique(cols).size != n or (perm < 0).any() or not np.allclose(mass, 1.0 / n, rtol=1e-9, atol=0.0):
+        raise OTSolverError("ot.emd returned a plan that is not a permutation matrix")
+    return perm
+
+
+def _assignment_certified(cost: np.ndarray) -> np.ndarray:
+    """Exact optimal assignment by a sparse network simplex on candidate edges, certified on the
+    full matrix by LP duality; falls back to the dense network simplex if not certified.
+
+    Candidate edges: the k cheapest partners of every row and every column, plus the identity
+    (the noise-induced pairing), so a perfect matching always exists.  The sparse ot.emd returns
+    duals (u, v) complementary to its plan; if every reduced cost C_ij - u_i - v_j of the FULL
+    matrix is >= -tol, the plan is optimal for the full problem (mean cost within tol of E_OT,
+    tol = 1e-11 max C, the accuracy of the network simplex's own duals).  Otherwise the k most
+    violated edges of each violating row/column are added and the sparse problem re-solved.
+    """
+    n = cost.shape[0]
+    k = min(_SPARSE_K, n - 1)
+    # candidate edges: k nearest per row and per column, and the diagonal
+    row_kth = np.partition(cost, k, axis=1)[:, k]
+    col_kth = np.partition(np.ascontiguousarray(cost.T), k, axis=1)[:, k]
+    mask = cost <= row_kth[:, None]
+    mask |= cost <= col_kth[None, :]
+    np.fill_diagonal(mask, True)
+    tol = _DUAL_RTOL * float(cost.max())
+    reduced = np.empty_like(cost)
+    duals = None
+    for _ in range(_SPARSE_ROUNDS + 1):
+        i, j = np.nonzero(mask)
+        plan, log = _emd_plan(sp.coo_matrix((cost[i, j], (i, j)), shape=(n, n)))
+        duals = (log["u"], log["v"])
+        # LP duality certificate: reduced costs C - u 1^T - 1 v^T >= -tol everywhere
+        np.subtract(cost, duals[0][:, None], out=reduced)
+        reduced -= duals[1][None, :]
+        bad_rows = np.flatnonzero(reduced.min(axis=1) < -tol)
+        bad_cols = np.flatnonzero(reduced.min(axis=0) < -tol)
+        if bad_rows.size == 0 and bad_cols.size == 0:
+            return _plan_to_perm(plan, n)
+        kk = min(2 * k, n - 1)
+        if bad_rows.size:
+            sub = reduced[bad_rows]
+            mask[bad_rows] |= sub <= np.partition(sub, kk, axis=1)[:, kk][:, None]
+        if bad_cols.size:
+            sub = np.ascontiguousarray(reduced[:, bad_cols].T)
+            mask[:, bad_cols] |= (sub <= np.partition(sub, kk, axis=1)[:, kk][:, None]).T
+    # Not certified within the rounds: dense network simplex, warm-started from the last duals.
+    plan, _ = _emd_plan(cost, potentials=duals)
+    return _plan_to_perm(plan, n)
+
+
+def _assignment(cost: np.ndarray, solver: str, dim: int) -> np.ndarray:
     """Optimal assignment perm (n,) minimising sum_i cost[i, perm[i]] for a square cost matrix.
 
     With uniform weights and equal n, exact OT has a permutation matrix as solution (Birkhoff),
     so ot.emd and the assignment problem (scipy linear_sum_assignment) give the same optimum.
+    solver: "emd" dense network simplex, "lsa" scipy, "sparse" certified sparse network simplex,
+    "auto" = "sparse" for n >= _SPARSE_MIN_N and feature size dim >= _SPARSE_MIN_D, else "emd"
+    (measured in benchmarks/pairing.py: the sparse route halves the time in d >= 8 and needs
+    several refinement rounds, i.e. is slower, in d = 2).
     """
     n = cost.shape[0]
     if solver == "lsa":
@@ -274,11 +376,10 @@ def _assignment(cost: np.ndarray, solver: str) -> np.ndarray:
         perm = np.empty(n, dtype=np.int64)
         perm[rows] = cols
         return perm
+    if solver == "sparse" or (solver == "auto" and n >= _SPARSE_MIN_N and dim >= _SPARSE_MIN_D):
+        return _assignment_certified(cost)
     plan, _ = _emd_plan(cost)
-    perm = plan.argmax(axis=1).astype(np.int64)
-    if np.unique(perm).size != n or not np.allclose(plan[np.arange(n), perm], 1.0 / n, rtol=1e-9, atol=0.0):
-        raise OTSolverError("ot.emd returned a plan that is not a permutation matrix")
-    return perm
+    return _plan_to_perm(plan, n)
 
 
 def _matching(
@@ -289,37 +390,40 @@ def _matching(
     rng: np.random.Generator,
     solver: str,
     device: torch.device | None,
-) -> tuple[np.ndarray, int]:
+) -> tuple[np.ndarray, int, np.ndarray | None]:
     """Optimal matching perm (n,) of x onto y (equal n): exact when n <= max_exact, else the
     block approximation — random disjoint blocks of at most max_exact indices, each solved
     exactly, i.e. a feasible (hence upper-bound) permutation of the full problem.
-    Returns (perm, n_blocks)."""
+    Returns (perm, n_blocks, cost) with the full cost matrix when it was built (exact case)."""
     n = x.shape[0]
     if n <= max_exact:
-        return _assignment(_cost_matrix(x, y, device), solver), 1
+        cost = _cost_matrix(x, y, device)
+        return _assignment(cost, solver, x.shape[1]), 1, cost
     n_blocks = math.ceil(n / max_exact)
     order = rng.permutation(n)
     perm = np.empty(n, dtype=np.int64)
     for block in np.array_split(order, n_blocks):
-        local = _assignment(_cost_matrix(x[block], y[block], device), solver)
+        local = _assignment(_cost_matrix(x[block], y[block], device), solver, x.shape[1])
         perm[block] = block[local]
-    return perm, n_blocks
+    return perm, n_blocks, None
 
 
 def _center(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Subtract the pooled mean from both sets (all metrics here are translation invariant;
-    centring keeps the GEMM cost matrix well conditioned)."""
+    centring keeps the GEMM cost matrix and the E_ind closed form free of cancellation)."""
     c = 0.5 * (x.mean(axis=0) + y.mean(axis=0))
     return x - c, y - c
 
 
-def _independent_cost(x: np.ndarray, y: np.ndarray) -> float:
-    """E_ind = (1/n m) sum_ij ||x_i - y_j||^2 in O((n + m) d), in the translation-invariant
-    form var(x) + var(y) + ||mean x - mean y||^2 (equal to mean||x||^2 + mean||y||^2 -
-    2 <mean x, mean y>, without its cancellation)."""
-    mx, my = x.mean(axis=0), y.mean(axis=0)
-    dx, dy = x - mx, y - my
-    return float(np.einsum("ij,ij->", dx, dx) / x.shape[0] + np.einsum("ij,ij->", dy, dy) / y.shape[0] + np.dot(mx - my, mx - my))
+def _independent_cost(x: np.ndarray, y: np.ndarray, sq_x: np.ndarray | None = None, sq_y: np.ndarray | None = None) -> float:
+    """E_ind = (1/n m) sum_ij ||x_i - y_j||^2 in O((n + m) d):
+    mean||x||^2 + mean||y||^2 - 2 <mean x, mean y>.  Evaluated on sets centred at their pooled
+    mean c = (mean x + mean y)/2, where mean x = -mean y, so every term is >= 0 and nothing
+    cancels.  Pass sq_x, sq_y (row squared norms) only for sets that are already centred."""
+    if sq_x is None or sq_y is None:
+        x, y = _center(x, y)
+        sq_x, sq_y = _sq_norms(x), _sq_norms(y)
+    return float(sq_x.mean() + sq_y.mean() - 2.0 * np.dot(x.mean(axis=0), y.mean(axis=0)))
 
 
 def _zero_spread(x: np.ndarray) -> bool:
@@ -371,22 +475,22 @@ def pairing_inefficiency(
     n = s.shape[0]
     block_rng, boot_rng = (np.random.default_rng(ss) for ss in np.random.SeedSequence(seed).spawn(2))
     s, t = _center(s, t)
+    sq_s, sq_t = _sq_norms(s), _sq_norms(t)
 
     # E_pair = (1/n) sum_i ||s_i - t_i||^2   (design/pairing.md)
     e_pair_i = _row_sqdist(s, t)
     # E_OT = min_pi (1/n) sum_i ||s_i - t_pi(i)||^2 ; per-pair terms recomputed from differences
-    perm, n_blocks = _matching(s, t, max_exact=max_exact, rng=block_rng, solver=solver, device=device)
-    e_ot_i = _row_sqdist(s, t[perm])
+    perm, n_blocks, cost = _matching(s, t, max_exact=max_exact, rng=block_rng, solver=solver, device=device)
+    e_ot_i = _row_sqdist(s, t, perm)
     e_pair = float(e_pair_i.mean())
     e_ot = float(e_ot_i.mean())
     if e_ot > e_pair:
         # The identity (noise) pairing is itself a feasible matching; only rounding in the GEMM
         # cost matrix (or the block approximation) can make the solved one worse.
-        perm = np.arange(n)
         e_ot_i = e_pair_i
         e_ot = e_pair
     # E_ind = (1/n^2) sum_ij ||s_i - t_j||^2 in closed form
-    e_ind = _independent_cost(s, t)
+    e_ind = _independent_cost(s, t, sq_s, sq_t)
     den = e_ind - e_ot
     if not den > _ZERO_SPREAD_RTOL * e_ind:
         raise ValueError(
@@ -397,7 +501,7 @@ def pairing_inefficiency(
 
     ci_low = ci_high = None
     if bootstrap:
-        deltas = _bootstrap_delta(s, t, e_pair_i, e_ot_i, bootstrap, boot_rng)
+        deltas = _bootstrap_delta(s, t, sq_s, sq_t, e_pair_i, e_ot_i, bootstrap, boot_rng, cost)
         alpha = 1.0 - level
         ci_low, ci_high = (float(q) for q in np.quantile(deltas, [alpha / 2, 1 - alpha / 2]))
     return PairingResult(
@@ -418,35 +522,40 @@ def pairing_inefficiency(
 def _bootstrap_delta(
     s: np.ndarray,
     t: np.ndarray,
+    sq_s: np.ndarray,
+    sq_t: np.ndarray,
     e_pair_i: np.ndarray,
     e_ot_i: np.ndarray,
     n_boot: int,
     rng: np.random.Generator,
+    cost: np.ndarray | None = None,
 ) -> np.ndarray:
     """ΔE on n_boot resamples of the pair indices i (with replacement), the optimal matching
-    held fixed: E_pair* and E_OT* are resampled means of the per-pair terms, E_ind* is the
-    closed form on the resampled pairs.  s, t must be centred.  Returns (n_boot,) float64."""
-    n = s.shape[0]
-    sq_s = np.einsum("ij,ij->i", s, s)
-    sq_t = np.einsum("ij,ij->i", t, t)
+    held fixed.  With w[b, i] = multiplicity of i in resample b / n:
+        E_pair* = w e_pair,  E_OT* = w e_ot  (resampled means of the per-pair terms),
+        E_ind*  = w C w^T = w ||s||^2 + w ||t||^2 - 2 <w s, w t>  (the n^2 mean over the resample).
+    s, t centred (sq_* their row squared norms); cost = the full C when available (used when
+    n^2 < 2 n d, i.e. cheaper than the (w s, w t) products).  Returns (n_boot,) float64."""
+    n, d = s.shape
+    use_cost = cost is not None and n < 2 * d
     out = np.empty(n_boot)
     chunk = max(1, _BOOT_CHUNK // n)
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
         idx = rng.integers(0, n, size=(b, n))
-        # weights w[b, i] = (multiplicity of i in resample b) / n
         w = np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n) / n
         ep = w @ e_pair_i
         eo = w @ e_ot_i
-        # E_ind* = mean||s||^2 + mean||t||^2 - 2 <mean s, mean t> over the resample
-        ms = w @ s
-        mt = w @ t
-        ei = w @ sq_s + w @ sq_t - 2.0 * np.einsum("ij,ij->i", ms, mt)
+        if use_cost:
+            ei = np.einsum("bj,bj->b", w @ cost, w)
+        else:
+            ei = w @ sq_s + w @ sq_t - 2.0 * np.einsum("bj,bj->b", w @ s, w @ t)
         den = ei - eo
-        if not np.all(den > _ZERO_SPREAD_RTOL * np.abs(ei)):
-            bad = int(np.sum(~(den > _ZERO_SPREAD_RTOL * np.abs(ei))))
+        ok = den > _ZERO_SPREAD_RTOL * np.abs(ei)
+        if not ok.all():
             raise ValueError(
-                f"bootstrap: {bad} resample(s) have E_ind <= E_OT (n={n} too small for a bootstrap CI); use bootstrap=0 or more samples"
+                f"bootstrap: {int((~ok).sum())} resample(s) have E_ind <= E_OT (n={n} too small for a bootstrap CI); "
+                "use bootstrap=0 or more samples"
             )
         out[start : start + b] = (ep - eo) / den
     return out
@@ -475,12 +584,13 @@ def wasserstein2_squared(a: Any, b: Any, *, max_exact: int = 4096, seed: int = 0
     n, m = x.shape[0], y.shape[0]
     if n == m:
         # Equal n, uniform weights: W₂² is the optimal assignment cost.
-        perm, _ = _matching(x, y, max_exact=max_exact, rng=rng, solver=solver, device=device)
-        return float(_row_sqdist(x, y[perm]).mean())
+        perm, _, _ = _matching(x, y, max_exact=max_exact, rng=rng, solver=solver, device=device)
+        return float(_row_sqdist(x, y, perm).mean())
     n_blocks = math.ceil(max(n, m) / max_exact)
     total = 0.0
     for bx, by in zip(np.array_split(rng.permutation(n), n_blocks), np.array_split(rng.permutation(m), n_blocks)):
-        _, cost = _emd_plan(_cost_matrix(x[bx], y[by], device))
+        _, log = _emd_plan(_cost_matrix(x[bx], y[by], device))
+        cost = float(log["cost"])
         # Block mass: mean of the two sides' fractions (equal when the sizes divide evenly).
         total += 0.5 * (bx.size / n + by.size / m) * cost
     return float(total)
@@ -500,9 +610,9 @@ def transport_inefficiency(noise: Any, samples: Any, *, max_exact: int = 4096, s
     z, x = _center(z, x)
     # Numerator: E‖M(z) − z‖² over the noise batch
     e_map = float(_row_sqdist(x, z).mean())
-    perm, _ = _matching(x, z, max_exact=max_exact, rng=np.random.default_rng(seed), solver=solver, device=device)
+    perm, _, _ = _matching(x, z, max_exact=max_exact, rng=np.random.default_rng(seed), solver=solver, device=device)
     # Denominator: W₂²({z}, {M(z)}); the identity pairing is feasible so W₂² <= e_map
-    w2 = min(float(_row_sqdist(x, z[perm]).mean()), e_map)
+    w2 = min(float(_row_sqdist(x, z, perm).mean()), e_map)
     if not w2 > _ZERO_SPREAD_RTOL * max(e_map, np.finfo(float).tiny):
         raise ValueError("noise/samples: W₂²(noise, samples) is 0 (samples are a relabelling of the noise), η is undefined")
     return e_map / w2 - 1.0

@@ -85,9 +85,45 @@ def test_solvers_agree():
     a = P.pairing_inefficiency(s, t, solver="emd")
     b = P.pairing_inefficiency(s, t, solver="lsa")
     c = P.pairing_inefficiency(s, t, solver="auto")
+    e = P.pairing_inefficiency(s, t, solver="sparse")
     assert a.e_ot == pytest.approx(b.e_ot, rel=1e-12)
     assert c.e_ot == pytest.approx(b.e_ot, rel=1e-12)
+    assert e.e_ot == pytest.approx(b.e_ot, rel=1e-12)
     assert a.delta_e == pytest.approx(b.delta_e, rel=1e-10)
+
+
+@pytest.mark.parametrize("d, shift", [(2, 0.0), (2, 1.5), (16, 0.0), (16, 2.0), (300, 0.0)])
+def test_certified_sparse_solver_matches_lsa(d, shift):
+    # Independent sets (hard: few OT partners among nearest neighbours) and shifted sets
+    # (forces refinement rounds); the certified sparse network simplex must find the optimum.
+    rng = np.random.default_rng(d)
+    x = rng.standard_normal((300, d))
+    y = 1.3 * rng.standard_normal((300, d)) + shift
+    x, y = P._center(x, y)
+    c = P._cost_matrix(x, y)
+    r, col = linear_sum_assignment(c)
+    ref = c[r, col].sum()
+    perm = P._assignment(c, "sparse", d)
+    assert np.unique(perm).size == 300
+    assert c[np.arange(300), perm].sum() == pytest.approx(ref, rel=1e-12)
+
+
+def test_certified_sparse_solver_fallback(monkeypatch):
+    # With no refinement round allowed, an uncertified sparse solution must fall back to the
+    # dense network simplex (warm-started) and still be optimal.
+    monkeypatch.setattr(P, "_SPARSE_ROUNDS", 0)
+    monkeypatch.setattr(P, "_SPARSE_K", 1)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((250, 2))
+    y = rng.standard_normal((250, 2)) + 2.0
+    c = P._cost_matrix(*P._center(x, y))
+    calls = []
+    real = P._emd_plan
+    monkeypatch.setattr(P, "_emd_plan", lambda cost, **kw: calls.append(type(cost).__name__) or real(cost, **kw))
+    perm = P._assignment(c, "sparse", 2)
+    r, col = linear_sum_assignment(c)
+    assert c[np.arange(250), perm].sum() == pytest.approx(c[r, col].sum(), rel=1e-12)
+    assert calls[-1] == "ndarray" and len(calls) == 2
 
 
 @pytest.mark.parametrize(
