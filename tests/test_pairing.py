@@ -210,19 +210,23 @@ def test_bootstrap_reproducible_and_seeded():
     assert a.to_dict()["ci_level"] == 0.95 and a.to_dict()["bootstrap"] == 100
 
 
-def test_block_approximation_bias_is_small_and_one_sided():
-    # n > max_exact: E_OT from random disjoint blocks is a feasible matching, so it can only
-    # overestimate E_OT and underestimate ΔE.  Measured bias (documented in docs/metrics.md):
-    # n=2048 split into 4 blocks of 512.
-    for d, seed in ((2, 0), (16, 1)):
-        s, t = _pair(2048, d, seed, noise=1.0)
-        exact = P.pairing_inefficiency(s, t, max_exact=4096)
-        approx = P.pairing_inefficiency(s, t, max_exact=512, seed=seed)
-        assert exact.exact and not approx.exact and approx.n_blocks == 4
-        assert approx.e_ot >= exact.e_ot - 1e-12
-        assert approx.delta_e <= exact.delta_e + 1e-12
-        assert exact.delta_e - approx.delta_e < 0.03, (d, exact.delta_e, approx.delta_e)
-        assert approx.e_pair == exact.e_pair and approx.e_ind == exact.e_ind
+@pytest.mark.parametrize("d, permuted", [(2, False), (16, False), (16, True), (64, True)])
+def test_block_approximation_bias(d, permuted):
+    # n > max_exact: E_OT from random disjoint blocks is a feasible matching of the full
+    # problem, so E_OT_block >= E_OT and, since ΔE - 1 = (E_pair - E_ind)/(E_ind - E_OT), the
+    # approximation can only push ΔE away from 1.  Measured |bias| for n = 2048 in 4 blocks of
+    # 512 is <= 0.003 on these cases; docs/metrics.md states the bound asserted here (0.01).
+    s, t = _pair(2048, d, d, noise=1.0)
+    if permuted:
+        s = t[np.random.default_rng(0).permutation(2048)]
+    exact = P.pairing_inefficiency(s, t, max_exact=4096)
+    approx = P.pairing_inefficiency(s, t, max_exact=512, seed=1)
+    assert exact.exact and exact.n_blocks == 1 and not approx.exact and approx.n_blocks == 4
+    assert approx.e_ot >= exact.e_ot - 1e-12
+    assert abs(approx.delta_e - 1.0) >= abs(exact.delta_e - 1.0) - 1e-12
+    assert (approx.delta_e - 1.0) * (exact.delta_e - 1.0) >= 0.0
+    assert abs(approx.delta_e - exact.delta_e) < 0.01, (exact.delta_e, approx.delta_e)
+    assert approx.e_pair == exact.e_pair and approx.e_ind == exact.e_ind
 
 
 # ---------------------------------------------------------------------------------------------
