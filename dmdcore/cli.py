@@ -296,19 +296,25 @@ def _torch_threads(n: int | None):
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
+def _stop_signals(flag: dict):
+    """SIGTERM / SIGINT set ``flag["signal"]``; the run stops at the next step boundary (so no
+    file is cut mid-write). A second signal interrupts at once."""
     def handler(signum, frame):
-        raise _Terminated()
+        if flag.get("signal") is not None:
+            raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        flag["signal"] = signum
 
+    olds = {}
     try:
-        old = signal.signal(signal.SIGTERM, handler)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            olds[sig] = signal.signal(sig, handler)
     except ValueError:  # not the main thread (e.g. called from a test thread): leave signals alone
-        yield
-        return
+        pass
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, old in olds.items():
+            signal.signal(sig, old)
 
 
 def _fmt(v: Any, spec: str = ".4g") -> str:
@@ -353,8 +359,12 @@ def _execute(args: argparse.Namespace, cfg, *, kind: str, phases: tuple[str, ...
     bar = tqdm(total=exp.total_steps, desc=f"{kind} {out.name}", unit="step", file=sys.stderr, disable=not show)
     t0 = time.perf_counter()
 
+    flag: dict = {"signal": None}
+
     def on_step(info: dict) -> None:
         bar.update(1)
+        if flag["signal"] is not None:  # a step boundary: safe to stop here
+            raise _Terminated() if flag["signal"] == signal.SIGTERM else KeyboardInterrupt()
         if info.get("evaluated") and exp.metrics:
             last = exp.metrics[-1]
             post = {"phase": last["phase"]}
@@ -365,7 +375,7 @@ def _execute(args: argparse.Namespace, cfg, *, kind: str, phases: tuple[str, ...
             bar.set_postfix(post, refresh=False)
 
     try:
-        with _sigterm_as_interrupt():
+        with _stop_signals(flag):
             row = exp.run(callback=on_step)
     except KeyboardInterrupt as exc:
         bar.close()
