@@ -1,0 +1,156 @@
+"""Toy (vector) models as plain-dict checkpoints: ``ToyTeacher`` and student / fake-score files.
+
+File format ``dmdcore.toy.v1`` (a dict saved with ``torch.save``, read with ``weights_only=True``):
+{"format", "role" ("teacher" | "student" | "fake"), "config" (TeacherConfig dict),
+ "data_config" (DataConfig dict or None), "sigma_data", "dim", "label_dim", "step",
+ "arch" (MLPBackbone constructor arguments), "state_dict"} (+ "distill_config" for students).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from .config import DataConfig, DistillConfig, SamplerConfig, TeacherConfig
+from .device import pick_device
+from .nets import MLPBackbone
+from .precond import EDMDenoiser
+from .samplers import edm_sampler
+
+FORMAT = "dmdcore.toy.v1"
+ROLES = ("teacher", "student", "fake")
+
+
+def build_denoiser(dim: int, width: int, depth: int, emb_dim: int, label_dim: int, sigma_data: float) -> EDMDenoiser:
+    """EDMDenoiser over a fresh MLPBackbone (initialised from torch's global RNG; seed around it)."""
+    return EDMDenoiser(MLPBackbone(dim, width, depth, emb_dim, label_dim), sigma_data)
+
+
+def save_toy_model(
+    path: str | os.PathLike,
+    denoiser: EDMDenoiser,
+    *,
+    role: str,
+    teacher_config: TeacherConfig,
+    data_config: DataConfig | None = None,
+    step: int = 0,
+    distill_config: DistillConfig | None = None,
+) -> None:
+    """Write an EDMDenoiser(MLPBackbone) in the toy format (atomically: temp file + os.replace)."""
+    if role not in ROLES:
+        raise ValueError(f"role: {role!r} not in {ROLES}")
+    if not isinstance(denoiser, EDMDenoiser) or not isinstance(denoiser.model, MLPBackbone):
+        raise ValueError("denoiser: the toy format holds EDMDenoiser(MLPBackbone) models only")
+    arch = denoiser.model.arch()
+    payload = {
+        "format": FORMAT,
+        "role": role,
+        "config": teacher_config.to_dict(),
+        "data_config": data_config.to_dict() if data_config is not None else None,
+        "sigma_data": float(denoiser.sigma_data),
+        "dim": arch["dim"],
+        "label_dim": arch["label_dim"],
+        "step": int(step),
+        "arch": arch,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in denoiser.state_dict().items()},
+    }
+    if distill_config is not None:
+        payload["distill_config"] = distill_config.to_dict()
+    path = os.fspath(path)
+    tmp = path + ".tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_toy_model(path: str | os.PathLike, device=None) -> tuple[EDMDenoiser, dict]:
+    """Read a toy-format file -> (EDMDenoiser in eval mode on ``device``, the raw dict without weights)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"path: {path!r} is not an existing file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise ValueError(f"path: {path!r} is not a readable torch file ({exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        fmt = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{os.path.basename(path)}: format {fmt!r} not in {{{FORMAT!r}}}")
+    arch = payload["arch"]
+    den = build_denoiser(arch["dim"], arch["width"], arch["depth"], arch["emb_dim"], arch["label_dim"], payload["sigma_data"])
+    den.load_state_dict(payload["state_dict"], strict=True)
+    den.requires_grad_(False).eval()
+    den.to(pick_device(device or "auto"))
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    return den, meta
+
+
+class ToyTeacher:
+    """A trained toy EDM teacher: denoiser D(x, sigma, labels) plus its configs.
+
+    ``sample(z)`` is the teacher map T(z) (EDM Heun sampler, deterministic for S_churn = 0).
+    """
+
+    def __init__(
+        self,
+        denoiser: EDMDenoiser,
+        sigma_data: float,
+        dim: int,
+        label_dim: int,
+        teacher_config: TeacherConfig,
+        data_config: DataConfig | None = None,
+        step: int = 0,
+    ):
+        self.denoiser = denoiser
+        self.sigma_data = float(sigma_data)
+        self.dim = int(dim)
+        self.label_dim = int(label_dim)
+        self.teacher_config = teacher_config
+        self.data_config = data_config
+        self.step = int(step)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    def sample(
+        self,
+        z: torch.Tensor,
+        sampler_cfg: SamplerConfig = SamplerConfig(),
+        labels: torch.Tensor | None = None,
+        return_trajectory: bool = False,
+        generator: torch.Generator | None = None,
+        callback=None,
+    ):
+        """T(z): z (B, dim) -> samples (B, dim) float32 (and the (steps+1, B, dim) trajectory)."""
+        if z.ndim != 2 or z.shape[1] != self.dim:
+            raise ValueError(f"z: shape {tuple(z.shape)} not (B, {self.dim})")
+        c = sampler_cfg
+        return edm_sampler(
+            self.denoiser,
+            z.to(self.device),
+            labels.to(self.device) if labels is not None else None,
+            steps=c.steps,
+            sigma_min=c.sigma_min,
+            sigma_max=c.sigma_max,
+            rho=c.rho,
+            S_churn=c.S_churn,
+            S_min=c.S_min,
+            S_max=c.S_max,
+            S_noise=c.S_noise,
+            generator=generator,
+            return_trajectory=return_trajectory,
+            callback=callback,
+        )
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``{"format": "dmdcore.toy.v1", "role": "teacher", ...}`` to ``path``."""
+        save_toy_model(path, self.denoiser, role="teacher", teacher_config=self.teacher_config, data_config=self.data_config, step=self.step)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device=None) -> "ToyTeacher":
+        den, meta = load_toy_model(path, device)
+        if meta.get("role") != "teacher":
+            raise ValueError(f"{os.path.basename(os.fspath(path))}: role {meta.get('role')!r} not in {{'teacher'}}")
+        data_cfg = DataConfig.from_dict(meta["data_config"]) if meta.get("data_config") is not None else None
+        return cls(den, meta["sigma_data"], meta["dim"], meta["label_dim"], TeacherConfig.from_dict(meta["config"]), data_cfg, meta.get("step", 0))
