@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dmdcore.sweep import expand, load_preset, run_sweep  # noqa: E402
+from dmdcore.sweep import expand, load_preset, run_sweep, summarize  # noqa: E402
 
 
 def main() -> None:
@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--preset", default="dimension")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--keep", default=None, help="directory to keep the parallel sweep in (default: temporary)")
     args = ap.parse_args()
     spec = load_preset(args.preset)
     cells = expand(spec, quick=args.quick)
@@ -40,7 +41,10 @@ def main() -> None:
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; serial torch threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        par = run_sweep(spec, Path(tmp) / "parallel", workers=args.workers, quick=args.quick)
+        par_dir = Path(args.keep) if args.keep else Path(tmp) / "parallel"
+        if args.keep and par_dir.exists() and any(par_dir.iterdir()):
+            raise SystemExit(f"--keep: {par_dir} is not empty (the parallel run must start from scratch)")
+        par = run_sweep(spec, par_dir, workers=args.workers, quick=args.quick)
         wall = time.perf_counter() - t0
         print(f"parallel ({args.workers} workers): {wall:.1f} s, {len(par.failures)} failures")
         t0 = time.perf_counter()
@@ -53,6 +57,7 @@ def main() -> None:
         print(f"max |ΔE(parallel) − ΔE(serial)| over cells = {np.nanmax(d):.2e} (thread-count rounding only)")
         print(f"mean cell wall time: parallel {par.table['wall_s'].mean():.1f} s, serial {ser.table['wall_s'].mean():.1f} s")
         print(f"load average after: {os.getloadavg()[0]:.2f}")
+        print("summary of the parallel run:\n" + summarize(par.table, list(spec.grid)))
     print(f"RESULT cells={len(cells)} wall_s={wall:.1f} serial_s={serial:.1f} speedup={serial / wall:.2f}")
 
 

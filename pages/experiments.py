@@ -206,12 +206,13 @@ def results_panel(dirs: list[str]) -> None:
     numeric_x = x in table and pd.api.types.is_numeric_dtype(table[x]) and not pd.api.types.is_bool_dtype(table[x])
     log_x = c2.checkbox("log x", value=bool(plot.get("log_x", x == "data.dim")) and numeric_x,
                         disabled=not numeric_x, key=f"exp_logx_{x}")
-    st.plotly_chart(xp.delta_e_vs_x_figure(table, x, axes, log_x=log_x), key="exp_fig_x",
-                    help=xp.DELTA_E_DEF + " Error bars: 95% CI (Student-t over seeds; one seed: bootstrap CI).")
+    st.plotly_chart(xp.delta_e_vs_x_figure(table, x, axes, log_x=log_x), key="exp_fig_x")
+    st.caption(xp.DELTA_E_DEF + " Error bars: 95% CI — Student-t over replicates; a single cell shows its "
+               "bootstrap CI over the evaluation noises.")
     c1, c2 = st.columns(2)
-    c1.plotly_chart(xp.curves_overlay_figure(curves, axes), key="exp_fig_curves", help=xp.DELTA_E_DEF)
-    c2.plotly_chart(xp.quality_vs_copying_figure(table, axes), key="exp_fig_scatter",
-                    help="Lower W₂² = student samples closer to the teacher's; lower ΔE = more copying.")
+    c1.plotly_chart(xp.curves_overlay_figure(curves, axes), key="exp_fig_curves")
+    c2.plotly_chart(xp.quality_vs_copying_figure(table, axes), key="exp_fig_scatter")
+    c2.caption("Lower W₂² = student samples closer to the teacher's (quality); lower ΔE = more copying.")
     factors = [a for a in choices if a in table and table[a].astype(str).nunique() > 1]
     if len(factors) >= 2:
         c1, c2 = st.columns(2)

@@ -1,0 +1,92 @@
+"""Experiments page (AppTest): launch a tiny sweep in the background, watch it finish, see the
+plots/summary/table computed from its runs; bad specs become st.error messages; past sweeps."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "experiments.py")
+TINY = {
+    "name": "page-tiny",
+    "base": {
+        "data": {"dataset": "mixture", "n_modes": 4, "n_samples": 500},
+        "teacher": {"width": 16, "depth": 2, "emb_dim": 8, "steps": 20, "batch": 64, "ema": 0.9},
+        "sampler": {"steps": 4},
+        "distill": {"steps": 4, "ratio": 2, "batch": 32},
+        "eval": {"every": 2, "n": 48, "bootstrap": 10},
+    },
+    "grid": {"data.dim": [2, 3]},
+}
+
+
+def _values(v) -> list:
+    """A Plotly JSON array: a list, or a typed array {"dtype", "bdata" (base64)}."""
+    if isinstance(v, dict) and "bdata" in v:
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).tolist()
+    return list(v)
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    monkeypatch.setenv("DMD_RUNS_DIR", str(tmp_path))
+    return AppTest.from_file(PAGE, default_timeout=120)
+
+
+def _errors(at):
+    return [e.value for e in at.error] + [str(e.value) for e in at.exception]
+
+
+def test_page_renders_preset_and_reports_bad_spec(app):
+    at = app.run()
+    assert _errors(at) == []
+    assert at.selectbox(key="exp_preset").value == "dimension"
+    assert at.metric[0].value == "24"   # 8 dimensions × 3 replicates
+    # Editing the grid changes the cell count.
+    at.text_input(key="exp_axis_dimension_default_data.dim").set_value("[2, 64]").run()
+    assert at.metric[0].value == "6" and _errors(at) == []
+    # A bad value becomes an st.error naming the field, and nothing is launched.
+    at.text_input(key="exp_axis_dimension_default_data.dim").set_value("[0]").run()
+    assert any("DataConfig.dim" in e for e in _errors(at))
+    at.selectbox(key="exp_preset").set_value("custom (JSON spec)").run()
+    at.text_area(key="exp_custom").set_value(json.dumps({"name": "x", "grid": {"distill.ganz": [1]}})).run()
+    assert any("distill.ganz" in e for e in _errors(at))
+    at.text_area(key="exp_custom").set_value("{oops").run()
+    assert any("not valid JSON" in e for e in _errors(at))
+
+
+def test_launch_tiny_sweep_and_show_results(app, tmp_path):
+    at = app.run()
+    at.selectbox(key="exp_preset").set_value("custom (JSON spec)").run()
+    at.text_area(key="exp_custom").set_value(json.dumps(TINY)).run()
+    assert at.metric[0].value == "2" and _errors(at) == []
+    at.button(key="exp_launch").click().run()
+    job = at.session_state["exp_sweep_job"]
+    assert job.wait(timeout=300), "the tiny sweep did not finish"
+    assert job.snapshot().state == "finished"
+    at.run()
+    assert _errors(at) == []
+    charts = at.get("plotly_chart")
+    assert len(charts) >= 3
+    figs = [json.loads(c.proto.spec) for c in charts]
+    titles = [f["layout"]["title"]["text"] for f in figs]
+    assert any(t.startswith("ΔE vs data.dim") for t in titles)
+    # The ΔE-vs-d line holds the two finished cells' values (from their runs).
+    res = job.snapshot().result.table
+    main = figs[[i for i, t in enumerate(titles) if t.startswith("ΔE vs")][0]]
+    ys = [y for tr in main["data"] for y in _values(tr["y"])]
+    assert sorted(ys) == pytest.approx(sorted(res["delta_e"].tolist()))
+    text = " ".join(m.value for m in at.markdown)
+    assert "2 of 2 cells finished" in text
+    assert any("Sweep page-tiny" in h.value for h in at.subheader)
+    assert len(at.dataframe) >= 2  # past sweeps + results table
+    # The sweep is listed among past sweeps (from its run index) with both cells finished.
+    past = at.dataframe[0].value
+    assert past["finished"].tolist() == [2] and past["name"].tolist() == ["page-tiny"]
+    assert list(Path(tmp_path, "sweeps").glob("page-tiny-*/results.csv"))
