@@ -123,6 +123,9 @@ class Conv2d(nn.Module):
         f = torch.as_tensor(list(resample_filter), dtype=torch.float32)
         f = torch.outer(f, f).unsqueeze(0).unsqueeze(1) / f.sum().square()
         self.register_buffer("resample_filter", f if up or down else None)
+        # Plain attribute (not in the state_dict): use pooling/nearest kernels for the uniform
+        # 2x2 filter; enabled by set_fast_attention only after checking the loaded filter.
+        self.fast_resample = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.to(x.dtype) if self.weight is not None else None
@@ -137,6 +140,16 @@ class Conv2d(nn.Module):
         elif self.fused_resample and self.down and w is not None:
             x = F.conv2d(x, w, padding=w_pad + f_pad)
             x = F.conv2d(x, f.tile([self.out_channels, 1, 1, 1]), groups=self.out_channels, stride=2)
+        elif self.fast_resample:
+            # Same math for the uniform 2x2 filter [[.25,.25],[.25,.25]]: the stride-2 transposed
+            # conv with 4x the filter is nearest-neighbour 2x upsampling; the stride-2 conv is 2x2
+            # average pooling.
+            if self.up:
+                x = F.interpolate(x, scale_factor=2, mode="nearest")
+            if self.down:
+                x = F.avg_pool2d(x, 2)
+            if w is not None:
+                x = F.conv2d(x, w, padding=w_pad)
         else:
             # up: depthwise stride-2 transposed conv with 4x the filter; down: depthwise stride-2 conv.
             if self.up:
@@ -456,10 +469,16 @@ class EDMPrecond(nn.Module):
 
 
 def set_fast_attention(module: nn.Module, enabled: bool = True) -> nn.Module:
-    """Switch every attention block of ``module`` to the fused SDPA kernel (same math); returns it."""
+    """The fast inference path, same math: every attention block uses the fused SDPA kernel and
+    every up/down resampling whose (loaded) filter is the uniform 2x2 one uses nearest upsampling
+    / 2x2 average pooling instead of depthwise (transposed) convolutions. Returns ``module``."""
     for m in module.modules():
         if isinstance(m, UNetBlock):
             m.fast_attention = bool(enabled)
+        elif isinstance(m, Conv2d) and m.resample_filter is not None:
+            f = m.resample_filter
+            uniform = f.shape == (1, 1, 2, 2) and f.device.type != "meta" and bool(torch.all(f == 0.25))
+            m.fast_resample = bool(enabled) and uniform
     return module
 
 
