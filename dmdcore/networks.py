@@ -464,6 +464,16 @@ class EDMPrecond(nn.Module):
                           return_bottleneck=True)
         return h.to(torch.float32).mean(dim=(2, 3))
 
+    def forward_and_features(self, x: torch.Tensor, sigma, labels: torch.Tensor | None = None):
+        """(D(x; σ), features) from one network pass: the denoised output as ``forward`` and the
+        bottleneck features as ``features`` (for the DMD2 GAN head)."""
+        x, sigma, labels = self._prepare(x, sigma, labels)
+        c_skip, c_out, c_in, c_noise = self._coefficients(sigma)
+        F_x, h = self.model((c_in * x).to(self._dtype(x, False)), c_noise.flatten(), class_labels=labels,
+                            return_bottleneck=True)
+        # D(x; σ) = c_skip·x + c_out·F(c_in·x, c_noise, labels)  (EDM eq. 7)
+        return c_skip * x + c_out * F_x.to(torch.float32), h.to(torch.float32).mean(dim=(2, 3))
+
     def round_sigma(self, sigma):
         return torch.as_tensor(sigma)
 

@@ -268,3 +268,15 @@ def test_bad_configuration_errors():
         DhariwalUNet(img_resolution=10, in_channels=1, out_channels=1, channel_mult=[1, 2, 2])
     with pytest.raises(ValueError, match="sigma_data"):
         EDMPrecond(16, 1, sigma_data=0.0, model_channels=32, channel_mult=[1])
+
+
+def test_forward_and_features_consistent():
+    net = _random_demo_net(4)
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(9))
+    s = torch.tensor([0.7, 3.0])
+    y = F.one_hot(torch.tensor([2, 5]), 10).float()
+    with torch.no_grad():
+        d, h = net.forward_and_features(x, s, y)
+        assert torch.allclose(d, net(x, s, y), atol=1e-6)
+        assert torch.allclose(h, net.features(x, s, y), atol=1e-6)
+    assert h.shape == (2, net.feature_dim) and net.feature_dim == 64

@@ -1,0 +1,148 @@
+"""AppTest of the Image models page with the shipped demo pair: generation in the background,
+grids, metrics equal to an independent computation, pair zoom, exports, error handling."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dmdcore.checkpoints import entry_path, load_checkpoint, read_manifest
+from dmdcore.config import SamplerConfig
+from dmdcore.images import pair_metrics, sample_student, sample_teacher
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+@pytest.fixture(autouse=True)
+def _runs_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("DMD_RUNS_DIR", str(tmp_path / "runs"))
+
+
+def _demo_entries():
+    es = {e["role"]: e for e in read_manifest()["entries"] if e.get("kind") == "image" and e.get("url") is None}
+    return es["teacher"], es["student"]
+
+
+def test_demo_pair_is_shipped_small_and_loads():
+    t, s = _demo_entries()
+    total = 0
+    for e in (t, s):
+        p = entry_path(e)
+        assert p.exists(), p
+        total += p.stat().st_size
+        ck = load_checkpoint(p, device="cpu")
+        assert ck.config["label_dim"] == 10 and ck.config["img_resolution"] == 16
+    assert total <= 10 * 10**6
+
+
+def _page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page("pages/images.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _wait_done(at: AppTest, timeout=120.0):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        time.sleep(0.5)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        prog = [p.proto.text for p in at.get("progress")]
+        if prog and "Teacher" in prog[0]:
+            parts = prog[0].split("Teacher ")[1].split(" ")[0].split("/")
+            if parts[0] == parts[1] and len(at.metric) == 4:
+                return prog[0]
+    raise AssertionError("generation did not finish")
+
+
+def test_page_generates_demo_grids_and_metrics():
+    at = _page()
+    # defaults: the shipped demo teacher/student from the manifest, all 10 digit classes
+    assert at.selectbox(key="img_teacher_entry").value.startswith("demo")
+    assert len(at.multiselect(key="img_classes").value) == 10
+    at.number_input(key="img_per_class").set_value(1)
+    at.number_input(key="img_seed0").set_value(3)
+    at.number_input(key="img_steps").set_value(6)
+    at.number_input(key="img_boot").set_value(50)
+    at.button(key="FormSubmitter:img_settings-Generate").click()
+    at.run()
+    text = _wait_done(at)
+    assert "Student 10/10" in text and "11 NFE" in text
+    assert not at.error, [e.value for e in at.error]
+    assert len(at.get("imgs")) >= 2  # grids (3) and the large pair (3) are image elements
+
+    # metrics shown equal an independent computation with the same checkpoints
+    t, s = _demo_entries()
+    T = load_checkpoint(entry_path(t), device="cpu").model
+    S_ = load_checkpoint(entry_path(s), device="cpu").model
+    classes, seeds = list(range(10)), [3] * 10
+    ti = sample_teacher(T, classes, seeds, sampler=SamplerConfig(steps=6))
+    si = sample_student(S_, classes, seeds)
+    m = pair_metrics(ti, si, bootstrap=50, seed=0)
+    shown = {x.label: x.value for x in at.metric}
+    assert shown["ΔE (pairing inefficiency)"] == f"{m.delta_e:.3f}"
+    assert shown["Pair retrieval (top-1)"] == f"{m.retrieval:.1%}"
+    assert shown["Mean per-pair L2"] == f"{m.l2.mean():.3f}"
+    assert shown["Pairs"] == "10/10"
+
+    # the per-pair table holds the same L2 values
+    table = at.dataframe[0].value
+    assert np.allclose(table["l2"].to_numpy(), m.l2, atol=1e-4)
+
+    # pair zoom
+    at.selectbox(key="img_pick").set_value(4)
+    at.run()
+    captions = [im.caption for el in at.get("imgs") for im in el.proto.imgs]
+    assert "Teacher #4" in captions and "Student #4" in captions
+
+    # exports offered
+    dl = {b.proto.label: b for b in at.get("download_button")}
+    assert set(dl) == {"Download grid PNG (teacher | student | difference)", "Download metrics CSV"}
+
+
+def test_cached_regeneration_and_bad_path_keeps_last_good():
+    at = _page()
+    at.number_input(key="img_per_class").set_value(1)
+    at.number_input(key="img_steps").set_value(4)
+    at.button(key="FormSubmitter:img_settings-Generate").click()
+    at.run()
+    _wait_done(at)
+    first = {x.label: x.value for x in at.metric}
+    # second time: every image from the on-disk cache
+    t0 = time.time()
+    at.button(key="FormSubmitter:img_settings-Generate").click()
+    at.run()
+    _wait_done(at, timeout=30)
+    assert time.time() - t0 < 30
+    assert {x.label: x.value for x in at.metric} == first
+
+    at.radio(key="img_teacher_src").set_value("Path on disk")
+    at.run()
+    at.text_input(key="img_teacher_path").set_value("/nonexistent/teacher.pt")
+    at.run()
+    assert not at.exception
+    assert any("not an existing file" in e.value for e in at.error)
+    assert any("Keeping the last good teacher" in c.value for c in at.caption)
+
+
+def test_page_refuses_hostile_upload(tmp_path):
+    from tests.helpers_edm_pickle import write_hostile_pickle
+
+    flag = tmp_path / "pwned"
+    p = tmp_path / "evil.pkl"
+    write_hostile_pickle(p, f"touch {flag}")
+    at = _page()
+    at.radio(key="img_student_src").set_value("Path on disk")
+    at.run()
+    at.text_input(key="img_student_path").set_value(str(p))
+    at.run()
+    assert not at.exception
+    assert any("refusing global" in e.value for e in at.error)
+    assert not flag.exists()
