@@ -382,7 +382,12 @@ class Experiment:
             if status == "stopped" and self._started and not self.done and self.phase_step > 0:
                 last = self.metrics[-1] if self.metrics else None
                 if last is None or last["step"] != self.phase_step or last["phase"] != self.phase:
-                    self._evaluate()
+                    from dmdcore.distill import DivergenceError
+
+                    try:
+                        self._evaluate()
+                    except DivergenceError as exc:
+                        status, message = "diverged", f"diverged: {exc}"
             self.status, self.message = status, message
             if self.rundir is not None:
                 self.rundir.write_status(status, message, step=self.step_count)
@@ -479,6 +484,13 @@ class Experiment:
         except ValueError:
             return None
 
+    def _check_finite(self, what: str, x: np.ndarray) -> None:
+        """Non-finite samples mean the weights diverged: stop before anything is saved."""
+        if not np.isfinite(x).all():
+            from dmdcore.distill import DivergenceError
+
+            raise DivergenceError(f"{what} not finite at {self.phase} step {self.phase_step}; last good checkpoint kept")
+
     def _loss_means(self) -> dict:
         out = {k: float(np.mean(v)) for k, v in self._loss_acc.items() if v}
         self._loss_acc = {}
@@ -494,6 +506,7 @@ class Experiment:
         if phase == "teacher":
             teacher = self._current_teacher()
             t = self._np(teacher.sample(zeval, cfg.sampler, labels=labels))
+            self._check_finite("teacher samples T(z)", t)
             self.teacher_samples = t
             # W₂²(T(z), data) and η(T) = E‖T(z) − z‖² / W₂²(z, T(z)) − 1 (pairing.md)
             row["w2_data"] = self._safe(pairing.wasserstein2_squared, t, self.data_eval)
@@ -501,6 +514,7 @@ class Experiment:
             self._save_teacher(teacher)
         else:
             s = self._np(self._dmd.student(zeval, labels))
+            self._check_finite("student samples S(z)", s)
             t = self.teacher_samples
             self.student_samples = s
             # ΔE = (E_pair − E_OT) / (E_ind − E_OT) with a bootstrap CI (pairing.md)

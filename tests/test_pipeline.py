@@ -218,6 +218,21 @@ def test_divergence_keeps_last_good_checkpoint(teacher_run, tmp_path):
     assert torch.isfinite(G(torch.randn(4, 2) * 80, 80.0)).all()
 
 
+def test_nonfinite_weights_at_stop_evaluation_are_a_divergence(teacher_run, tmp_path):
+    exp = Experiment(tiny_cfg(), run_dir=tmp_path / "n", teacher=load_teacher(teacher_run, device="cpu"), device="cpu")
+    for _ in range(3):
+        exp.step()
+    with torch.no_grad():
+        for p in exp._dmd.generator.parameters():
+            p.fill_(float("inf"))
+    exp.finalize("stopped", "stopped by user")
+    run = RunDir(tmp_path / "n")
+    assert exp.status == "diverged" and run.read_status()["status"] == "diverged"
+    assert "student samples S(z) not finite" in run.read_status()["message"]
+    assert [r["step"] for r in run.read_metrics()] == [0]  # nothing from the bad weights was written
+    assert torch.load(run.checkpoint_path("student"), weights_only=True)["step"] == 0
+
+
 def test_stop_evaluates_and_saves(teacher_run, tmp_path):
     exp = Experiment(tiny_cfg(), run_dir=tmp_path / "st", teacher=load_teacher(teacher_run, device="cpu"), device="cpu")
     job = TrainingJob(exp)
