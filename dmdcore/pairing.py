@@ -315,6 +315,58 @@ def _plan_to_perm(plan: Any, n: int) -> np.ndarray:
     return perm
 
 
+def _block_rows(m: int) -> int:
+    """Rows per chunk so that a (rows, m) float64 block is ~1 MiB (cache-resident temporaries)."""
+    return max(1, 131_072 // m)
+
+
+def _smallest_per_row(mat: np.ndarray, k: int, rows: np.ndarray | None = None, shift: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Edges (i, j) to the k smallest entries of each row i of mat (rows: subset, default all),
+    optionally of the reduced matrix mat[i, j] - u[i] - v[j] with shift = (u, v); chunked."""
+    rows = np.arange(mat.shape[0]) if rows is None else rows
+    k = min(k, mat.shape[1])
+    cols = np.empty((rows.size, k), dtype=np.int64)
+    step = _block_rows(mat.shape[1])
+    for a in range(0, rows.size, step):
+        blk = mat[rows[a : a + step]]
+        if shift is not None:
+            blk -= shift[0][rows[a : a + step], None]
+            blk -= shift[1][None, :]
+        cols[a : a + step] = np.argpartition(blk, k - 1, axis=1)[:, :k] if k < mat.shape[1] else np.arange(k)
+    return np.repeat(rows, k), cols.ravel()
+
+
+def _smallest_per_col(mat: np.ndarray, k: int, cols: np.ndarray | None = None, shift: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Edges (i, j) to the k smallest entries of each column j (cols: subset), chunked over
+    column blocks copied to contiguous memory."""
+    cols = np.arange(mat.shape[1]) if cols is None else cols
+    k = min(k, mat.shape[0])
+    rows = np.empty((cols.size, k), dtype=np.int64)
+    step = _block_rows(mat.shape[0])
+    for a in range(0, cols.size, step):
+        c = cols[a : a + step]
+        blk = np.ascontiguousarray(mat[:, c].T)
+        if shift is not None:
+            blk -= shift[1][c, None]
+            blk -= shift[0][None, :]
+        rows[a : a + step] = np.argpartition(blk, k - 1, axis=1)[:, :k] if k < mat.shape[0] else np.arange(k)
+    return rows.ravel(), np.repeat(cols, k)
+
+
+def _reduced_minima(cost: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column minima of the reduced costs C_ij - u_i - v_j, one chunked pass over C."""
+    n, m = cost.shape
+    row_min = np.empty(n)
+    col_min = np.full(m, np.inf)
+    step = _block_rows(m)
+    for a in range(0, n, step):
+        blk = cost[a : a + step] - u[a : a + step, None]
+        blk -= v[None, :]
+        row_min[a : a + step] = blk.min(axis=1)
+        np.minimum(col_min, blk.min(axis=0), out=col_min)
+    return row_min, col_min
+
+
 def _assignment_certified(cost: np.ndarray) -> np.ndarray:
     """Exact optimal assignment by a sparse network simplex on candidate edges, certified on the
     full matrix by LP duality; falls back to the dense network simplex if not certified.
@@ -323,38 +375,32 @@ def _assignment_certified(cost: np.ndarray) -> np.ndarray:
     (the noise-induced pairing), so a perfect matching always exists.  The sparse ot.emd returns
     duals (u, v) complementary to its plan; if every reduced cost C_ij - u_i - v_j of the FULL
     matrix is >= -tol, the plan is optimal for the full problem (mean cost within tol of E_OT,
-    tol = 1e-11 max C, the accuracy of the network simplex's own duals).  Otherwise the k most
-    violated edges of each violating row/column are added and the sparse problem re-solved.
+    tol = 1e-11 max C, the accuracy of the network simplex's own duals).  Otherwise the 2k
+    smallest reduced costs of each violating row/column are added and the sparse problem
+    re-solved.
     """
     n = cost.shape[0]
-    k = min(_SPARSE_K, n - 1)
+    k = min(_SPARSE_K, n)
+    diag = np.arange(n)
     # candidate edges: k nearest per row and per column, and the diagonal
-    row_kth = np.partition(cost, k, axis=1)[:, k]
-    col_kth = np.partition(np.ascontiguousarray(cost.T), k, axis=1)[:, k]
-    mask = cost <= row_kth[:, None]
-    mask |= cost <= col_kth[None, :]
-    np.fill_diagonal(mask, True)
+    ri, rj = _smallest_per_row(cost, k)
+    ci, cj = _smallest_per_col(cost, k)
+    keys = np.unique(np.concatenate([ri * n + rj, ci * n + cj, diag * (n + 1)]))
     tol = _DUAL_RTOL * float(cost.max())
-    reduced = np.empty_like(cost)
     duals = None
     for _ in range(_SPARSE_ROUNDS + 1):
-        i, j = np.nonzero(mask)
+        i, j = np.divmod(keys, n)
         plan, log = _emd_plan(sp.coo_matrix((cost[i, j], (i, j)), shape=(n, n)))
         duals = (log["u"], log["v"])
         # LP duality certificate: reduced costs C - u 1^T - 1 v^T >= -tol everywhere
-        np.subtract(cost, duals[0][:, None], out=reduced)
-        reduced -= duals[1][None, :]
-        bad_rows = np.flatnonzero(reduced.min(axis=1) < -tol)
-        bad_cols = np.flatnonzero(reduced.min(axis=0) < -tol)
+        row_min, col_min = _reduced_minima(cost, *duals)
+        bad_rows = np.flatnonzero(row_min < -tol)
+        bad_cols = np.flatnonzero(col_min < -tol)
         if bad_rows.size == 0 and bad_cols.size == 0:
             return _plan_to_perm(plan, n)
-        kk = min(2 * k, n - 1)
-        if bad_rows.size:
-            sub = reduced[bad_rows]
-            mask[bad_rows] |= sub <= np.partition(sub, kk, axis=1)[:, kk][:, None]
-        if bad_cols.size:
-            sub = np.ascontiguousarray(reduced[:, bad_cols].T)
-            mask[:, bad_cols] |= (sub <= np.partition(sub, kk, axis=1)[:, kk][:, None]).T
+        ri, rj = _smallest_per_row(cost, 2 * k, bad_rows, duals)
+        ci, cj = _smallest_per_col(cost, 2 * k, bad_cols, duals)
+        keys = np.union1d(keys, np.concatenate([ri * n + rj, ci * n + cj]))
     # Not certified within the rounds: dense network simplex, warm-started from the last duals.
     plan, _ = _emd_plan(cost, potentials=duals)
     return _plan_to_perm(plan, n)
@@ -455,7 +501,9 @@ def pairing_inefficiency(
     ``level``; the CI is conditional on the solved optimal matching (see docs/metrics.md).
     seed: seeds the bootstrap and the block split.  max_exact: largest n solved exactly; above
     it E_OT comes from random disjoint blocks of <= max_exact samples (an upper bound, see docs).
-    solver: "auto" | "emd" (POT network simplex) | "lsa" (scipy linear_sum_assignment).
+    solver: "auto" | "emd" (dense POT network simplex) | "sparse" (network simplex on candidate
+    edges, certified optimal by LP duality on the full cost matrix) | "lsa" (scipy
+    linear_sum_assignment); all exact, "auto" picks by (n, d) as documented in _assignment.
 
     Raises ValueError on bad input (different n, n < 2, NaN/Inf, non-numeric, mismatched
     feature sizes) and when ΔE is undefined because E_ind == E_OT (zero spread).
