@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -25,6 +26,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dmdcore.sweep import expand, load_preset, run_sweep, summarize  # noqa: E402
+
+
+def _cpu_s(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
 
 
 def main() -> None:
@@ -40,22 +46,28 @@ def main() -> None:
     print(f"preset {spec.name}{' --quick' if args.quick else ''}: {len(cells)} cells, {n_teachers} teachers; "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; serial torch threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
+        c0 = _cpu_s(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         par_dir = Path(args.keep) if args.keep else Path(tmp) / "parallel"
         if args.keep and par_dir.exists() and any(par_dir.iterdir()):
             raise SystemExit(f"--keep: {par_dir} is not empty (the parallel run must start from scratch)")
         par = run_sweep(spec, par_dir, workers=args.workers, quick=args.quick)
         wall = time.perf_counter() - t0
+        par_cpu = _cpu_s(resource.RUSAGE_CHILDREN) - c0  # the pool's workers, reaped at shutdown
         print(f"parallel ({args.workers} workers): {wall:.1f} s, {len(par.failures)} failures")
+        c0 = _cpu_s(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         ser = run_sweep(spec, Path(tmp) / "serial", workers=0, quick=args.quick)
         serial = time.perf_counter() - t0
+        ser_cpu = _cpu_s(resource.RUSAGE_SELF) - c0
         print(f"serial (one process): {serial:.1f} s, {len(ser.failures)} failures")
         if par.failures or ser.failures:
             raise SystemExit(f"failures: parallel {par.failures} serial {ser.failures}")
         d = np.abs(par.table["delta_e"].to_numpy() - ser.table["delta_e"].to_numpy())
         print(f"max |ΔE(parallel) − ΔE(serial)| over cells = {np.nanmax(d):.2e} (thread-count rounding only)")
         print(f"mean cell wall time: parallel {par.table['wall_s'].mean():.1f} s, serial {ser.table['wall_s'].mean():.1f} s")
+        print(f"CPU seconds: parallel workers {par_cpu:.0f}, serial {ser_cpu:.0f}; on an otherwise idle machine "
+              f"the parallel run would need about {par_cpu / max(1, min(args.workers, os.cpu_count())):.0f} s")
         print(f"load average after: {os.getloadavg()[0]:.2f}")
         print("summary of the parallel run:\n" + summarize(par.table, list(spec.grid)))
     print(f"RESULT cells={len(cells)} wall_s={wall:.1f} serial_s={serial:.1f} speedup={serial / wall:.2f}")
