@@ -166,11 +166,14 @@ class TrainingJob:
     def start(self) -> "TrainingJob":
         """Start the thread (queued first if the manager's cap is reached). Idempotent."""
         with self._cond:
-            if self._thread is None:
-                self._launch_locked()
-            elif self._paused and self._state not in TERMINAL_STATES:
+            if self._state in TERMINAL_STATES:
+                return self
+            launch = self._thread is None and self._prepare_launch_locked()
+            if not launch and self._paused:
                 self._paused, self._budget = False, 0
                 self._cond.notify_all()
+        if launch:
+            self._launch()
         return self
 
     def pause(self) -> None:
@@ -209,9 +212,10 @@ class TrainingJob:
                 return
             self._paused = True
             self._budget += int(n)
-            if self._thread is None:
-                self._launch_locked()
+            launch = self._thread is None and self._prepare_launch_locked()
             self._cond.notify_all()
+        if launch:
+            self._launch()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job has ended (or ``timeout`` seconds). Returns True if it ended."""
@@ -283,12 +287,19 @@ class TrainingJob:
         t = self._view.get("total_steps", getattr(self.experiment, "total_steps", None))
         return None if t is None else int(t)
 
-    def _launch_locked(self) -> None:
+    def _prepare_launch_locked(self) -> bool:
         self._thread = threading.Thread(target=self._run, name=f"dmdcore-{self.job_id}", daemon=True)
         if self.manager is not None:
             self._state, self._message = "queued", "queued"
         else:
             self._state, self._message = "running", "starting"
+        return True
+
+    def _launch(self) -> None:
+        """Join the manager's queue in start order (caller's thread, no job lock held), then
+        start the thread."""
+        if self.manager is not None:
+            self.manager._enqueue(self)
         self._thread.start()
 
     def _stepper_done(self) -> bool:
@@ -534,10 +545,14 @@ class JobManager:
                     job._message = msg
                     job._cond.notify_all()
 
+    def _enqueue(self, job: TrainingJob) -> None:
+        with self._cond:
+            self._queue.append(job)
+            self._update_queue_messages_locked()
+
     def _acquire(self, job: TrainingJob) -> bool:
         """Block until ``job`` may run. False if it was stopped while waiting."""
         with self._cond:
-            self._queue.append(job)
             try:
                 while True:
                     with job._cond:

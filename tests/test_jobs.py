@@ -114,6 +114,8 @@ def test_stop_before_start():
     job = TrainingJob(exp)
     job.stop()
     assert job.state == "stopped" and job.wait(1) and exp.i == 0
+    job.start()  # an ended job is not restarted
+    assert job.state == "stopped" and exp.i == 0
 
 
 def test_nonfinite_loss_diverges():
