@@ -343,3 +343,33 @@ def test_cli_runs_through_python_m(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "dmdcore", "sweep", "no-such-preset", "--out", str(tmp_path / "p")],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no-such-preset" in bad.stderr
+
+
+def test_killed_sweep_leaves_finished_cells_intact(tmp_path):
+    import time
+
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(tiny_spec()))
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "dmdcore", "sweep", str(spec), "--out", str(out), "--quick",
+                             "--workers", "1"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finished: list[Path] = []
+    deadline = time.monotonic() + 300
+    while not finished and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        finished = [p.parent for p in out.glob("cells/*/cell.json")]
+    proc.kill()  # SIGKILL: no cleanup in the sweep process
+    proc.wait()
+    assert finished, "no cell finished before the deadline"
+    before = {p: (p / "metrics.csv").stat().st_mtime_ns for p in finished}
+    res = sw.run_sweep(tiny_spec(), out, workers=1, quick=True)
+    assert res.failures == [] and set(res.table["status"]) == {"finished"}
+    assert res.n_skipped >= len(finished)
+    assert {p: (p / "metrics.csv").stat().st_mtime_ns for p in finished} == before
+
+
+def test_summary_treats_seed_fields_as_replicates():
+    t = _table(-0.7, 0.2).rename(columns={"seed": "distill.seed"})
+    text = sw.summarize(t, ["data.dim", "distill.gan", "distill.seed"])
+    assert "distill.seed=" not in text and "at distill.seed" not in text
+    assert "n = 12 matched pairs" in text  # matched on data.dim × distill.seed
