@@ -1,0 +1,283 @@
+"""Teacher and DMD training against closed forms; determinism; divergence; resuming; checkpoints."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from dmdcore.config import DistillConfig, TeacherConfig
+from dmdcore.data import make_sampler
+from dmdcore.distill import DivergenceError, DMDTrainer, TeacherTrainer
+from dmdcore.toy import ToyTeacher, load_toy_model, save_toy_model
+
+MU = torch.tensor([1.0, -0.5])
+S = torch.tensor([0.5, 1.0])  # per-coordinate std of the Gaussian data N(MU, diag(S^2))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tests run single-threaded (2 shared cores); restored afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def gaussian_data(n=20000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return MU + S * torch.randn(n, 2, generator=g)
+
+
+def ideal_denoiser(x, sigma):
+    """D*(x; sigma) = MU + S^2 / (S^2 + sigma^2) (x - MU) for N(MU, diag(S^2))."""
+    s2 = S.double() ** 2
+    return MU.double() + s2 / (s2 + sigma**2) * (x.double() - MU.double())
+
+
+def exact_ode_map(z, sigma_max=80.0):
+    s = S.double()
+    return MU.double() + (sigma_max * z.double() - MU.double()) * s / torch.sqrt(s**2 + sigma_max**2)
+
+
+TEACHER_CFG = TeacherConfig(width=64, depth=3, emb_dim=16, steps=2500, batch=256, lr=2e-3, ema=0.99, seed=0)
+
+
+@pytest.fixture(scope="module")
+def gaussian_teacher():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tr = TeacherTrainer(TEACHER_CFG, gaussian_data(), device="cpu")
+        losses = [tr.step()["loss"] for _ in range(TEACHER_CFG.steps)]
+        return tr, losses
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_teacher_reaches_ideal_denoiser(gaussian_teacher):
+    tr, losses = gaussian_teacher
+    teacher = tr.teacher()
+    # sigma_data estimated from the data (std over all coordinates) and recorded in the config
+    assert tr.sigma_data == pytest.approx(float(gaussian_data().double().std()), rel=1e-9)
+    assert teacher.teacher_config.sigma_data == pytest.approx(tr.sigma_data)
+    assert sum(losses[-200:]) / 200 < sum(losses[:50]) / 50
+    g = torch.Generator().manual_seed(7)
+    x0 = gaussian_data(4000, seed=1)
+    # denoiser error relative to the ideal denoiser's own error, per noise level:
+    # E||D - D*||^2 <= 0.1 E||D* - x0||^2 (the irreducible part)
+    for sigma in (0.05, 0.3, 1.0, 3.0, 20.0):
+        x = x0 + sigma * torch.randn(x0.shape, generator=g)
+        with torch.no_grad():
+            d = teacher.denoiser(x, sigma).double()
+        d_star = ideal_denoiser(x, sigma)
+        err = (d - d_star).square().sum(1).mean()
+        irreducible = (d_star - x0.double()).square().sum(1).mean()
+        assert err <= 0.1 * irreducible, (sigma, float(err), float(irreducible))
+    # the learned ODE map T(z) is close to the exact affine map
+    z = torch.randn(2000, 2, generator=g)
+    t = teacher.sample(z).double()
+    exact = exact_ode_map(z)
+    rel = (t - exact).square().sum(1).mean() / (exact - MU.double()).square().sum(1).mean()
+    assert rel < 0.03, float(rel)
+
+
+def test_teacher_is_deterministic_and_resumes():
+    data = gaussian_data(2000)
+    cfg = TEACHER_CFG.replace(steps=30, width=32)
+    a, b = TeacherTrainer(cfg, data, device="cpu"), TeacherTrainer(cfg, data, device="cpu")
+    la = [a.step()["loss"] for _ in range(20)]
+    lb = [b.step()["loss"] for _ in range(20)]
+    assert la == lb
+    c = TeacherTrainer(cfg.replace(seed=1), data, device="cpu")
+    assert [c.step()["loss"] for _ in range(20)] != la
+    # resume: a fresh trainer loaded from a's state continues exactly like a
+    state = copy.deepcopy(a.state_dict())
+    r = TeacherTrainer(cfg, data, device="cpu")
+    r.load_state_dict(state)
+    assert [a.step()["loss"] for _ in range(5)] == [r.step()["loss"] for _ in range(5)]
+
+
+def test_teacher_divergence_keeps_weights():
+    data = gaussian_data(2000)
+    tr = TeacherTrainer(TEACHER_CFG.replace(lr=1e6, width=32), data, device="cpu")
+    with pytest.raises(DivergenceError, match="not finite"):
+        for _ in range(200):
+            before = copy.deepcopy(tr.net.state_dict())
+            ema_before = copy.deepcopy(tr.ema.state_dict())
+            step_before = tr.step_count
+            tr.step()
+    after = tr.net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(ema_before[k], v) for k, v in tr.ema.state_dict().items())
+    assert tr.step_count == step_before
+
+
+def test_teacher_bad_inputs():
+    with pytest.raises(ValueError, match="labels"):
+        TeacherTrainer(TEACHER_CFG.replace(conditional=True), gaussian_data(500), device="cpu")
+    with pytest.raises(ValueError, match="data"):
+        TeacherTrainer(TEACHER_CFG, torch.zeros(10), device="cpu")
+    bad = gaussian_data(500)
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="data"):
+        TeacherTrainer(TEACHER_CFG, bad, device="cpu")
+    with pytest.raises(ValueError, match="cfg"):
+        TeacherTrainer({"width": 3}, gaussian_data(500), device="cpu")
+
+
+def test_toy_checkpoint_round_trip(gaussian_teacher, tmp_path):
+    teacher = gaussian_teacher[0].teacher()
+    path = tmp_path / "teacher.pt"
+    teacher.save(path)
+    back = ToyTeacher.load(path, device="cpu")
+    z = torch.randn(50, 2, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(back.sample(z), teacher.sample(z), rtol=0, atol=0)
+    assert back.teacher_config == teacher.teacher_config and back.sigma_data == teacher.sigma_data
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "dmdcore.toy.v1" and raw["role"] == "teacher" and raw["dim"] == 2
+    save_toy_model(tmp_path / "s.pt", teacher.denoiser, role="student", teacher_config=teacher.teacher_config, step=4)
+    den, meta = load_toy_model(tmp_path / "s.pt")
+    assert meta["role"] == "student" and meta["step"] == 4
+    with pytest.raises(ValueError, match="role"):
+        ToyTeacher.load(tmp_path / "s.pt")
+    torch.save({"format": "other"}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="format"):
+        ToyTeacher.load(tmp_path / "x.pt")
+
+
+DMD_CFG = DistillConfig(ratio=5, steps=300, batch=256, lr_gen=3e-4, lr_fake=3e-3, seed=0)
+
+
+class IdealGaussianDenoiser(torch.nn.Module):
+    """The exact teacher for N(MU, diag(S^2)) with the denoiser call signature D(x, sigma, labels)."""
+
+    def forward(self, x, sigma, labels=None):
+        sig = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1, 1)
+        return (MU + S**2 / (S**2 + sig**2) * (x.float() - MU)).to(x.dtype)
+
+
+def test_dmd_matches_gaussian_mean_and_covariance(gaussian_teacher):
+    """DMD against the exact Gaussian score (so the target is exactly N(MU, diag(S^2))); generator and
+    fake score start from the trained MLP teacher."""
+    tr = gaussian_teacher[0]
+    mlp = tr.teacher().denoiser
+    dmd = DMDTrainer(
+        IdealGaussianDenoiser(), DMD_CFG, sample_shape=(2,), sigma_data=tr.sigma_data, device="cpu",
+        generator=copy.deepcopy(mlp), fake=copy.deepcopy(mlp),
+    )
+    z = torch.randn(8000, 2, generator=torch.Generator().manual_seed(11))
+    init = dmd.student(z).double()
+    target_cov = torch.diag(S.double() ** 2)
+    # a teacher copy evaluated once at sigma_max is far from the data covariance (it sits near the mean)
+    assert (torch.cov(init.T) - target_cov).norm() > 0.5
+    for _ in range(DMD_CFG.steps):
+        m = dmd.step()
+    assert set(m) == {"step", "loss_dm", "loss_fake", "grad_norm"} and m["step"] == DMD_CFG.steps
+    x = dmd.student(z).double()
+    mean, cov = x.mean(0), torch.cov(x.T)
+    # stated tolerance: mean within 0.1 (L2), covariance within 0.15 (Frobenius; ||Sigma||_F = 1.03)
+    assert (mean - MU.double()).norm() < 0.1, mean
+    assert (cov - target_cov).norm() < 0.15, cov
+
+
+def _small_teacher(label_dim=0):
+    data = gaussian_data(2000)
+    labels = (data[:, 0] > MU[0]).long() if label_dim else None
+    cfg = TEACHER_CFG.replace(width=32, steps=5, conditional=bool(label_dim))
+    tr = TeacherTrainer(cfg, data, labels, device="cpu")
+    for _ in range(5):
+        tr.step()
+    return tr, data, labels
+
+
+def test_dmd_is_deterministic_and_resumes():
+    tr, data, _ = _small_teacher()
+    cfg = DMD_CFG.replace(batch=64)
+    make = lambda c=cfg: DMDTrainer(tr.teacher().denoiser, c, sample_shape=(2,), sigma_data=tr.sigma_data, device="cpu")  # noqa: E731
+    a, b = make(), make()
+    ma = [a.step() for _ in range(5)]
+    mb = [b.step() for _ in range(5)]
+    assert ma == mb
+    assert [make(cfg.replace(seed=3)).step() for _ in range(2)] != ma[:2]
+    r = make()
+    r.load_state_dict(copy.deepcopy(a.state_dict()))
+    assert [a.step() for _ in range(3)] == [r.step() for _ in range(3)]
+
+
+def _states(dmd):
+    return (copy.deepcopy(dmd.generator.state_dict()), copy.deepcopy(dmd.fake.state_dict()), copy.deepcopy(dmd.opt_fake.state_dict()["state"]))
+
+
+def _assert_same(s1, s2):
+    for d1, d2 in zip(s1[:2], s2[:2]):
+        assert d1.keys() == d2.keys() and all(torch.equal(d1[k], d2[k]) for k in d1)
+    assert s1[2].keys() == s2[2].keys()
+    for k in s1[2]:
+        assert all(torch.equal(s1[2][k][n], s2[2][k][n]) for n in s1[2][k])
+
+
+def test_dmd_injected_inf_rolls_back_whole_step():
+    tr, _, _ = _small_teacher()
+    dmd = DMDTrainer(tr.teacher().denoiser, DMD_CFG.replace(batch=32), sample_shape=(2,), sigma_data=tr.sigma_data, device="cpu")
+    dmd.step()
+    calls = {"n": 0, "poison_at": None}
+
+    def poison(module, inputs, output):
+        calls["n"] += 1
+        if calls["poison_at"] is not None and calls["n"] >= calls["poison_at"]:
+            return output * float("inf")
+        return output
+
+    dmd.fake.register_forward_hook(poison)
+    before = _states(dmd)
+    calls["n"], calls["poison_at"] = 0, 4  # 4th fake forward: fake-score step 4 of 5, after 3 applied updates
+    with pytest.raises(DivergenceError, match="fake-score"):
+        dmd.step()
+    _assert_same(before, _states(dmd))
+    assert dmd.step_count == 1
+    calls["poison_at"] = None
+    assert math.isfinite(dmd.step()["loss_dm"])  # training continues from the restored state
+
+
+def test_dmd_huge_lr_diverges_without_applying_update():
+    tr, _, _ = _small_teacher()
+    cfg = DMD_CFG.replace(batch=32, lr_gen=1e6, lr_fake=1e6, grad_clip=0.0, weight_decay=0.0)
+    dmd = DMDTrainer(tr.teacher().denoiser, cfg, sample_shape=(2,), sigma_data=tr.sigma_data, device="cpu")
+    with pytest.raises(DivergenceError):
+        for _ in range(100):
+            before = _states(dmd)
+            dmd.step()
+    _assert_same(before, _states(dmd))
+
+
+def test_dmd_optional_terms_and_variants():
+    tr, data, labels = _small_teacher(label_dim=2)
+    teacher = tr.teacher()
+    z_r = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    l_r = torch.randint(0, 2, (64,), generator=torch.Generator().manual_seed(1))
+    pairs = (z_r, teacher.sample(z_r, labels=torch.nn.functional.one_hot(l_r, 2).float()), l_r)
+    cfg = DMD_CFG.replace(batch=32, ratio=2, regression=True, gan=True, reg_batch=16)
+    kw = dict(sample_shape=(2,), sigma_data=tr.sigma_data, label_dim=2, device="cpu")
+    dmd = DMDTrainer(teacher.denoiser, cfg, reg_pairs=pairs, data_sampler=make_sampler(data, labels, seed=0), **kw)
+    m = dmd.step()
+    assert set(m) == {"step", "loss_dm", "loss_fake", "loss_reg", "loss_gan_g", "loss_gan_d", "grad_norm"}
+    assert all(math.isfinite(v) for v in m.values())
+    # missing inputs for optional terms
+    with pytest.raises(ValueError, match="data_sampler"):
+        DMDTrainer(teacher.denoiser, cfg, reg_pairs=pairs, **kw)
+    with pytest.raises(ValueError, match="reg_pairs"):
+        DMDTrainer(teacher.denoiser, cfg.replace(gan=False), **kw)
+    with pytest.raises(ValueError, match="sample_shape"):
+        DMDTrainer(teacher.denoiser, DMD_CFG, sample_shape=(), sigma_data=1.0, device="cpu")
+    # random init, another width: a different network that still trains
+    rnd = DMDTrainer(teacher.denoiser, DMD_CFG.replace(batch=32, init="random", student_width=16, student_depth=2), **kw)
+    assert rnd.generator.model.width == 16 and rnd.generator.model.depth == 2
+    assert math.isfinite(rnd.step()["loss_dm"])
+    # few-step student: deterministic sampling, all steps used
+    few = DMDTrainer(teacher.denoiser, DMD_CFG.replace(batch=32, student_steps=3), **kw)
+    for _ in range(3):
+        assert math.isfinite(few.step()["loss_dm"])
+    zz = torch.randn(10, 2)
+    torch.testing.assert_close(few.student(zz), few.student(zz))
+    assert few.student(zz).shape == (10, 2)
