@@ -113,6 +113,7 @@ def test_certified_sparse_solver_fallback(monkeypatch):
     # dense network simplex (warm-started) and still be optimal.
     monkeypatch.setattr(P, "_SPARSE_ROUNDS", 0)
     monkeypatch.setattr(P, "_SPARSE_K", 1)
+    monkeypatch.setattr(P, "_SPARSE_K_LOW_D", 1)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((250, 2))
     y = rng.standard_normal((250, 2)) + 2.0
@@ -124,6 +125,22 @@ def test_certified_sparse_solver_fallback(monkeypatch):
     r, col = linear_sum_assignment(c)
     assert c[np.arange(250), perm].sum() == pytest.approx(c[r, col].sum(), rel=1e-12)
     assert calls[-1] == "ndarray" and len(calls) == 2
+
+
+def test_certified_sparse_solver_low_d_early_fallback(monkeypatch):
+    # d < 4 and a global shift: nearest-neighbour candidates are hopeless, so after the first
+    # sparse solve the solver goes straight to the dense network simplex — still optimal.
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((400, 2))
+    y = rng.standard_normal((400, 2)) * 0.5 + np.array([6.0, 0.0])
+    c = P._cost_matrix(*P._center(x, y))
+    calls = []
+    real = P._emd_plan
+    monkeypatch.setattr(P, "_emd_plan", lambda cost, **kw: calls.append(type(cost).__name__) or real(cost, **kw))
+    perm = P._assignment(c, "auto", 2)
+    r, col = linear_sum_assignment(c)
+    assert c[np.arange(400), perm].sum() == pytest.approx(c[r, col].sum(), rel=1e-12)
+    assert calls == ["coo_matrix", "ndarray"]
 
 
 @pytest.mark.parametrize(
