@@ -479,6 +479,9 @@ def _independent_cost(x: np.ndarray, y: np.ndarray, sq_x: np.ndarray | None = No
 
 
 def _zero_spread(x: np.ndarray) -> bool:
+    """True when all rows of x are identical (checks row 1 first: the usual early exit)."""
+    if not np.array_equal(x[1], x[0]):
+        return False
     return bool(np.all(x == x[0]))
 
 
