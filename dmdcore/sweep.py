@@ -864,13 +864,16 @@ def summarize(table: pd.DataFrame, axes: list[str] | None = None, metric: str = 
                     cells = cells[cells[o] == v]
                 rho = _spearman(cells[axis].to_numpy(float), cells[metric].to_numpy(float))
                 direction = "rose" if b["mean"] > a["mean"] else "fell"
+                hi_row, lo_row = g.loc[g["mean"].idxmax()], g.loc[g["mean"].idxmin()]
                 overlap = (np.isfinite([a["ci_low"], a["ci_high"], b["ci_low"], b["ci_high"]]).all()
                            and not (a["ci_high"] < b["ci_low"] or b["ci_high"] < a["ci_low"]))
                 lines.append(
                     f"{label} {direction} from {_fmt_ci(a['mean'], a['ci_low'], a['ci_high'], int(a['n']))} at "
                     f"{axis}={a[axis]:g} to {_fmt_ci(b['mean'], b['ci_low'], b['ci_high'], int(b['n']))} at "
                     f"{axis}={b[axis]:g}{cond}; Spearman ρ = {_fmt(rho)} over {len(cells)} cells; the endpoint CIs "
-                    + ("overlap." if overlap else "do not overlap.")
+                    + ("overlap" if overlap else "do not overlap")
+                    + (f"; highest mean {_fmt(hi_row['mean'])} at {axis}={hi_row[axis]:g}, lowest "
+                       f"{_fmt(lo_row['mean'])} at {axis}={lo_row[axis]:g}." if len(g) >= 3 else ".")
                 )
         else:
             # Categorical / two-level axis: paired difference of each level to the reference level
