@@ -11,7 +11,8 @@ import io
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -120,7 +121,7 @@ def _pinwheel(n, g, scale, spread):
     return 2.0 * torch.einsum("nij,nj->ni", rot, feats), labels, None
 
 
-_SUITE: dict[str, tuple[Callable, int]] = {
+_SUITE: Mapping[str, tuple[Callable, int]] = MappingProxyType({
     "8gaussians": (_gaussians_8, 8),
     "25gaussians": (_gaussians_25, 25),
     "moons": (_moons, 2),
@@ -129,7 +130,7 @@ _SUITE: dict[str, tuple[Callable, int]] = {
     "checkerboard": (_checkerboard, 0),
     "2spirals": (_spirals, 2),
     "pinwheel": (_pinwheel, 5),
-}
+})
 assert set(_SUITE) == set(DATASETS_2D)
 
 
@@ -203,6 +204,8 @@ def _digits(cfg: DataConfig, g: torch.Generator) -> Dataset:
 
 def _user(cfg: DataConfig, g: torch.Generator) -> Dataset:
     arr = load_user_array(cfg.path)
+    if arr.shape[1] != cfg.dim:
+        raise ValueError(f"DataConfig.dim: {cfg.dim} not in {{{arr.shape[1]}}} (the number of columns of {os.path.basename(str(cfg.path))})")
     x = torch.from_numpy(arr)
     if cfg.n_samples < x.shape[0]:
         idx = torch.randperm(x.shape[0], generator=g)[: cfg.n_samples]

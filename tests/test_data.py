@@ -98,6 +98,8 @@ def test_user_csv_with_header_and_npy(tmp_path):
     cfg = DataConfig(dataset="user", path=str(p), dim=3, n_samples=120)
     d = make_dataset(cfg)
     assert d.x.shape == (120, 3) and d.labels is None
+    with pytest.raises(ValueError, match=r"DataConfig.dim: 2 not in \{3\}"):
+        make_dataset(cfg.replace(dim=2))
 
 
 def test_user_csv_errors_name_row_and_column():
