@@ -44,7 +44,9 @@ def _load(path: str, mtime: float, config_json: str | None):
     import json
 
     cfg = json.loads(config_json) if config_json else None
-    return ckpts.load_checkpoint(path, config=cfg, device="auto")
+    ck = ckpts.load_checkpoint(path, config=cfg, device="auto")
+    imgs.optimize_for_inference(ck.model)  # same math: fused attention, pooling resampling
+    return ck
 
 
 def _present_entries(role: str) -> list[dict]:
