@@ -281,3 +281,22 @@ def test_dmd_optional_terms_and_variants():
     zz = torch.randn(10, 2)
     torch.testing.assert_close(few.student(zz), few.student(zz))
     assert few.student(zz).shape == (10, 2)
+
+
+def test_conditional_teacher_follows_labels():
+    """Two well-separated classes: T(z, label) lands at the labelled class centre."""
+    from dmdcore.config import DataConfig
+    from dmdcore.data import make_dataset
+
+    ds = make_dataset(DataConfig(dataset="mixture", dim=2, n_modes=2, mode_scale=2.0, spread=0.1, n_samples=4000, seed=0))
+    cfg = TEACHER_CFG.replace(steps=600, width=32, conditional=True)
+    tr = TeacherTrainer(cfg, ds.x, ds.labels, device="cpu", label_dim=ds.n_classes)
+    for _ in range(cfg.steps):
+        tr.step()
+    teacher = tr.teacher()
+    assert teacher.label_dim == 2
+    z = torch.randn(400, 2, generator=torch.Generator().manual_seed(5))
+    for k in range(2):
+        x = teacher.sample(z, labels=torch.full((400,), k, dtype=torch.long))
+        nearest = torch.cdist(x, ds.centers).argmin(dim=1)
+        assert (nearest == k).float().mean() > 0.95
