@@ -27,14 +27,16 @@ def denoising_loss(D, x: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor, s
     mean over batch and dims of lambda(sigma) * (D(x + sigma eps; sigma) - x)^2.
 
     x, eps: (B, *shape); sigma: (B,). Used for the teacher (sigma ~ EDM log-normal) and for the DMD
-    fake score on generated samples. With ``return_features`` (needs ``D.forward_and_features``)
+    fake score on generated samples. With ``return_features`` (``D.forward_and_features`` or ``D.features``)
     returns (loss, features of D at x + sigma eps) for the GAN head.
     """
     s = _per_sample_view(sigma, x)
     x_noisy = x + s * eps
     feats = None
-    if return_features:
+    if return_features and hasattr(D, "forward_and_features"):
         D_x, feats = D.forward_and_features(x_noisy, sigma, labels)
+    elif return_features:  # denoisers with only features(): a second pass
+        D_x, feats = D(x_noisy, sigma, labels), D.features(x_noisy, sigma, labels)
     else:
         D_x = D(x_noisy, sigma, labels)
     weight = _per_sample_view(edm_loss_weight(sigma, sigma_data), x)

@@ -56,3 +56,29 @@ def test_regression_and_gan_losses():
     sp = lambda v: torch.log1p(torch.exp(v))  # noqa: E731
     torch.testing.assert_close(gan_d_loss(lf, lr), sp(lf).mean() + sp(-lr).mean())
     torch.testing.assert_close(gan_g_loss(lf), sp(-lf).mean())
+
+
+def test_denoising_loss_features_fallback_matches_single_pass():
+    from dmdcore.nets import MLPBackbone
+    from dmdcore.precond import EDMDenoiser
+
+    torch.manual_seed(0)
+    den = EDMDenoiser(MLPBackbone(2, 16, 2, 8), 0.5)
+    torch.nn.init.normal_(den.model.out.weight)
+
+    class OnlyFeatures(torch.nn.Module):  # like a denoiser exposing features() but no fused pass
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, sigma, labels=None):
+            return self.inner(x, sigma, labels)
+
+        def features(self, x, sigma, labels=None):
+            return self.inner.features(x, sigma, labels)
+
+    x, eps, sigma = torch.randn(8, 2), torch.randn(8, 2), torch.rand(8) + 0.1
+    a = denoising_loss(den, x, sigma, eps, 0.5, return_features=True)
+    b = denoising_loss(OnlyFeatures(den), x, sigma, eps, 0.5, return_features=True)
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[1], b[1])
