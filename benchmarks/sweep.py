@@ -6,7 +6,10 @@
 
 Both runs start from empty directories (teachers included) and must finish every cell. The
 serial baseline is ``run_sweep(..., workers=0)``: every teacher and cell in this process, in grid
-order, with torch's default thread count (what a plain loop would get). Last line:
+order. Its torch thread count is ``--serial-threads`` (default 1, the same per-process setting as the
+pool's workers): with torch's default (one thread per core) on a machine shared with other jobs,
+intra-op threads oversubscribe the cores and the serial run slows down by an order of magnitude,
+which would inflate the speed-up. Last line:
 ``RESULT cells=<int> wall_s=<float> serial_s=<float> speedup=<float>``.
 """
 
@@ -38,13 +41,14 @@ def main() -> None:
     ap.add_argument("--preset", default="dimension")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--serial-threads", type=int, default=1, help="torch threads of the serial baseline")
     ap.add_argument("--keep", default=None, help="directory to keep the parallel sweep in (default: temporary)")
     args = ap.parse_args()
     spec = load_preset(args.preset)
     cells = expand(spec, quick=args.quick)
     n_teachers = len({c.teacher_key for c in cells})
     print(f"preset {spec.name}{' --quick' if args.quick else ''}: {len(cells)} cells, {n_teachers} teachers; "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; serial torch threads {torch.get_num_threads()}")
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; serial torch threads {args.serial_threads}")
     with tempfile.TemporaryDirectory() as tmp:
         c0 = _cpu_s(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
@@ -55,11 +59,16 @@ def main() -> None:
         wall = time.perf_counter() - t0
         par_cpu = _cpu_s(resource.RUSAGE_CHILDREN) - c0  # the pool's workers, reaped at shutdown
         print(f"parallel ({args.workers} workers): {wall:.1f} s, {len(par.failures)} failures")
-        c0 = _cpu_s(resource.RUSAGE_SELF)
-        t0 = time.perf_counter()
-        ser = run_sweep(spec, Path(tmp) / "serial", workers=0, quick=args.quick)
-        serial = time.perf_counter() - t0
-        ser_cpu = _cpu_s(resource.RUSAGE_SELF) - c0
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.serial_threads)
+        try:
+            c0 = _cpu_s(resource.RUSAGE_SELF)
+            t0 = time.perf_counter()
+            ser = run_sweep(spec, Path(tmp) / "serial", workers=0, quick=args.quick)
+            serial = time.perf_counter() - t0
+            ser_cpu = _cpu_s(resource.RUSAGE_SELF) - c0
+        finally:
+            torch.set_num_threads(threads)
         print(f"serial (one process): {serial:.1f} s, {len(ser.failures)} failures")
         if par.failures or ser.failures:
             raise SystemExit(f"failures: parallel {par.failures} serial {ser.failures}")
