@@ -76,7 +76,9 @@ def test_page_generates_demo_grids_and_metrics():
     text = _wait_done(at)
     assert "Student 10/10" in text and "11 NFE" in text
     assert not at.error, [e.value for e in at.error]
-    assert len(at.get("imgs")) >= 2  # grids (3) and the large pair (3) are image elements
+    captions = [c for el in at.get("image") for c in el.captions]
+    assert captions[:2] == ["Teacher T(z, c)", "Student S(z, c) = G(80·z; c)"]  # the grids
+    assert captions[2].startswith("|S − T|")
 
     # metrics shown equal an independent computation with the same checkpoints
     t, s = _demo_entries()
@@ -99,7 +101,7 @@ def test_page_generates_demo_grids_and_metrics():
     # pair zoom
     at.selectbox(key="img_pick").set_value(4)
     at.run()
-    captions = [im.caption for el in at.get("imgs") for im in el.proto.imgs]
+    captions = [c for el in at.get("image") for c in el.captions]
     assert "Teacher #4" in captions and "Student #4" in captions
 
     # exports offered
