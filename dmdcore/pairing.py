@@ -190,9 +190,9 @@ def _as_points(x: Any, name: str, min_n: int = 2) -> tuple[np.ndarray, torch.dev
     arr = arr.reshape(n, -1)
     if arr.shape[1] == 0:
         raise ValueError(f"{name}: samples have 0 features, need d >= 1")
-    finite = np.isfinite(arr)
-    if not finite.all():
-        bad = int((~finite).sum())
+    # A finite sum implies every entry is finite (NaN/Inf propagate); else count exactly.
+    if not np.isfinite(arr.sum()) and not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
         raise ValueError(f"{name}: contains {bad} NaN/Inf entries; all values must be finite")
     return np.ascontiguousarray(arr), device
 
@@ -515,7 +515,8 @@ def pairing_inefficiency(
     linear_sum_assignment); all exact, "auto" picks by (n, d) as documented in _assignment.
 
     Raises ValueError on bad input (different n, n < 2, NaN/Inf, non-numeric, mismatched
-    feature sizes) and when ΔE is undefined because E_ind == E_OT (zero spread).
+    feature sizes), when ΔE is undefined because E_ind == E_OT (zero spread), and when a
+    bootstrap resample is degenerate (E_ind* <= E_OT*, only for tiny n) — never a silent NaN.
     """
     s, t, device = _as_pair(student, teacher, "student", "teacher")
     bootstrap = _check_int(bootstrap, "bootstrap", 0)

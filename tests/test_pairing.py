@@ -404,6 +404,23 @@ def test_bad_arguments_raise(kwargs, match):
         P.pairing_inefficiency(_GOOD, _GOOD[::-1], **kwargs)
 
 
+def test_degenerate_bootstrap_raises_not_nan():
+    # n = 2, identity student: a resample that picks the same pair twice has
+    # E_ind* = E_OT* = 0, so ΔE* is undefined; that must be an error, not a NaN.
+    x = np.array([[0.0], [1.0]])
+    assert P.pairing_inefficiency(x, x[::-1]).delta_e == pytest.approx(2.0)
+    assert P.pairing_inefficiency(x, x.copy()).delta_e == 0.0
+    with pytest.raises(ValueError, match="bootstrap: .* resample"):
+        P.pairing_inefficiency(x, x.copy(), bootstrap=10)
+
+
+def test_overflowing_but_finite_input_is_accepted():
+    # The fast finiteness check (a finite sum) must not reject finite data whose sum overflows.
+    x = np.array([[1e308], [1.5e308], [-1e308]])
+    with pytest.raises(ValueError, match="zero spread|E_ind"):
+        P.pairing_inefficiency(x, x * 0.0)
+
+
 def test_companions_reject_bad_input():
     nan = _GOOD.copy()
     nan[0, 0] = np.nan
