@@ -191,7 +191,9 @@ def _as_points(x: Any, name: str, min_n: int = 2) -> tuple[np.ndarray, torch.dev
     if arr.shape[1] == 0:
         raise ValueError(f"{name}: samples have 0 features, need d >= 1")
     # A finite sum implies every entry is finite (NaN/Inf propagate); else count exactly.
-    if not np.isfinite(arr.sum()) and not np.isfinite(arr).all():
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = arr.sum()
+    if not np.isfinite(total) and not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())
         raise ValueError(f"{name}: contains {bad} NaN/Inf entries; all values must be finite")
     return np.ascontiguousarray(arr), device
