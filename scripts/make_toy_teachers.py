@@ -45,7 +45,8 @@ TEACHERS = {
     "moons": (dict(dataset="moons", dim=2), "two interleaved half-moons, 2-D", {}),
     "mixture-d8": (dict(dataset="mixture", dim=8, n_modes=8), "8-mode Gaussian mixture in R^8 (means at radius 2, std 0.1)", {}),
     "mixture-d32": (dict(dataset="mixture", dim=32, n_modes=8), "8-mode Gaussian mixture in R^32 (means at radius 2, std 0.1)", {}),
-    "mixture-d128": (dict(dataset="mixture", dim=128, n_modes=8), "8-mode Gaussian mixture in R^128 (means at radius 2, std 0.1)",
+    "mixture-d128": (dict(dataset="mixture", dim=128, n_modes=8), ("8-mode Gaussian mixture in R^128 (means at radius 2, std 0.1); not fully converged: "
+                      "median distance of T(z) (18-step Heun) to the nearest mode mean is 2.07 vs 1.13 for data"),
                      {"steps": 16000}),
 }
 MAX_BYTES = 1_000_000
@@ -120,9 +121,9 @@ def update_manifest(path: Path, new_entries: list[dict]) -> None:
     manifest = {"version": 1, "entries": []}
     if path.exists():
         manifest = json.loads(path.read_text())
-    names = {e["name"] for e in new_entries}
-    kept = [e for e in manifest.get("entries", []) if e.get("name") not in names]
-    manifest["entries"] = kept + new_entries
+    new = {e["name"]: e for e in new_entries}
+    entries = [new.pop(e.get("name"), e) for e in manifest.get("entries", [])]  # replaced in place
+    manifest["entries"] = entries + list(new.values())
     atomic_write_json(path, manifest)
 
 
