@@ -302,3 +302,25 @@ def test_shipped_teachers_are_listed_small_and_load():
     # a trained teacher: its samples land near the 8 modes (radius 2)
     x = t.sample(torch.randn(256, 2, generator=torch.Generator().manual_seed(0)))
     assert abs(float(x.norm(dim=1).median()) - 2.0) < 0.2
+
+
+@pytest.mark.parametrize(
+    "change, columns",
+    [
+        ({"teacher": {"conditional": True}}, ("loss_dm", "loss_fake")),
+        ({"distill": {"gan": True}}, ("loss_dm", "loss_fake", "loss_gan_g", "loss_gan_d")),
+        ({"distill": {"regression": True, "n_reg_pairs": 64, "reg_batch": 32}}, ("loss_dm", "loss_fake", "loss_reg")),
+        ({"distill": {"student_steps": 2}}, ("loss_dm", "loss_fake")),
+    ],
+)
+def test_optional_terms_are_plumbed_through(change, columns):
+    cfg = tiny_cfg()
+    cfg = cfg.replace(**{sec: getattr(cfg, sec).replace(**kw) for sec, kw in change.items()})
+    exp = Experiment(cfg, device="cpu")
+    row = exp.run()
+    assert exp.status == "finished" and row["phase"] == "student" and row["step"] == 12
+    logged = {k for k in METRIC_COLUMNS if k.startswith("loss") and row.get(k) is not None}
+    assert logged == set(columns)
+    assert all(np.isfinite(row[k]) for k in columns) and 0 <= row["copy_rate"] <= 1
+    if cfg.teacher.conditional:
+        assert exp.teacher.label_dim == 8 and exp.eval_labels.shape == (128,)
