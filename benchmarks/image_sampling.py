@@ -31,16 +31,9 @@ from dmdcore.images import image_noise, one_hot, optimize_for_inference  # noqa:
 from dmdcore.networks import DEMO_KWARGS, IMAGENET64_KWARGS, EDMPrecond, count_parameters, set_fast_attention  # noqa: E402
 
 
-def _time(fn, reps: int, sync) -> float:
-    fn()  # warm-up
-    sync()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+def _run(ctx, net, x, sigma, labels):
+    with ctx():
+        return net(x, sigma, labels)
 
 
 def main(argv=None) -> int:
@@ -73,29 +66,40 @@ def main(argv=None) -> int:
     print(f"device={dev} params={count_parameters(net) / 1e6:.1f}M batch={B} reps={args.reps} "
           f"threads={torch.get_num_threads()}", flush=True)
 
-    # ---- plain path
-    set_fast_attention(net, False)
-    with torch.no_grad():
-        ref_s = net(z * 80.0, s80, labels)
-        ref_t = net(x_t, s_t, labels)
-        t_plain_s = _time(lambda: net(z * 80.0, s80, labels), args.reps, sync)
-        t_plain_t = _time(lambda: net(x_t, s_t, labels), args.reps, sync)
-    print(f"plain: student {t_plain_s:.3f} s/batch, teacher NFE {t_plain_t:.3f} s/batch", flush=True)
+    # ---- the two paths on the same weights (the fast one is a converted copy), timed interleaved
+    # (plain, fast, plain, fast, ...) so that machine-load drift hits both alike.
+    import copy
 
-    # ---- fast path
+    set_fast_attention(net, False)
+    fast = copy.deepcopy(net)
     cl = {"on": True, "off": False, "auto": None}[args.channels_last]
-    optimize_for_inference(net, channels_last=cl)
+    optimize_for_inference(fast, channels_last=cl)
     use_cl = bool(cl) or (cl is None and dev.type == "cuda")
     zf = z.contiguous(memory_format=torch.channels_last) if use_cl else z
     xf = x_t.contiguous(memory_format=torch.channels_last) if use_cl else x_t
-    with torch.inference_mode():
-        out_s = net(zf * 80.0, s80, labels)
-        out_t = net(xf, s_t, labels)
-        t_fast_s = _time(lambda: net(zf * 80.0, s80, labels), args.reps, sync)
-        t_fast_t = _time(lambda: net(xf, s_t, labels), args.reps, sync)
-    diff = max(float((out_s - ref_s).abs().max()), float((out_t - ref_t).abs().max()))
-    print(f"fast (sdpa + pooling resample{', channels-last' if use_cl else ''}): student {t_fast_s:.3f} s/batch, "
-          f"teacher NFE {t_fast_t:.3f} s/batch", flush=True)
+
+    calls = {
+        ("plain", "student"): lambda: _run(torch.no_grad, net, z * 80.0, s80, labels),
+        ("fast", "student"): lambda: _run(torch.inference_mode, fast, zf * 80.0, s80, labels),
+        ("plain", "teacher"): lambda: _run(torch.no_grad, net, x_t, s_t, labels),
+        ("fast", "teacher"): lambda: _run(torch.inference_mode, fast, xf, s_t, labels),
+    }
+    outs = {k: fn() for k, fn in calls.items()}  # warm-up + outputs for the equality check
+    sync()
+    times = {k: [] for k in calls}
+    for _ in range(args.reps):
+        for k, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    t_plain_s, t_fast_s = med[("plain", "student")], med[("fast", "student")]
+    t_plain_t, t_fast_t = med[("plain", "teacher")], med[("fast", "teacher")]
+    diff = max(float((outs[("fast", r)] - outs[("plain", r)]).abs().max()) for r in ("student", "teacher"))
+    print(f"plain: student {t_plain_s:.3f} s/batch, teacher NFE {t_plain_t:.3f} s/batch", flush=True)
+    print(f"fast (sdpa + pooling resample{', channels-last' if use_cl else ''}, inference_mode): "
+          f"student {t_fast_s:.3f} s/batch, teacher NFE {t_fast_t:.3f} s/batch", flush=True)
     print(f"speed-up student x{t_plain_s / t_fast_s:.2f}, teacher NFE x{t_plain_t / t_fast_t:.2f}; "
           f"max |fast - plain| = {diff:.2e} ({'OK' if diff <= 1e-4 else 'EXCEEDS'} 1e-4)")
     print(f"RESULT path=plain student_img_s={B / t_plain_s:.4f} teacher_nfe_img_s={B / t_plain_t:.4f}")
