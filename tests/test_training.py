@@ -300,3 +300,15 @@ def test_conditional_teacher_follows_labels():
         x = teacher.sample(z, labels=torch.full((400,), k, dtype=torch.long))
         nearest = torch.cdist(x, ds.centers).argmin(dim=1)
         assert (nearest == k).float().mean() > 0.95
+
+
+def test_dmd_warmup_and_lognormal_fake_sigma():
+    tr, _, _ = _small_teacher()
+    cfg = DMD_CFG.replace(batch=16, ratio=2, warmup=10, fake_sigma="lognormal", lr_gen=1e-3, lr_fake=2e-3)
+    dmd = DMDTrainer(tr.teacher().denoiser, cfg, sample_shape=(2,), sigma_data=tr.sigma_data, device="cpu")
+    for t in range(1, 4):
+        m = dmd.step()
+        assert math.isfinite(m["loss_fake"])
+        # linear warm-up: lr = base * t / warmup during step t
+        assert dmd.opt_gen.param_groups[0]["lr"] == pytest.approx(1e-3 * t / 10)
+        assert dmd.opt_fake.param_groups[0]["lr"] == pytest.approx(2e-3 * t / 10)
