@@ -42,7 +42,8 @@ def _seeded(seed: int, fn: Callable):
         return fn()
 
 
-def _make_adam(params, lr, *, betas=(0.9, 0.999), weight_decay=0.0, adamw=False, device=None):
+def _make_adam(params, lr, *, betas=(0.9, 0.999), weight_decay=0.0, adamw=False):
+    """Adam / AdamW, fused where this torch build supports it for the parameters' device, else foreach."""
     cls = torch.optim.AdamW if adamw else torch.optim.Adam
     kwargs = dict(lr=lr, betas=betas, weight_decay=weight_decay)
     try:
