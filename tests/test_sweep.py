@@ -29,6 +29,21 @@ TINY_BASE = {
 }
 
 
+YAML_TINY = """
+name: tiny
+base:
+  data: {dataset: mixture, n_modes: 4, n_samples: 500}
+  teacher: {width: 16, depth: 2, emb_dim: 8, steps: 30, batch: 64, ema: 0.9}
+  sampler: {steps: 4}
+  distill: {steps: 6, ratio: 2, batch: 32, n_reg_pairs: 16, reg_batch: 16}
+  eval: {every: 3, n: 48, bootstrap: 10}
+grid:
+  data.dim: [2, 3]
+  distill.gan: [false, true]
+quick: {distill.steps: 4, teacher.steps: 20}
+"""
+
+
 def tiny_spec(**grid) -> dict:
     return {"name": "tiny", "base": TINY_BASE, "grid": grid or {"data.dim": [2, 3]},
             "quick": {"distill.steps": 4, "teacher.steps": 20}}
@@ -76,10 +91,18 @@ def test_load_spec_json_yaml_preset_and_errors(tmp_path):
     p = tmp_path / "s.json"
     p.write_text(json.dumps(tiny_spec()))
     assert sw.load_spec(p).n_cells == 2
+    # PyYAML is optional (not in requirements.txt): with it a YAML spec loads like the JSON one,
+    # without it the error says how to fix that.
     y = tmp_path / "s.yaml"
-    yaml = pytest.importorskip("yaml")  # PyYAML is optional; JSON specs always work
-    y.write_text(yaml.safe_dump(tiny_spec()))
-    assert sw.load_spec(str(y)).to_dict() == sw.load_spec(p).to_dict()
+    y.write_text(YAML_TINY)
+    try:
+        import yaml  # noqa: F401
+    except ImportError:
+        with pytest.raises(sw.SweepSpecError, match="PyYAML"):
+            sw.load_spec(str(y))
+    else:
+        assert sw.load_spec(str(y)).to_dict() == sw.SweepSpec.from_dict(
+            {**tiny_spec(), "grid": {"data.dim": [2, 3], "distill.gan": [False, True]}}).to_dict()
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(sw.SweepSpecError, match="not valid JSON"):
@@ -373,3 +396,11 @@ def test_summary_treats_seed_fields_as_replicates():
     text = sw.summarize(t, ["data.dim", "distill.gan", "distill.seed"])
     assert "distill.seed=" not in text and "at distill.seed" not in text
     assert "n = 12 matched pairs" in text  # matched on data.dim × distill.seed
+
+
+def test_yaml_spec_without_pyyaml_gives_clear_error(tmp_path, monkeypatch):
+    y = tmp_path / "s.yml"
+    y.write_text(YAML_TINY)
+    monkeypatch.setitem(sys.modules, "yaml", None)  # `import yaml` now raises ImportError
+    with pytest.raises(sw.SweepSpecError, match="PyYAML"):
+        sw.load_spec(y)
