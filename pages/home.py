@@ -5,8 +5,10 @@ import streamlit as st
 from ui.illustration import schematic_figure
 from ui.toylab import START_HERE_VALUES, request_autostart
 from ui.router import ensure_router
+from ui.session import warm_up_process
 
 ensure_router()
+warm_up_process()  # heavy imports + gc.freeze off the request path (see ui/session.py)
 
 st.title("DMD Copying Lab")
 st.markdown(

@@ -10,7 +10,7 @@ import numpy as np
 import streamlit as st
 
 from ui import plots, toylab, urlstate
-from ui.session import get_manager, runs_root
+from ui.session import get_manager, runs_root, warm_up_process
 from ui.router import ensure_router
 
 ensure_router()
@@ -22,6 +22,7 @@ UPLOAD = "toylab_upload"               # (path, shape, filename) of the last val
 ACTIVE = ("queued", "running")
 
 st.title("Toy Lab")
+warm_up_process()
 st.caption("Distil a toy diffusion teacher with DMD2 and watch whether the one-step student "
            "keeps the teacher's noise→sample pairing (copying) or remaps it.")
 
@@ -57,7 +58,13 @@ def _preview(name: str, cfg_json: str) -> dict:
     else:
         k = exp.dataset.n_classes if exp.dataset.n_classes >= 2 else 8
         modes = pairing.mode_transition(t, t, n_modes=min(k, len(t)), seed=exp.cfg.eval.seed)
-    return {"z": exp.z.numpy().astype(np.float32), "teacher_samples": t, "modes": modes}
+    basins = None
+    if exp.dataset.dim == 2:
+        bm = exp.basin_maps(grid_n=48, extent=3.0)  # teacher only: no student yet
+        basins = {"key": ("preview", name), "step": None, "extent": 3.0,
+                  "teacher": bm.teacher_modes, "student": None, "agreement": None}
+    return {"z": exp.z.numpy().astype(np.float32), "teacher_samples": t, "modes": modes,
+            "basins": basins}
 
 
 # ------------------------------------------------------------------ controls (sidebar)
@@ -204,7 +211,7 @@ def _start(phases: tuple[str, ...]) -> None:
     job.start()
     S[JOB] = job
     S.pop("toylab_basins", None)
-    S.pop("toylab_proj", None)
+    S.pop("toylab_memo", None)
 
 
 job = S.get(JOB)
@@ -254,10 +261,13 @@ try:
             job.stop()
         elif b_reset:
             job.stop()
-            for k in (JOB, "toylab_basins", "toylab_proj"):
+            for k in (JOB, "toylab_basins", "toylab_memo"):
                 S.pop(k, None)
 except ValueError as exc:
     st.error(f"Could not start: {exc}")
+else:
+    if b_teacher or b_distill or autostart or b_pause or b_resume or b_step or b_stop or b_reset:
+        st.rerun()  # redraw the transport buttons for the job's new state
 
 job = S.get(JOB)
 snap0 = job.snapshot() if job is not None else None
@@ -273,7 +283,8 @@ def _status(snap) -> None:
     frac = min(1.0, snap.step / total) if total else 0.0
     eta = f"ETA {snap.eta_s:.0f} s" if snap.eta_s is not None else "ETA —"
     rate = f"{snap.steps_per_s:.1f} steps/s" if snap.steps_per_s else "— steps/s"
-    st.progress(frac, text=f"{snap.phase or '…'} · step {snap.step}/{total or '?'} · {rate} · "
+    phase = snap.phase or (snap.metrics[-1].get("phase") if snap.metrics else None) or "…"
+    st.progress(frac, text=f"{phase} · step {snap.step}/{total or '?'} · {rate} · "
                            f"{eta} · {snap.state}")
     if snap.state == "queued":
         st.info(f"Waiting for a free training slot — {snap.message}. "
@@ -325,29 +336,43 @@ def _colors(z, modes):
     return np.full(len(z), "#1f77b4", dtype=object)
 
 
-def _views(z, teacher, student, modes, metrics, train_log, *, key: str, step_label: str) -> None:
+def _memo(name: str, key, build):
+    """Rebuild a figure/array only when its key changes (the live panel redraws at 2 Hz, the
+    samples change only at each evaluation)."""
+    memo = S.setdefault("toylab_memo", {})
+    hit = memo.get(name)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    value = build()
+    memo[name] = (key, value)
+    return value
+
+
+def _views(z, teacher, student, modes, metrics, train_log, *, key: str, step_label: str,
+           basins: dict | None = None, show_matrix: bool = True) -> None:
     d = z.shape[1]
-    proj_key = (key, teacher.shape)
-    if S.get("toylab_proj", (None,))[0] != proj_key:
-        S["toylab_proj"] = (proj_key, plots.fit_projection(teacher))
-    proj = S["toylab_proj"][1]
-    colors = _colors(z, modes)
-    fig = plots.pairing_figure(z, teacher, student, colors=colors, projection=proj,
-                               uirevision=f"pair-{key}", student_title=f"Student S(z) {step_label}")
+    version = (key, step_label, len(metrics), student is None)
+    # PCA fitted once per job on the teacher samples (identity for d = 2)
+    proj = _memo("proj", (key, teacher.shape), lambda: plots.fit_projection(teacher))
+    colors = _memo("colors", (key, z.shape), lambda: _colors(z, modes))
+    fig = _memo("pairing", version, lambda: plots.pairing_figure(
+        z, teacher, student, colors=colors, projection=proj, uirevision=f"pair-{key}",
+        student_title=f"Student S(z) {step_label}"))
     st.plotly_chart(fig, key="toylab_pairing", config={"displaylogo": False})
     if d > 2:
         st.caption("d > 2: samples are shown in the PCA plane fitted once on the teacher samples; "
                    "colors = the teacher sample's mode/cluster.")
     left, right = st.columns([1, 2])
     with left:
-        if modes is not None:
-            st.plotly_chart(plots.transition_figure(np.asarray(modes.matrix), float(modes.copy_rate),
-                                                    uirevision=f"modes-{key}"),
+        if modes is not None and show_matrix and student is not None:
+            st.plotly_chart(_memo("modes", version, lambda: plots.transition_figure(
+                                np.asarray(modes.matrix), float(modes.copy_rate),
+                                uirevision=f"modes-{key}")),
                             key="toylab_modes", config={"displaylogo": False})
         else:
             st.info("The mode transition matrix appears after the first student evaluation.")
     with right:
-        basins = S.get("toylab_basins")
+        basins = basins if basins is not None else S.get("toylab_basins")
         if d != 2:
             st.info("Basin maps are drawn for 2-D noise only.")
         elif basins is not None:
@@ -355,7 +380,8 @@ def _views(z, teacher, student, modes, metrics, train_log, *, key: str, step_lab
                                                basins["extent"], uirevision=f"basins-{key}"),
                             key="toylab_basins_fig", config={"displaylogo": False})
             agree = basins.get("agreement")
-            st.caption(f"Basin maps at student step {basins['step']}"
+            st.caption(("Teacher basin map (no student yet)" if basins["step"] is None
+                        else f"Basin maps at student step {basins['step']}")
                        + (f" · teacher/student agree on {100 * agree:.1f}% of the grid" if agree is not None else "")
                        + " (refreshed when the job pauses or ends).")
         else:
@@ -370,7 +396,7 @@ def _views(z, teacher, student, modes, metrics, train_log, *, key: str, step_lab
 
 
 def _draw(snap) -> None:
-    _status(snap)
+    """The figures (main body): redrawn by a full rerun at each new evaluation."""
     if snap is None:
         if cfg is not None and teacher_obj is not None and values["teacher_source"] == "shipped":
             try:
@@ -379,7 +405,8 @@ def _draw(snap) -> None:
                 st.error(f"Preview failed: {exc}")
                 return
             _views(pv["z"], pv["teacher_samples"], None, pv.get("modes"), [], [],
-                   key="preview", step_label="(not distilled yet)")
+                   key="preview", step_label="(not distilled yet)", basins=pv.get("basins"),
+                   show_matrix=False)
         return
     if snap.z is None or snap.teacher_samples is None:
         st.info(f"{snap.phase or 'job'}: {snap.message} — samples appear at the first evaluation.")
@@ -391,10 +418,9 @@ def _draw(snap) -> None:
                                                 uirevision=f"curves-{snap.job_id}"),
                             key="toylab_curves", config={"displaylogo": False})
         return
-    _headline(snap)
     student, modes, label = snap.student_samples, snap.modes, ""
     hist = snap.history
-    if hist and not live:
+    if hist:
         travel = st.toggle("Time travel", key="toylab_tt", help="Show the pairing at an earlier "
                            "evaluation (saved snapshots).")
         if travel:
@@ -406,8 +432,6 @@ def _draw(snap) -> None:
                 from dmdcore.pairing import mode_transition
 
                 modes = mode_transition(student, snap.teacher_samples, centers=modes.centers)
-    elif hist:
-        st.caption("Time travel is available when the job is paused or finished.")
     _views(snap.z, snap.teacher_samples, student, modes, snap.metrics, snap.train_log,
            key=snap.job_id, step_label=label)
 
@@ -426,17 +450,28 @@ if (job is not None and not live and snap0 is not None and snap0.z is not None
         except (ValueError, RuntimeError) as exc:
             st.warning(f"Basin maps unavailable: {exc}")
 
+drawn_evals = len(snap0.metrics) if snap0 is not None else 0
+
+
 @st.fragment(run_every=0.5 if live else None)
-def live_panel() -> None:
+def live_status() -> None:
+    """Progress, ETA and the latest metrics from ``snapshot()`` at 2 Hz while a job runs.
+
+    The heavy figures are drawn by the main script; this fragment asks for a full rerun only
+    when there is something new to draw (a new evaluation) or the job starts/stops, so the
+    page's own CPU use stays small next to the training thread's."""
     j = S.get(JOB)
     snap = j.snapshot() if j is not None else None
-    _draw(snap)
+    _status(snap)
+    if snap is not None and snap.z is not None and snap.teacher_samples is not None:
+        _headline(snap)
     now_live = snap is not None and snap.state in ACTIVE
-    if now_live != live:
-        st.rerun(scope="app")  # switch polling on/off and refresh buttons/exports
+    if now_live != live or (snap is not None and len(snap.metrics) != drawn_evals):
+        st.rerun(scope="app")
 
 
-live_panel()
+live_status()
+_draw(snap0)
 
 # ------------------------------------------------------------------ exports (job idle)
 if job is not None and not live and snap0 is not None and snap0.teacher_samples is not None:

@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from ui import plots, urlstate
+from ui import plots, toylab, urlstate
 
 
 # ------------------------------------------------------------------ plots: colors / projection
@@ -292,3 +292,22 @@ def test_toy_lab_upload_validation(runs_dir):
     assert not any("Upload rejected" in e.value for e in at.error)
     assert not at.button(key="btn_distill").disabled
     assert any("200 × 3" in c.value for c in at.sidebar.caption)
+
+
+def test_home_start_here_opens_toy_lab_and_starts_distilling(runs_dir):
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.button(key="start_here").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == "Toy Lab"
+    assert at.selectbox(key="ctl_shipped_name").value == toylab.START_HERE_VALUES["shipped_name"]
+    assert at.number_input(key="ctl_s_steps").value == toylab.START_HERE_VALUES["s_steps"]
+    # a background job on the shipped teacher is running (student phase only)
+    progress = " ".join(p.proto.text for p in at.get("progress"))
+    assert "student" in progress and ("running" in progress or "queued" in progress), progress
+    assert not at.button(key="btn_stop").disabled
+    at.button(key="btn_stop").click()
+    at.run()
+    _wait_until(at, lambda a: "stopped" in " ".join(p.proto.text for p in a.get("progress")),
+                timeout=120)

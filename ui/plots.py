@@ -99,9 +99,11 @@ class Projection:
         return ((a - self.mean) @ self.components.T).astype(np.float32)
 
     def axis_titles(self, what: str = "") -> tuple[str, str]:
-        """Axis titles that say what the axes are (coordinates or PCA components)."""
+        """Axis titles that say what the axes are: coordinates ``<what>₁, <what>₂`` (default x)
+        for d = 2, else the PCA components and their explained variance."""
         if self.is_identity:
-            return (f"{what}x₁".strip(), f"{what}x₂".strip())
+            sym = what or "x"
+            return (f"{sym}₁", f"{sym}₂")
         return tuple(
             f"PC{k + 1} of teacher samples ({100 * self.explained[k]:.0f}% var)" for k in range(2)
         )

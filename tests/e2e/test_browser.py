@@ -38,3 +38,57 @@ def test_pages_render_in_a_real_browser(tmp_path):
         page.screenshot(path=str(ARTIFACTS / "docs_metrics.png"), full_page=True)
         assert page.locator('[data-testid="stException"]').count() == 0
         assert not errors, errors
+
+
+# Number of finite points of the "ΔE" trace in any Plotly chart on the page (reads the graph
+# divs' data, i.e. what Plotly drew; plotly.py ≥ 6 ships numpy arrays as base64 "bdata").
+DELTA_E_POINTS_JS = """() => {
+  const values = (y) => {
+    if (!y) return [];
+    if (Array.isArray(y) || ArrayBuffer.isView(y)) return Array.from(y);
+    if (y.bdata) {
+      const raw = atob(y.bdata), bytes = new Uint8Array(raw.length);
+      for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+      const T = {f8: Float64Array, f4: Float32Array}[y.dtype];
+      return T ? Array.from(new T(bytes.buffer)) : [];
+    }
+    return [];
+  };
+  for (const gd of document.querySelectorAll('.js-plotly-plot')) {
+    for (const tr of (gd.data || [])) {
+      if (tr.name === 'ΔE') return values(tr.y).filter(v => v !== null && isFinite(v)).length;
+    }
+  }
+  return 0;
+}"""
+# A quick distillation of the shipped 8-gaussians teacher (URL keys of ui/urlstate.py).
+QUICK = "tn=8gaussians&ss=20&ee=5&en=200&boot=20"
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(400)
+def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with streamlit_server(tmp_path) as (url, _proc), browser_page() as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{url}/toy_lab?{QUICK}", wait_until="domcontentloaded")
+        # first render: noise and the shipped teacher's samples, before any training
+        page.get_by_text("Teacher samples T(z)").first.wait_for(timeout=60000)
+        wait_app_idle(page, timeout_ms=60000)
+        page.screenshot(path=str(ARTIFACTS / "toy_lab_preview.png"), full_page=True)
+        assert page.evaluate(DELTA_E_POINTS_JS) == 0
+
+        page.get_by_role("button", name="Distill").click()
+        # the live fragment redraws while the background job runs: ΔE points appear
+        page.wait_for_function(f"({DELTA_E_POINTS_JS})() >= 2", timeout=240000, polling=500)
+        page.screenshot(path=str(ARTIFACTS / "toy_lab_live.png"), full_page=True)
+        page.get_by_text("Export").first.wait_for(timeout=240000)  # shown when the job ends
+        wait_app_idle(page, timeout_ms=60000)
+        n_points = page.evaluate(DELTA_E_POINTS_JS)
+        assert n_points == 20 // 5 + 1, n_points  # evaluations at student steps 0, 5, ..., 20
+        page.screenshot(path=str(ARTIFACTS / "toy_lab_done.png"), full_page=True)
+        # the configuration lives in the URL
+        assert "tn=8gaussians" in page.url and "ss=20" in page.url
+        assert page.locator('[data-testid="stException"]').count() == 0
+        assert not errors, errors
