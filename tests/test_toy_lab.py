@@ -311,3 +311,31 @@ def test_home_start_here_opens_toy_lab_and_starts_distilling(runs_dir):
     at.run()
     _wait_until(at, lambda a: "stopped" in " ".join(p.proto.text for p in a.get("progress")),
                 timeout=120)
+
+
+def test_two_sessions_have_their_own_jobs_and_the_cap_queues(runs_dir, monkeypatch):
+    monkeypatch.setenv("DMD_MAX_JOBS", "1")
+    slow = {"tn": "8gaussians", "ss": "100000", "ee": "1000", "en": "200", "boot": "0"}
+    a = _toy_lab(slow)
+    a.button(key="btn_distill").click()
+    a.run()
+    b = _toy_lab({**slow, "seed": "1"})
+    assert "Waiting" not in " ".join(i.value for i in b.info)  # B has no job of its own yet
+    b.button(key="btn_distill").click()
+    b.run()
+    # B waits for the single slot (visible message with its queue position); A keeps running
+    info_b = " ".join(i.value for i in b.info)
+    assert "Waiting for a free training slot" in info_b and "1 jobs run at once" in info_b
+    a.run()
+    assert "running" in " ".join(p.proto.text for p in a.get("progress"))
+    # no cross-talk: each session controls only its own job
+    a.button(key="btn_stop").click()
+    a.run()
+    _wait_until(b, lambda s: "running" in " ".join(p.proto.text for p in s.get("progress")),
+                timeout=120)
+    a.run()
+    assert "stopped" in " ".join(p.proto.text for p in a.get("progress"))
+    b.button(key="btn_stop").click()
+    b.run()
+    _wait_until(b, lambda s: "stopped" in " ".join(p.proto.text for p in s.get("progress")),
+                timeout=120)

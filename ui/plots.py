@@ -244,7 +244,8 @@ def transition_figure(matrix: np.ndarray, copy_rate: float, *, uirevision: str =
     fig.update_layout(
         title=f"Mode transition (copy rate = {copy_rate:.3f}, diagonal mass)",
         xaxis_title="student mode", yaxis_title="teacher mode", height=height,
-        yaxis=dict(autorange="reversed", scaleanchor="x"), uirevision=uirevision,
+        xaxis=dict(dtick=1 if k <= 20 else None),
+        yaxis=dict(autorange="reversed", dtick=1 if k <= 20 else None), uirevision=uirevision,
         margin=dict(l=10, r=10, t=50, b=10),
     )
     return fig

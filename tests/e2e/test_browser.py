@@ -88,6 +88,11 @@ def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
         n_points = page.evaluate(DELTA_E_POINTS_JS)
         assert n_points == 20 // 5 + 1, n_points  # evaluations at student steps 0, 5, ..., 20
         page.screenshot(path=str(ARTIFACTS / "toy_lab_done.png"), full_page=True)
+        # Streamlit scrolls inside its main container: also capture each chart on its own
+        charts = page.locator('[data-testid="stPlotlyChart"]')
+        for i in range(charts.count()):
+            charts.nth(i).scroll_into_view_if_needed()
+            charts.nth(i).screenshot(path=str(ARTIFACTS / f"toy_lab_done_chart{i}.png"))
         # the configuration lives in the URL
         assert "tn=8gaussians" in page.url and "ss=20" in page.url
         assert page.locator('[data-testid="stException"]').count() == 0
