@@ -616,7 +616,7 @@ def run_sweep(
                 submit("teacher", k)
             for c in ready_cells:
                 submit("cell", c)
-            prog.running_cells = sum(1 for kind, _ in pending.values() if kind == "cell")
+            prog.running_cells = sum(1 for f, (kind, _) in pending.items() if kind == "cell" and f.running())
             while pending:
                 done, _ = cf.wait(list(pending), timeout=0.5, return_when=cf.FIRST_COMPLETED)
                 if stop_event is not None and stop_event.is_set() and not stopped:
@@ -642,7 +642,7 @@ def run_sweep(
                                 submit("cell", c)
                             elif res.get("status") != FINISHED:
                                 record(c.key, _teacher_failed(out / "cells" / c.key, obj, res), "cell")
-                prog.running_cells = sum(1 for kind, _ in pending.values() if kind == "cell")
+                prog.running_cells = sum(1 for f, (kind, _) in pending.items() if kind == "cell" and f.running())
     if stop_file.exists():
         stop_file.unlink()
     table = results_table(out)
