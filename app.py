@@ -1,6 +1,16 @@
 """DMD Copying Lab — router only: pages live in pages/."""
 
+import os
+
 import streamlit as st
+
+# Server-process threading policy, set before anything imports torch: one OpenMP thread per
+# torch-using thread. Every thread that calls torch (each training job, each page run that
+# samples a teacher) otherwise gets its own team of n_cores spinning OpenMP threads; on a
+# 2-core server they fought over the cores and training ran ~10x slower with the page open
+# (benchmarks/ui_overhead.py). Jobs get their parallelism from the DMD_MAX_JOBS cap instead.
+# An explicit OMP_NUM_THREADS in the environment wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 st.set_page_config(page_title="DMD Copying Lab", page_icon=":material/science:", layout="wide")
 
