@@ -15,9 +15,13 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dmdcore import sweep as sw
-from ui import experiments_plots as xp
-from ui.session import runs_root
+from ui.router import ensure_router
+
+ensure_router()
+
+from dmdcore import sweep as sw  # noqa: E402
+from ui import experiments_plots as xp  # noqa: E402
+from ui.session import runs_root  # noqa: E402
 
 JOB_KEY = "exp_sweep_job"
 VIEW_KEY = "exp_view_dirs"
