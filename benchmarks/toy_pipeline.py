@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from dmdcore.config import DataConfig, DistillConfig, TeacherConfig  # noqa: E402
 from dmdcore.data import make_dataset  # noqa: E402
+from dmdcore.device import tune_allocator  # noqa: E402
 from dmdcore.distill import DMDTrainer, TeacherTrainer  # noqa: E402
 from dmdcore.losses import denoising_loss, dmd_loss, edm_sigma  # noqa: E402
 from dmdcore.pairing import wasserstein2_squared  # noqa: E402
@@ -143,6 +144,9 @@ def main(argv=None) -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply step counts (quick checks)")
     ap.add_argument("--skip-baseline", action="store_true", help="time only the dmdcore trainers")
     args = ap.parse_args(argv)
+    # The trainers tune glibc's allocator on construction (dmdcore.device.tune_allocator); do it
+    # before the baseline too, so the comparison measures the training code, not the allocator.
+    allocator = tune_allocator()
 
     t_cfg = TeacherConfig(width=256, depth=3, steps=max(1, int(3000 * args.scale)), batch=512, seed=0)
     d_cfg = DistillConfig(steps=max(1, int(1000 * args.scale)), batch=256, ratio=5, seed=0)
@@ -153,7 +157,8 @@ def main(argv=None) -> None:
 
     print(f"workload: 8gaussians, MLP {t_cfg.depth}x{t_cfg.width}, teacher {t_cfg.steps} steps @ {t_cfg.batch}, "
           f"DMD {d_cfg.steps} steps @ {d_cfg.batch} ratio {d_cfg.ratio}, eval every {every} on 1000 noises; "
-          f"threads={args.threads}, torch {torch.__version__}, load avg {os.getloadavg()[0]:.1f}")
+          f"threads={args.threads}, torch {torch.__version__}, allocator tuning {'on' if allocator else 'off'}, "
+          f"load avg {os.getloadavg()[0]:.1f}")
     with torch_threads(args.threads):
         base = None
         if not args.skip_baseline:

@@ -20,3 +20,39 @@ def pick_device(preference: str | torch.device | None = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {preference!r} requested but CUDA is not available on this machine")
     return dev
+
+
+_ALLOCATOR_TUNED: bool | None = None
+
+
+def tune_allocator() -> bool:
+    """Keep freed tensor memory in the process instead of handing it back to the OS (glibc only).
+
+    CPU training allocates and frees the same activation-sized blocks (hundreds of KB) every
+    step. glibc serves blocks above its mmap threshold with fresh ``mmap`` pages and trims the
+    heap top after frees, so each step pays page faults on memory it just released; on the
+    2-core reference machine that is 10-20% of a toy training step. Raising the mmap threshold
+    to 256 MiB and the trim threshold to 1 GiB (``mallopt``) makes steady-state steps reuse warm
+    heap memory. The cost is that up to ~1 GiB of freed memory stays mapped in the process.
+
+    Idempotent; does nothing (returns False) off glibc or when ``DMD_MALLOC_TUNING=0``.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED is not None:
+        return _ALLOCATOR_TUNED
+    _ALLOCATOR_TUNED = False
+    import os
+    import sys
+
+    if os.environ.get("DMD_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
+        ok = bool(libc.mallopt(M_MMAP_THRESHOLD, 256 * 2**20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**30))
+    except (OSError, AttributeError):  # not glibc (musl, ...)
+        ok = False
+    _ALLOCATOR_TUNED = ok
+    return ok

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import DataConfig, DistillConfig, TeacherConfig
-from .device import pick_device
+from .device import pick_device, tune_allocator
 from .losses import denoising_loss, dmd_loss, edm_sigma, gan_d_loss, gan_g_loss, regression_loss
 from .nets import MLPBackbone
 from .precond import EDMDenoiser
@@ -112,6 +112,8 @@ class TeacherTrainer:
         if not torch.isfinite(data).all():
             raise ValueError("data: contains NaN or Inf values")
         self.device = pick_device(device or "auto")
+        if self.device.type == "cpu":
+            tune_allocator()
         self.data = data.to(self.device, torch.float32).contiguous()
         n, dim = self.data.shape
         if cfg.conditional:
@@ -271,6 +273,8 @@ class DMDTrainer:
         self.label_dim = int(label_dim)
         self.sigma_max = float(sigma_max)
         self.device = pick_device(device or "auto")
+        if self.device.type == "cpu":
+            tune_allocator()
         self.data_sampler = data_sampler
 
         self.real = real.to(self.device).requires_grad_(False).eval()
