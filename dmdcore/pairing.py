@@ -161,6 +161,7 @@ class ModeTransition:
 # ----------------------------------------------------------------------------------------------
 
 
+MAX_ABS_VALUE = 1e150  # beyond this, squared Euclidean distances overflow float64
 _TORCH_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
@@ -196,6 +197,11 @@ def _as_points(x: Any, name: str, min_n: int = 2) -> tuple[np.ndarray, torch.dev
     if not np.isfinite(total) and not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())
         raise ValueError(f"{name}: contains {bad} NaN/Inf entries; all values must be finite")
+    # Squared distances of such values overflow float64 (ΔE is scale-invariant: rescale them).
+    peak = max(float(arr.max()), -float(arr.min()))
+    if peak > MAX_ABS_VALUE:
+        raise ValueError(f"{name}: largest |value| {peak:.3g} exceeds {MAX_ABS_VALUE:.0e}; squared distances "
+                         "would overflow float64 (rescale the samples: ΔE is scale-invariant)")
     return np.ascontiguousarray(arr), device
 
 

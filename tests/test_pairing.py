@@ -414,11 +414,19 @@ def test_degenerate_bootstrap_raises_not_nan():
         P.pairing_inefficiency(x, x.copy(), bootstrap=10)
 
 
-def test_overflowing_but_finite_input_is_accepted():
-    # The fast finiteness check (a finite sum) must not reject finite data whose sum overflows.
+def test_huge_finite_input_is_refused_by_magnitude_not_as_nan():
+    # Finite values whose squared distances overflow float64: every function says so, by name,
+    # instead of returning NaN / a wrong number or failing inside the OT solver.
     x = np.array([[1e308], [1.5e308], [-1e308]])
-    with pytest.raises(ValueError, match="zero spread|E_ind"):
-        P.pairing_inefficiency(x, x * 0.0)
+    fns = (P.pairing_inefficiency, P.wasserstein2_squared, P.sliced_wasserstein2,
+           P.transport_inefficiency, P.pair_retrieval_accuracy)
+    for fn in fns:
+        with pytest.raises(ValueError, match=r"largest \|value\| 1.5e\+308 exceeds 1e\+150"):
+            fn(x, x[::-1])
+    # just below the limit still works, and ΔE is the same as for the rescaled data
+    y = np.random.default_rng(1).standard_normal((30, 2))
+    big = P.pairing_inefficiency(y * 1e149, y[::-1] * 1e149).delta_e
+    assert big == pytest.approx(P.pairing_inefficiency(y, y[::-1]).delta_e, rel=1e-9)
 
 
 def test_companions_reject_bad_input():
