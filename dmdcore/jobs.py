@@ -171,6 +171,7 @@ class TrainingJob:
             launch = self._thread is None and self._prepare_launch_locked()
             if not launch and self._paused:
                 self._paused, self._budget = False, 0
+                self._mark_running_locked()
                 self._cond.notify_all()
         if launch:
             self._launch()
@@ -213,6 +214,8 @@ class TrainingJob:
             self._paused = True
             self._budget += int(n)
             launch = self._thread is None and self._prepare_launch_locked()
+            if not launch:
+                self._mark_running_locked()
             self._cond.notify_all()
         if launch:
             self._launch()
@@ -334,6 +337,12 @@ class TrainingJob:
             if k.startswith("loss") and isinstance(v, (float, int, np.floating, np.integer)) and not math.isfinite(float(v)):
                 return f"non-finite {k}={float(v)}"
         return None
+
+    def _mark_running_locked(self) -> None:
+        # A paused, started job that was given work reads as running at once (not only when its
+        # thread wakes), so a caller that polls right after resume()/step_n() sees it live.
+        if self._thread is not None and self._state == "paused":
+            self._state, self._message = "running", "running"
 
     def _wait_turn(self) -> bool:
         """Block while paused (without step budget). False when a stop was requested."""

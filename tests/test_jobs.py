@@ -96,6 +96,30 @@ def test_step_n_then_pause_resume():
     assert job.wait(30) and job.state == "finished" and exp.i == 1000
 
 
+def test_resume_and_step_n_read_running_at_once():
+    # A page reruns right after Resume / Step N and decides from the state whether to keep
+    # polling: the job must read "running" immediately, not only once its thread wakes up.
+    gate = threading.Event()
+    gate.set()
+    exp = Counter(total=1000, gate=gate)
+    job = TrainingJob(exp)
+    job.step_n(2)
+    assert job.wait_paused(20) and exp.i == 2
+    gate.clear()  # the next step blocks until the test releases it
+    job.step_n(3)
+    assert job.state == "running"
+    gate.set()
+    assert job.wait_paused(20) and exp.i == 5 and job.state == "paused"
+    gate.clear()
+    job.resume()
+    assert job.state == "running"
+    job.pause()
+    gate.set()
+    assert job.wait_paused(20) and job.state == "paused"
+    job.stop()
+    assert job.wait(20) and job.state == "stopped"
+
+
 def test_stop_finalizes_stopped():
     exp = Counter(total=10**9, sleep=0.001)
     job = TrainingJob(exp).start()
