@@ -6,6 +6,8 @@ The page only reads widgets, drives a background ``dmdcore.jobs.TrainingJob`` ov
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import streamlit as st
 
@@ -64,7 +66,7 @@ def _preview(name: str, cfg_json: str) -> dict:
         basins = {"key": ("preview", name), "step": None, "extent": 3.0,
                   "teacher": bm.teacher_modes, "student": None, "agreement": None}
     return {"z": exp.z.numpy().astype(np.float32), "teacher_samples": t, "modes": modes,
-            "basins": basins}
+            "basins": basins, "cfg_hash": hashlib.sha1(cfg_json.encode()).hexdigest()[:12]}
 
 
 # ------------------------------------------------------------------ controls (sidebar)
@@ -196,14 +198,27 @@ except ValueError as exc:
 
 
 # ------------------------------------------------------------------ transport controls
+def _release(old) -> None:
+    """Stop a session's previous job and drop it from the server-wide manager once it has ended
+    (it holds its models and history; its run directory stays on disk and in the run index)."""
+    if not old.done:
+        old.stop()
+        old.wait(timeout=10)
+    if old.done:
+        try:
+            get_manager().remove(old.job_id)
+        except (KeyError, ValueError):
+            pass
+
+
 def _start(phases: tuple[str, ...]) -> None:
     from dmdcore.jobs import TrainingJob
     from dmdcore.pipeline import Experiment
     from dmdcore.runs import RunIndex
 
     old = S.get(JOB)
-    if old is not None and not old.done:
-        old.stop()
+    if old is not None:
+        _release(old)
     root = runs_root()
     exp = Experiment(cfg, run_dir=toylab.new_run_dir(root, cfg.data.dataset),
                      index=RunIndex(root), teacher=teacher_obj)
@@ -260,7 +275,7 @@ try:
         elif b_stop:
             job.stop()
         elif b_reset:
-            job.stop()
+            _release(job)
             for k in (JOB, "toylab_basins", "toylab_memo"):
                 S.pop(k, None)
 except ValueError as exc:
@@ -349,12 +364,13 @@ def _memo(name: str, key, build):
 
 
 def _views(z, teacher, student, modes, metrics, train_log, *, key: str, step_label: str,
-           basins: dict | None = None, show_matrix: bool = True) -> None:
+           basins: dict | None = None, show_matrix: bool = True, phase: str | None = None) -> None:
     d = z.shape[1]
     version = (key, step_label, len(metrics), student is None)
-    # PCA fitted once per job on the teacher samples (identity for d = 2)
-    proj = _memo("proj", (key, teacher.shape), lambda: plots.fit_projection(teacher))
-    colors = _memo("colors", (key, z.shape), lambda: _colors(z, modes))
+    # PCA fitted once per job and phase on the teacher samples (identity for d = 2): during a
+    # teacher phase T(z) still moves, the student phase's teacher is final.
+    proj = _memo("proj", (key, phase, teacher.shape), lambda: plots.fit_projection(teacher))
+    colors = _memo("colors", (key, phase, z.shape, modes is None), lambda: _colors(z, modes))
     fig = _memo("pairing", version, lambda: plots.pairing_figure(
         z, teacher, student, colors=colors, projection=proj, uirevision=f"pair-{key}",
         student_title=f"Student S(z) {step_label}"))
@@ -405,8 +421,8 @@ def _draw(snap) -> None:
                 st.error(f"Preview failed: {exc}")
                 return
             _views(pv["z"], pv["teacher_samples"], None, pv.get("modes"), [], [],
-                   key="preview", step_label="(not distilled yet)", basins=pv.get("basins"),
-                   show_matrix=False)
+                   key=f"preview-{values['shipped_name']}-{pv['cfg_hash']}",
+                   step_label="(not distilled yet)", basins=pv.get("basins"), show_matrix=False)
         return
     if snap.z is None or snap.teacher_samples is None:
         st.info(f"{snap.phase or 'job'}: {snap.message} — samples appear at the first evaluation.")
@@ -420,7 +436,7 @@ def _draw(snap) -> None:
         return
     student, modes, label = snap.student_samples, snap.modes, ""
     hist = snap.history
-    if hist:
+    if len(hist) >= 2:
         travel = st.toggle("Time travel", key="toylab_tt", help="Show the pairing at an earlier "
                            "evaluation (saved snapshots).")
         if travel:
@@ -433,7 +449,7 @@ def _draw(snap) -> None:
 
                 modes = mode_transition(student, snap.teacher_samples, centers=modes.centers)
     _views(snap.z, snap.teacher_samples, student, modes, snap.metrics, snap.train_log,
-           key=snap.job_id, step_label=label)
+           key=snap.job_id, step_label=label, phase=snap.phase)
 
 
 # ------------------------------------------------------------------ basin maps (job idle)

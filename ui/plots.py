@@ -84,6 +84,7 @@ class Projection:
     components: np.ndarray
     explained: np.ndarray
     is_identity: bool
+    source: str = "teacher samples"  # what the PCA was fitted on (named in the axis titles)
 
     @property
     def dim(self) -> int:
@@ -105,12 +106,13 @@ class Projection:
             sym = what or "x"
             return (f"{sym}₁", f"{sym}₂")
         return tuple(
-            f"PC{k + 1} of teacher samples ({100 * self.explained[k]:.0f}% var)" for k in range(2)
+            f"PC{k + 1} of {self.source} ({100 * self.explained[k]:.0f}% var)" for k in range(2)
         )
 
 
-def fit_projection(teacher_samples: np.ndarray) -> Projection:
+def fit_projection(teacher_samples: np.ndarray, source: str = "teacher samples") -> Projection:
     """Fit the 2-D projection once on teacher samples (n, d); identity when d == 2.
+    ``source`` names what was fitted on, for the axis titles (e.g. "z" for the noise panel).
 
     PCA via SVD of the centred samples (float64), components ordered by explained variance.
     """
@@ -124,7 +126,7 @@ def fit_projection(teacher_samples: np.ndarray) -> Projection:
     _, s, vt = np.linalg.svd(t - mean, full_matrices=False)
     var = s**2
     explained = var[:2] / var.sum() if var.sum() > 0 else np.zeros(2)
-    return Projection(mean.astype(np.float32), vt[:2].astype(np.float32), explained, False)
+    return Projection(mean.astype(np.float32), vt[:2].astype(np.float32), explained, False, source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +190,7 @@ def pairing_figure(
         if student.shape != teacher.shape:
             raise ValueError(f"student: shape {student.shape} != teacher shape {teacher.shape}")
     if noise_projection is None:
-        noise_projection = fit_projection(z)
+        noise_projection = fit_projection(z, source="z")
     z2 = noise_projection.transform(z)
     t2 = projection.transform(teacher)
     fig = make_subplots(
