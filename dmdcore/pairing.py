@@ -560,7 +560,7 @@ def pairing_inefficiency(
     den = e_ind - e_ot
     if not den > _ZERO_SPREAD_RTOL * e_ind:
         raise ValueError(
-            f"student/teacher: E_ind ({e_ind:.6g}) == E_OT ({e_ot:.6g}) up to rounding (zero spread), ΔE is undefined"
+            f"student/teacher: E_ind ({e_ind:.6g}) == E_OT ({e_ot:.6g}) up to rounding (zero spread, or centred sets orthogonal: every pairing costs the same), ΔE is undefined"
         )
     # ΔE = (E_pair - E_OT) / (E_ind - E_OT)
     delta_e = (e_pair - e_ot) / den

@@ -380,6 +380,9 @@ _GOOD = np.random.default_rng(0).standard_normal((20, 3))
         (np.ones((20, 3)), _GOOD, "zero spread"),
         (_GOOD, np.zeros((20, 3)), "zero spread"),
         (np.float64(3.0), _GOOD, "scalar"),
+        # centred sets orthogonal: every pairing has the same cost, E_ind == E_OT
+        (np.array([[1.0, 0], [-1, 0], [2, 0], [-2, 0]]), np.array([[0, 1.0], [0, -1], [0, 3], [0, -3]]),
+         "orthogonal"),
     ],
 )
 def test_bad_input_raises(student, teacher, match):
