@@ -404,6 +404,13 @@ class DMDTrainer:
             for group in opt.param_groups:
                 group["lr"] = lr * factor
 
+    def _fake_sigmas(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """σ for the fake-score loss and the GAN head: uniform over the 1000 Karras levels
+        (DMD2) or EDM's log-normal, per ``cfg.fake_sigma``."""
+        if self.cfg.fake_sigma == "karras":
+            return self.karras[torch.randint(0, N_KARRAS_LEVELS, shape, generator=self.gen, device=self.device)]
+        return edm_sigma(torch.randn(shape, generator=self.gen, device=self.device))
+
     def _real_batch(self, b: int):
         out = self.data_sampler(b)
         x, lab = out if isinstance(out, tuple) else (out, None)
@@ -427,11 +434,7 @@ class DMDTrainer:
         lab_all = self._labels(r * b)
         with torch.no_grad():
             x_all = self._generate(z_all, lab_all, k_fake)
-        if cfg.fake_sigma == "karras":
-            sig_idx = torch.randint(0, N_KARRAS_LEVELS, (r, b), generator=self.gen, device=self.device)
-            sig_all = self.karras[sig_idx]
-        else:
-            sig_all = edm_sigma(torch.randn((r, b), generator=self.gen, device=self.device))
+        sig_all = self._fake_sigmas((r, b))
         eps_all = torch.randn((r, b, *shape), generator=self.gen, device=self.device)
         fake_losses, d_losses = [], []
         try:
@@ -441,7 +444,9 @@ class DMDTrainer:
                 if self.gan_head is not None:
                     loss_f, h_fake = denoising_loss(self.fake, x_k, sig_all[k], eps_all[k], self.sigma_data, lab_k, return_features=True)
                     x_real, lab_real = self._real_batch(b)
-                    s_real = self.karras[torch.randint(DM_INDEX_RANGE[0], DM_INDEX_RANGE[1], (b,), generator=self.gen, device=self.device)]
+                    # real and generated samples are noised from the same σ distribution (DMD2's
+                    # compute_cls_logits), so the head cannot tell them apart by noise level
+                    s_real = self._fake_sigmas((b,))
                     eps_real = torch.randn(x_real.shape, generator=self.gen, device=self.device)
                     x_real_noisy = x_real + s_real.view((-1,) + (1,) * len(shape)) * eps_real
                     h_real = self.fake.features(x_real_noisy, s_real, lab_real)
@@ -485,9 +490,11 @@ class DMDTrainer:
                 total = total + cfg.reg_weight * loss_reg
                 metrics_t["loss_reg"] = loss_reg.detach()
             if self.gan_head is not None:
-                # DMD2: generator GAN loss softplus(-D(G(z))) through the fake score's features
-                x_noisy_g = x + sigma.view(view) * eps
-                loss_g = gan_g_loss(self.gan_head(self.fake.features(x_noisy_g, sigma, lab)))
+                # DMD2: generator GAN loss softplus(-D(G(z))) through the fake score's features,
+                # at σ drawn like the discriminator's (not the DM loss's [20, 980) range)
+                s_gan = self._fake_sigmas((b,))
+                x_noisy_g = x + s_gan.view(view) * torch.randn(x.shape, generator=self.gen, device=self.device)
+                loss_g = gan_g_loss(self.gan_head(self.fake.features(x_noisy_g, s_gan, lab)))
                 total = total + cfg.gan_g_weight * loss_g
                 metrics_t["loss_gan_g"] = loss_g.detach()
             self.opt_gen.zero_grad(set_to_none=True)

@@ -312,3 +312,41 @@ def test_dmd_warmup_and_lognormal_fake_sigma():
         # linear warm-up: lr = base * t / warmup during step t
         assert dmd.opt_gen.param_groups[0]["lr"] == pytest.approx(1e-3 * t / 10)
         assert dmd.opt_fake.param_groups[0]["lr"] == pytest.approx(2e-3 * t / 10)
+
+
+@pytest.mark.parametrize("fake_sigma", ["karras", "lognormal"])
+def test_gan_head_sees_real_and_generated_samples_at_the_same_noise_levels(fake_sigma):
+    # DMD2 noises real and generated samples from one σ distribution before the classifier head;
+    # otherwise the head could tell them apart by noise level alone.
+    from dmdcore.samplers import karras_sigmas
+
+    tr, data, _ = _small_teacher()
+    cfg = DMD_CFG.replace(batch=64, ratio=2, gan=True, fake_sigma=fake_sigma)
+    dmd = DMDTrainer(tr.teacher().denoiser, cfg, sample_shape=(2,), sigma_data=tr.sigma_data,
+                     data_sampler=make_sampler(data, None, seed=0), device="cpu")
+    seen = {"generated": [], "real_or_generator": []}
+    fwd_feats, feats = dmd.fake.forward_and_features, dmd.fake.features
+
+    def rec_fwd(x, sigma, labels=None):
+        seen["generated"].append(torch.as_tensor(sigma).reshape(-1).clone())
+        return fwd_feats(x, sigma, labels)
+
+    def rec_feats(x, sigma, labels=None):
+        seen["real_or_generator"].append(torch.as_tensor(sigma).reshape(-1).clone())
+        return feats(x, sigma, labels)
+
+    dmd.fake.forward_and_features, dmd.fake.features = rec_fwd, rec_feats
+    for _ in range(6):
+        dmd.step()
+    gen_s, other_s = torch.cat(seen["generated"]), torch.cat(seen["real_or_generator"])
+    assert gen_s.numel() == 6 * 2 * 64 and other_s.numel() == 6 * (2 * 64 + 64)
+    if fake_sigma == "karras":
+        grid = karras_sigmas(1000, 0.002, 80.0, 7.0, dtype=torch.float32)
+        for s in (gen_s, other_s):
+            assert torch.isin(s, grid).all()
+            # the whole grid, not only the DM loss's indices [20, 980)
+            assert (s < torch.sort(grid).values[20]).any()
+            assert (s > torch.sort(grid).values[979]).any()
+    # same distribution: the log-σ quartiles agree (two-sample check with ~770 and ~1150 draws)
+    q = torch.tensor([0.25, 0.5, 0.75])
+    assert torch.allclose(gen_s.log().quantile(q), other_s.log().quantile(q), atol=0.5)
