@@ -10,7 +10,7 @@
    (b) from the browser: the same configuration started with the page's Distill button, the page
        polling `snapshot()` at 2 Hz in its live status fragment and redrawing every figure at
        each evaluation, chromium rendering it.
-   Both throughputs are read the same way, from the run's metrics.csv: student steps between
+   Both throughputs are read the same way, from the run's timing.csv: student steps between
    the first and last evaluation divided by the difference of its `wall_s` column (seconds
    spent inside `Experiment.step`, which includes any time the step waits for the GIL or a
    CPU while the UI works). Target ≥ 0.8.
@@ -41,13 +41,13 @@ from ui import toylab, urlstate  # noqa: E402
 
 
 def throughput_from_run(run_dir: Path) -> tuple[float, int]:
-    """Student steps/s between the first and last student evaluation of a run's metrics.csv."""
+    """Student steps/s between the first and last student evaluation of a run's timing.csv."""
     from dmdcore.runs import RunDir
 
-    rows = [r for r in RunDir(run_dir).read_metrics() if r.get("phase") == "student"]
-    rows = [r for r in rows if r.get("wall_s") not in (None, "")]
+    rows = [r for r in RunDir(run_dir).read_timing() if r.get("phase") == "student"]
+    rows = [r for r in rows if r.get("wall_s") is not None]
     if len(rows) < 2:
-        raise RuntimeError(f"{run_dir}: fewer than two student evaluations in metrics.csv")
+        raise RuntimeError(f"{run_dir}: fewer than two student evaluations in timing.csv")
     s0, s1 = float(rows[0]["step"]), float(rows[-1]["step"])
     w0, w1 = float(rows[0]["wall_s"]), float(rows[-1]["wall_s"])
     return (s1 - s0) / (w1 - w0), int(s1 - s0)

@@ -21,6 +21,9 @@ end of each phase) on the fixed noise z (``cfg.eval.n`` × d, ``torch.Generator`
 
 The ``step`` column of metrics.csv counts steps within its phase (teacher steps, or generator
 steps of the student); ``Experiment.step_count`` / the job's snapshot step count both phases.
+metrics.csv holds no clock: the same config and seeds give byte-identical files. Each evaluation
+also appends ``{"step", "phase", "wall_s"}`` (cumulative seconds inside ``step()``) to timing.csv
+(``Experiment.timing`` in memory).
 """
 
 from __future__ import annotations
@@ -231,7 +234,8 @@ class Experiment:
         self._phase_idx = 0
         self.phase_step = 0
         self.step_count = 0
-        self.metrics: list[dict] = []
+        self.metrics: list[dict] = []   # metrics.csv rows (deterministic numbers only)
+        self.timing: list[dict] = []    # timing.csv rows: {"step", "phase", "wall_s"} per evaluation
         self._loss_acc: dict[str, list[float]] = {}
         self._active_s = 0.0
         self._teacher_trainer = None
@@ -543,10 +547,13 @@ class Experiment:
             self._add_history(self.phase_step, s)
             if self.rundir is not None:
                 self._save_student()
-        row["wall_s"] = self._active_s
+        # Wall-clock time goes to timing.csv, not metrics.csv (which must be reproducible to the byte).
+        timing = {"step": self.phase_step, "phase": phase, "wall_s": self._active_s}
         self.metrics.append(row)
+        self.timing.append(timing)
         if self.rundir is not None:
             self.rundir.append_metrics(row)
+            self.rundir.append_timing(timing)
             self._save_samples()
             self.rundir.write_status("running", f"{phase} step {self.phase_step}", step=self.step_count)
             if self.index is not None:

@@ -3,14 +3,17 @@
 A run is a directory (see docs/architecture.md, section runs.py)::
 
     config.json    {"kind", "experiment", "teacher_source", "dmdcore_version"}
-    metrics.csv    one row per evaluation, columns METRIC_COLUMNS (empty cell = not applicable)
+    metrics.csv    one row per evaluation, columns METRIC_COLUMNS (empty cell = not applicable);
+                   only deterministic numbers, so the same config and seeds give the same bytes
+    timing.csv     one row per evaluation, columns TIMING_COLUMNS (step, phase, wall_s)
     teacher.pt / student.pt / fake.pt   toy checkpoints (plain dicts, weights_only=True)
     samples.npz    z, teacher, student, history_steps (K,), history_student (K, n, d)
     status.json    {"status", "message", "pid", "step", "updated", "host", "pid_start"}
 
-Every file except metrics.csv is written atomically (temporary file in the same directory, then
-``os.replace``), so a process killed at any instant leaves either the old or the new version.
-metrics.csv is appended row by row; a row cut short by a kill is skipped when reading.
+Every file except metrics.csv and timing.csv is written atomically (temporary file in the same
+directory, fsync, then ``os.replace``), so a process killed at any instant leaves either the old or
+the new version. metrics.csv and timing.csv are appended row by row; a row cut short by a kill is
+skipped when reading.
 
 ``RunIndex(root)`` keeps ``root/index.sqlite`` (WAL journal, busy timeout, one short transaction
 per call, one connection per call so it is safe from threads and from several processes).
@@ -41,20 +44,25 @@ STATUSES = ("running", "finished", "stopped", "diverged", "failed")
 KINDS = ("teacher", "distill", "experiment")
 PHASES = ("teacher", "student")
 
-# Columns of metrics.csv, in order (docs/architecture.md).
+# Columns of metrics.csv, in order (docs/architecture.md). No wall-clock column: metrics.csv of
+# two runs of the same config and seeds are byte-identical; timings go to timing.csv.
 METRIC_COLUMNS = (
-    "step", "phase", "wall_s",
+    "step", "phase",
     "loss", "loss_dm", "loss_fake", "loss_reg", "loss_gan_g", "loss_gan_d",
     "delta_e", "delta_e_lo", "delta_e_hi", "e_pair", "e_ot", "e_ind",
     "w2", "w2_data", "eta_teacher", "eta_student", "copy_rate", "retrieval",
 )
+# Columns of timing.csv: per evaluation, the cumulative seconds spent inside Experiment.step().
+TIMING_COLUMNS = ("step", "phase", "wall_s")
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
+TIMING_FILE = "timing.csv"
 STATUS_FILE = "status.json"
 SAMPLES_FILE = "samples.npz"
 CHECKPOINT_ROLES = ("teacher", "student", "fake")
 INDEX_FILE = "index.sqlite"
+SCAN_DEPTH = 4  # RunIndex.scan: deepest run directory below the root (root/sweeps/<id>/cells/<key>)
 
 
 # ----------------------------------------------------------------------------- atomic files
@@ -216,7 +224,7 @@ class RunDir:
                 "choose another directory or pass overwrite"
             )
         run.path.mkdir(parents=True, exist_ok=True)
-        for name in (METRICS_FILE, SAMPLES_FILE, STATUS_FILE) + tuple(f"{r}.pt" for r in CHECKPOINT_ROLES):
+        for name in (METRICS_FILE, TIMING_FILE, SAMPLES_FILE, STATUS_FILE) + tuple(f"{r}.pt" for r in CHECKPOINT_ROLES):
             p = run.path / name
             if p.exists():
                 p.unlink()
@@ -276,34 +284,26 @@ class RunDir:
         except json.JSONDecodeError as exc:  # cannot happen with atomic writes; say so if it does
             raise ValueError(f"status: {str(p)!r} is not valid JSON ({exc})") from exc
 
-    # -- metrics
-    def append_metrics(self, row: dict) -> None:
-        """Append one evaluation row to metrics.csv (header written first if the file is new).
-
-        ``row`` keys must be a subset of METRIC_COLUMNS (missing ones are written empty); floats
-        are written with ``repr`` so the file is bit-reproducible. Raises ValueError on an
-        unknown key or a bad ``phase``.
-        """
-        unknown = set(row) - set(METRIC_COLUMNS)
+    # -- metrics and timing (append-only CSV files)
+    def _append_row(self, name: str, columns: tuple[str, ...], row: dict, what: str) -> None:
+        unknown = set(row) - set(columns)
         if unknown:
-            raise ValueError(f"metrics row: unknown columns {sorted(unknown)}; allowed {list(METRIC_COLUMNS)}")
+            raise ValueError(f"{what} row: unknown columns {sorted(unknown)}; allowed {list(columns)}")
         if row.get("phase") not in PHASES:
-            raise ValueError(f"metrics row: phase {row.get('phase')!r} not in {PHASES}")
-        p = self.path / METRICS_FILE
+            raise ValueError(f"{what} row: phase {row.get('phase')!r} not in {PHASES}")
+        p = self.path / name
         new = not p.exists() or p.stat().st_size == 0
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         if new:
-            writer.writerow(METRIC_COLUMNS)
-        writer.writerow([_format_cell(row.get(c)) for c in METRIC_COLUMNS])
+            writer.writerow(columns)
+        writer.writerow([_format_cell(row.get(c)) for c in columns])
         with open(p, "a", encoding="utf-8", newline="") as fh:
             fh.write(buf.getvalue())
             fh.flush()
 
-    def read_metrics(self) -> list[dict]:
-        """Rows of metrics.csv as dicts (numbers parsed, empty cells → None). A last row cut
-        short by a killed writer is skipped. Returns [] when there is no file."""
-        p = self.path / METRICS_FILE
+    def _read_rows(self, name: str) -> list[dict]:
+        p = self.path / name
         if not p.exists():
             return []
         text = p.read_text(encoding="utf-8")
@@ -323,6 +323,32 @@ class RunDir:
             except ValueError:
                 continue  # a torn row: skip it rather than make the run unreadable
         return rows
+
+    def append_metrics(self, row: dict) -> None:
+        """Append one evaluation row to metrics.csv (header written first if the file is new).
+
+        ``row`` keys must be a subset of METRIC_COLUMNS (missing ones are written empty); floats
+        are written with ``repr`` so the file is bit-reproducible. Raises ValueError on an
+        unknown key or a bad ``phase``.
+        """
+        self._append_row(METRICS_FILE, METRIC_COLUMNS, row, "metrics")
+
+    def read_metrics(self) -> list[dict]:
+        """Rows of metrics.csv as dicts (numbers parsed, empty cells → None). A last row cut
+        short by a killed writer is skipped. Returns [] when there is no file."""
+        return self._read_rows(METRICS_FILE)
+
+    def append_timing(self, row: dict) -> None:
+        """Append one evaluation's timing ``{"step", "phase", "wall_s"}`` to timing.csv (same
+        append-only, torn-row-tolerant format as metrics.csv). Raises ValueError on an unknown
+        key or a bad ``phase``."""
+        self._append_row(TIMING_FILE, TIMING_COLUMNS, row, "timing")
+
+    def read_timing(self) -> list[dict]:
+        """Rows of timing.csv (``step`` int, ``phase`` str, ``wall_s`` float: cumulative seconds
+        inside ``Experiment.step()`` at that evaluation). [] when there is no file; a torn last
+        row is skipped."""
+        return self._read_rows(TIMING_FILE)
 
     # -- checkpoints
     def checkpoint_path(self, role: str) -> Path:
@@ -649,19 +675,51 @@ class RunIndex:
         return [self._record(r) for r in rows]
 
     # -- maintenance
+    def _sweep_of(self, run_path: Path) -> str | None:
+        """The sweep id a run directory belongs to: its ``cell.json`` ``sweep``, else the ``id`` of
+        the nearest ``sweep.json`` in a parent directory up to ``root`` (sweep layout
+        ``<sweep dir>/cells/<key>`` and ``<sweep dir>/teachers/<key>``, see dmdcore.sweep)."""
+        try:
+            sid = json.loads((run_path / "cell.json").read_text(encoding="utf-8")).get("sweep")
+            if sid:
+                return str(sid)
+        except (OSError, ValueError, AttributeError):
+            pass
+        root = self.root.resolve()
+        for parent in run_path.resolve().parents:
+            man = parent / "sweep.json"
+            if man.is_file():
+                try:
+                    sid = json.loads(man.read_text(encoding="utf-8")).get("id")
+                except (OSError, ValueError, AttributeError):
+                    sid = None
+                return str(sid) if sid else None
+            if parent == root or root not in parent.parents:
+                break
+        return None
+
     def scan(self) -> list[RunRecord]:
-        """Register every run directory under ``root`` (any depth ≤ 3) that the index lacks,
-        e.g. after the index file was deleted. Returns the newly added records."""
-        known = {r.path for r in self.list()}
+        """Register every run directory under ``root`` (any depth ≤ SCAN_DEPTH = 4, so sweep cells
+        at ``root/sweeps/<id>/cells/<key>`` are found) that the index lacks, e.g. after the index
+        file was deleted or for runs a sweep recorded in its own index. Runs inside a sweep
+        directory get its sweep id (also filled in for known runs that lack one). Returns the
+        newly added records."""
+        known = {r.path: r for r in self.list()}
         added = []
-        for cfg in sorted(self.root.glob("*/" + CONFIG_FILE)) + sorted(self.root.glob("*/*/" + CONFIG_FILE)) + sorted(
-            self.root.glob("*/*/*/" + CONFIG_FILE)
-        ):
+        configs: list[Path] = []
+        for depth in range(1, SCAN_DEPTH + 1):
+            configs += sorted(self.root.glob("*/" * depth + CONFIG_FILE))
+        for cfg in configs:
             run = RunDir(cfg.parent)
-            if str(run.path.resolve()) in known:
+            rec = known.get(str(run.path.resolve()))
+            if rec is not None:
+                if rec.sweep is None:
+                    sweep = self._sweep_of(run.path)
+                    if sweep is not None:
+                        self.update(rec.id, sweep=sweep)
                 continue
             try:
-                added.append(self.register(run))
+                added.append(self.register(run, sweep=self._sweep_of(run.path)))
             except ValueError:
                 continue  # not one of ours (foreign config.json); leave it out of the index
         return added

@@ -38,7 +38,9 @@ def save_toy_model(
     step: int = 0,
     distill_config: DistillConfig | None = None,
 ) -> None:
-    """Write an EDMDenoiser(MLPBackbone) in the toy format (atomically: temp file + os.replace)."""
+    """Write an EDMDenoiser(MLPBackbone) in the toy format, atomically and durably (a unique temp
+    file next to ``path``, fsync'ed, then ``os.replace``: a reader or a crash sees the old file or
+    the new one, never a partial one; concurrent writers never share a temp file)."""
     if role not in ROLES:
         raise ValueError(f"role: {role!r} not in {ROLES}")
     if not isinstance(denoiser, EDMDenoiser) or not isinstance(denoiser.model, MLPBackbone):
@@ -58,10 +60,10 @@ def save_toy_model(
     }
     if distill_config is not None:
         payload["distill_config"] = distill_config.to_dict()
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    # unique temporary file in the same directory, fsync, os.replace (dmdcore.runs._atomic_path)
+    from .runs import atomic_torch_save
+
+    atomic_torch_save(path, payload)
 
 
 def load_toy_model(path: str | os.PathLike, device=None) -> tuple[EDMDenoiser, dict]:

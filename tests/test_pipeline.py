@@ -47,12 +47,9 @@ def teacher_run(tmp_path_factory):
     return root / "t"
 
 
-def _metrics_without_wall(path):
+def _metrics(path):
     with open(path) as fh:
-        rows = list(csv.DictReader(fh))
-    for r in rows:
-        r.pop("wall_s")
-    return rows
+        return list(csv.DictReader(fh))
 
 
 def _assignment_cost(a, b):
@@ -65,8 +62,13 @@ def test_same_config_same_seed_identical_run(tmp_path):
     cfg = tiny_cfg()
     for name in ("a", "b"):
         Experiment(cfg, run_dir=tmp_path / name, device="cpu").run()
-    ma, mb = _metrics_without_wall(tmp_path / "a" / "metrics.csv"), _metrics_without_wall(tmp_path / "b" / "metrics.csv")
-    assert ma == mb  # every column but the wall clock, as written (repr of floats)
+    # metrics.csv byte for byte (no clock in it: timings are in timing.csv)
+    assert (tmp_path / "a" / "metrics.csv").read_bytes() == (tmp_path / "b" / "metrics.csv").read_bytes()
+    ma = _metrics(tmp_path / "a" / "metrics.csv")
+    ta, tb = RunDir(tmp_path / "a").read_timing(), RunDir(tmp_path / "b").read_timing()
+    assert [(r["step"], r["phase"]) for r in ta] == [(r["step"], r["phase"]) for r in tb] == [
+        (int(r["step"]), r["phase"]) for r in ma]
+    assert all(r["wall_s"] >= 0 for r in ta) and ta[-1]["wall_s"] > ta[0]["wall_s"]
     assert [r["phase"] for r in ma].count("teacher") == 40 // 6 + 1
     assert [r["step"] for r in ma if r["phase"] == "student"] == ["0", "6", "12"]
     sa, sb = RunDir(tmp_path / "a").load_samples(), RunDir(tmp_path / "b").load_samples()
@@ -74,7 +76,7 @@ def test_same_config_same_seed_identical_run(tmp_path):
         np.testing.assert_array_equal(sa[k], sb[k])
     # another seed gives another run
     Experiment(cfg.replace(distill=cfg.distill.replace(seed=1)), run_dir=tmp_path / "c", device="cpu").run()
-    mc = _metrics_without_wall(tmp_path / "c" / "metrics.csv")
+    mc = _metrics(tmp_path / "c" / "metrics.csv")
     assert [r for r in mc if r["phase"] == "teacher"] == [r for r in ma if r["phase"] == "teacher"]
     assert [r["delta_e"] for r in mc if r["phase"] == "student"][-1] != [r["delta_e"] for r in ma if r["phase"] == "student"][-1]
 
@@ -90,6 +92,9 @@ def test_run_directory_is_complete_and_numbers_recompute(tmp_path):
     assert saved["kind"] == "experiment" and saved["teacher_source"] is None
     assert ExperimentConfig.from_dict(saved["experiment"]) == cfg
     assert tuple(open(run.path / "metrics.csv").readline().strip().split(",")) == METRIC_COLUMNS
+    assert "wall_s" not in METRIC_COLUMNS and all("wall_s" not in r for r in exp.metrics)
+    assert open(run.path / "timing.csv").readline().strip() == "step,phase,wall_s"
+    assert run.read_timing() == exp.timing and len(exp.timing) == len(exp.metrics)
     st = run.read_status()
     assert st["status"] == "finished" and st["step"] == 40 + 12
     rec = index.get(run.path)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from dmdcore.runs import METRIC_COLUMNS, RunDir, RunIndex, pid_alive
+from dmdcore.runs import METRIC_COLUMNS, TIMING_COLUMNS, RunDir, RunIndex, pid_alive
 
 EXP = {"data": {"dataset": "8gaussians", "dim": 2}, "name": "t"}
 
@@ -59,6 +59,52 @@ def test_metrics_roundtrip_exact_and_torn_row(tmp_path):
         run.append_metrics({"step": 1, "phase": "student", "bogus": 1.0})
     with pytest.raises(ValueError, match="phase"):
         run.append_metrics({"step": 1, "phase": "warmup"})
+
+
+def test_timing_csv_roundtrip_torn_row_and_overwrite(tmp_path):
+    run = RunDir.create(tmp_path / "r", kind="experiment", experiment=EXP)
+    assert run.read_timing() == []
+    for i, w in enumerate([0.0, 0.1 + 0.2, 12.5]):
+        run.append_timing({"step": i * 5, "phase": "teacher", "wall_s": w})
+    assert (run.path / "timing.csv").read_text().splitlines()[0] == ",".join(TIMING_COLUMNS) == "step,phase,wall_s"
+    assert run.read_timing() == [{"step": 0, "phase": "teacher", "wall_s": 0.0},
+                                 {"step": 5, "phase": "teacher", "wall_s": 0.1 + 0.2},
+                                 {"step": 10, "phase": "teacher", "wall_s": 12.5}]
+    with open(run.path / "timing.csv", "a") as fh:
+        fh.write("15,teach")  # a writer killed mid-row
+    assert [r["step"] for r in run.read_timing()] == [0, 5, 10]
+    with pytest.raises(ValueError, match="unknown columns"):
+        run.append_timing({"step": 1, "phase": "student", "delta_e": 1.0})
+    with pytest.raises(ValueError, match="unknown columns"):
+        run.append_metrics({"step": 1, "phase": "student", "wall_s": 1.0})  # no clock in metrics.csv
+    with pytest.raises(ValueError, match="phase"):
+        run.append_timing({"step": 1, "phase": "warmup", "wall_s": 1.0})
+    run2 = RunDir.create(tmp_path / "r", kind="experiment", experiment=EXP, overwrite=True)
+    assert run2.read_timing() == [] and not (run2.path / "timing.csv").exists()
+
+
+def test_save_toy_model_is_atomic_and_fsynced(tmp_path, monkeypatch):
+    from dmdcore.config import TeacherConfig
+    from dmdcore.toy import build_denoiser, load_toy_model, save_toy_model
+
+    den = build_denoiser(2, 8, 1, 4, 0, 0.5)
+    path = tmp_path / "student.pt"
+    # a leftover / concurrent writer's "<path>.tmp" must not be reused or clobbered
+    (tmp_path / "student.pt.tmp").mkdir()
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    save_toy_model(path, den, role="student", teacher_config=TeacherConfig(), step=3)
+    assert synced, "the checkpoint was not fsync'ed before it replaced the old file"
+    assert load_toy_model(path, device="cpu")[1]["step"] == 3
+    assert (tmp_path / "student.pt.tmp").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student.pt", "student.pt.tmp"]  # no temp file left
+    # a failing save leaves the previous file intact
+    monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        save_toy_model(path, den, role="student", teacher_config=TeacherConfig(), step=4)
+    assert load_toy_model(path, device="cpu")[1]["step"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student.pt", "student.pt.tmp"]
 
 
 def test_samples_and_checkpoints_roundtrip(tmp_path):
@@ -123,6 +169,58 @@ def test_index_scan_rebuilds_after_index_loss(tmp_path):
     added = idx.scan()
     assert sorted(Path(r.path).name for r in added) == ["x", "y"]
     assert idx.scan() == []
+
+
+def _finished_run(path, dataset="moons", **extra_files):
+    run = RunDir.create(path, kind="experiment", experiment={"data": {"dataset": dataset, "dim": 2}, "name": path.name})
+    run.append_metrics({"step": 0, "phase": "student", "delta_e": 0.5})
+    run.write_status("finished", "finished at step 10", step=10)
+    for name, obj in extra_files.items():
+        (run.path / name).write_text(json.dumps(obj))
+    return run
+
+
+def test_scan_finds_sweep_cells_at_depth_4_with_their_sweep_id(tmp_path, capsys):
+    """Default layout: runs/sweeps/<dir>/cells/<key> (depth 4) and runs/sweeps/<dir>/teachers/<key>."""
+    from dmdcore.cli import main
+
+    root = tmp_path / "runs"
+    _finished_run(root / "t1")
+    sweep_dir = root / "sweeps" / "dim"
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / "sweep.json").write_text(json.dumps({"id": "dim-20260101-000000-abcdef", "cells": []}))
+    sid = "dim-20260101-000000-abcdef"
+    _finished_run(sweep_dir / "teachers" / "tk")
+    for key in ("d2-s0", "d3-s0"):
+        _finished_run(sweep_dir / "cells" / key, **{"cell.json": {"key": key, "sweep": sid, "wall_s": 1.0}})
+    _finished_run(root / "a" / "b" / "c" / "d" / "e")  # depth 5: beyond the scan
+    idx = RunIndex(root)
+    added = idx.scan()
+    names = sorted(Path(r.path).name for r in added)
+    assert names == ["d2-s0", "d3-s0", "t1", "tk"]
+    assert sorted(Path(r.path).name for r in idx.list(sweep=sid)) == ["d2-s0", "d3-s0", "tk"]
+    assert idx.get(root / "t1").sweep is None
+    assert all(r.status == "finished" for r in added)
+    assert idx.scan() == []
+    # the CLI at that root (it scans first)
+    (root / "index.sqlite").unlink()
+    assert main(["runs", "list", "--root", str(root), "--sweep", sid, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sorted(Path(r["path"]).name for r in listed) == ["d2-s0", "d3-s0", "tk"]
+    assert {r["status"] for r in listed} == {"finished"} and {r["sweep"] for r in listed} == {sid}
+
+
+def test_scan_fills_in_the_sweep_of_known_runs(tmp_path):
+    root = tmp_path / "runs"
+    sweep_dir = root / "sweeps" / "s"
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / "sweep.json").write_text(json.dumps({"id": "s-1"}))
+    run = _finished_run(sweep_dir / "cells" / "k")
+    idx = RunIndex(root)
+    idx.register(run)  # e.g. registered before its sweep was known
+    assert idx.get(run.path).sweep is None
+    assert idx.scan() == []
+    assert idx.get(run.path).sweep == "s-1" and [Path(r.path).name for r in idx.list(sweep="s-1")] == ["k"]
 
 
 def test_corrupt_index_file_is_a_clear_error(tmp_path):
