@@ -78,6 +78,17 @@ class _Terminated(KeyboardInterrupt):
 
 # ----------------------------------------------------------------------------- parser
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr,
+    ``<prog>: error: <reason> (see --help)``, and exit code 2 (no usage block). Subparsers made
+    from it (``add_subparsers`` defaults ``parser_class`` to the parent's class) behave the same,
+    including the ones other modules register."""
+
+    def error(self, message: str):  # type: ignore[override]
+        reason = " ".join(str(message).split())  # one line, whatever argparse put in it
+        self.exit(2, f"{self.prog}: error: {reason} (see --help)\n")
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -163,11 +174,11 @@ def _add_distill_options(p: argparse.ArgumentParser, *, steps_flag: str) -> None
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m dmdcore`` parser, with the commands registered by dmdcore.sweep and
     dmdcore.checkpoints when those modules exist and define ``register_cli``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m dmdcore",
         description="DMD Copying Lab engine: train toy teachers, distil DMD students, inspect runs.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("teacher", help="train a toy EDM teacher into a run directory",
                        description="Train a toy EDM teacher (EDM loss, EMA) and save teacher.pt, "
@@ -194,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("runs", help="list or show runs", description="Inspect run directories and the run index.")
-    rsub = p.add_subparsers(dest="runs_command", metavar="ACTION")
+    rsub = p.add_subparsers(dest="runs_command", metavar="ACTION", parser_class=_Parser)
     rl = rsub.add_parser("list", help="list the runs of an index (marks interrupted runs failed)")
     rl.add_argument("--root", default="runs", help="run index root (default runs)")
     rl.add_argument("--kind", default=None, choices=("teacher", "distill", "experiment"))
@@ -350,11 +361,18 @@ def _execute(args: argparse.Namespace, cfg, *, kind: str, phases: tuple[str, ...
 
     out = Path(args.out)
     root = Path(args.runs_root) if args.runs_root else out.parent
+    if root.exists() and not root.is_dir():
+        raise CLIError(f"--runs-root: {str(root)!r} exists and is not a directory")
     device = pick_device(args.device)
+    # Validate (config, data, teacher, --out) before anything is written: Experiment raises
+    # ValueError for a bad config before it creates the run directory, and the run index
+    # (root/index.sqlite) is only opened once the run exists, so rejected input leaves no files.
+    exp = Experiment(cfg, run_dir=out, index=None, teacher=teacher, device=device, phases=phases, kind=kind,
+                     teacher_source=teacher_source, overwrite=args.overwrite)
     index = RunIndex(root)
     index.mark_interrupted()
-    exp = Experiment(cfg, run_dir=out, index=index, teacher=teacher, device=device, phases=phases, kind=kind,
-                     teacher_source=teacher_source, overwrite=args.overwrite)
+    index.register(exp.rundir, kind=exp.kind, status="running")
+    exp.index = index  # from here on the run keeps its index row up to date (as Experiment(index=) does)
     show = not args.no_progress and sys.stderr.isatty()
     bar = tqdm(total=exp.total_steps, desc=f"{kind} {out.name}", unit="step", file=sys.stderr, disable=not show)
     t0 = time.perf_counter()
@@ -381,6 +399,14 @@ def _execute(args: argparse.Namespace, cfg, *, kind: str, phases: tuple[str, ...
         bar.close()
         print(f"stopped: {out} at step {exp.step_count} (run marked stopped)", file=sys.stderr)
         return 143 if isinstance(exc, _Terminated) else 130
+    except Exception as exc:
+        # The input was accepted and the run started: whatever goes wrong now (a ValueError
+        # included) is a failed run (exit 1, status.json "failed"), not bad input (exit 2).
+        bar.close()
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"error: run failed at step {exp.step_count}: {type(exc).__name__}"
+              f"{': ' + msg if msg else ''} (run marked {exp.status}; {out})", file=sys.stderr)
+        return 1
     finally:
         bar.close()
     wall = time.perf_counter() - t0
@@ -531,7 +557,9 @@ def cmd_runs_teachers(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- entry point
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (2 for bad input)."""
+    """Run the CLI; returns the exit code: 2 for bad input (a ValueError raised while the
+    arguments, config, data or teacher are checked, before a run starts; argparse usage errors
+    exit 2 through ``_Parser.error``), 1 for a run that diverged or failed after it started."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

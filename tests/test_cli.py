@@ -84,10 +84,11 @@ def test_config_json_reproduces_the_run(quick_runs, tmp_path, capsys):
     root, _, _ = quick_runs
     assert main(["teacher", "--config", str(root / "t1" / "config.json"), "--out", str(tmp_path / "again"),
                  "--threads", "1", "--no-progress"]) == 0
-    a, b = _rows(root / "t1" / "metrics.csv"), _rows(tmp_path / "again" / "metrics.csv")
-    for r in a + b:
-        r.pop("wall_s")
-    assert a == b and len(a) == 120 // 15
+    # byte for byte: metrics.csv holds no clock (timings are in timing.csv)
+    assert (root / "t1" / "metrics.csv").read_bytes() == (tmp_path / "again" / "metrics.csv").read_bytes()
+    assert len(_rows(tmp_path / "again" / "metrics.csv")) == 120 // 15
+    timing = RunDir(tmp_path / "again").read_timing()
+    assert [r["step"] for r in timing] == [15 * (i + 1) for i in range(8)] and timing[-1]["wall_s"] > 0
 
 
 def test_distill_from_shipped_teacher_name(tmp_path, capsys):
@@ -115,7 +116,99 @@ def test_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys):
     assert main([*argv, "--out", str(out), *FAST]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
-    assert not out.exists()  # nothing is created for rejected input
+    # nothing is created for rejected input: no run directory, no index.sqlite in the runs root
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rejected_config_leaves_no_files_in_runs_root(tmp_path, capsys):
+    root = tmp_path / "root"
+    assert main(["teacher", "--bootstrap", "5", "--out", str(tmp_path / "r"), "--runs-root", str(root), *FAST]) == 2
+    assert "EvalConfig.bootstrap" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def _exit_code(argv):
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize(
+    "argv, field",
+    [
+        (["teacher", "--steps", "0"], "--steps"),
+        (["experiment", "--distill-steps", "-3"], "--distill-steps"),
+        (["distill", "--teacher", "moons", "--ratio", "0"], "--ratio"),
+        (["teacher", "--dim", "0"], "--dim"),
+        (["teacher", "--dim", "-2"], "--dim"),
+        (["teacher", "--dataset", "nope"], "--dataset"),
+        (["teacher", "--lr", "0"], "lr"),
+        (["teacher", "--lr", "-1e-3"], "lr"),
+        (["distill", "--teacher", "moons", "--lr-gen", "0"], "lr_gen"),
+        (["runs", "list", "--status", "bogus"], "--status"),
+    ],
+)
+def test_argument_errors_exit_2_with_exactly_one_stderr_line(argv, field, tmp_path, capsys):
+    out_args = [] if argv[0] == "runs" else ["--out", str(tmp_path / "r"), *FAST]
+    assert _exit_code([*argv, *out_args]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and captured.err.endswith("\n"), captured.err  # no usage block
+    assert "error: " in lines[0] and field in lines[0]
+    assert "usage:" not in captured.err and captured.out == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_usage_error_line_names_the_reason_and_help():
+    r = _cli("teacher", "--steps", "0", "--out", "never-created", timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == "python -m dmdcore teacher: error: argument --steps: 0 is not >= 1 (see --help)\n"
+    assert not (REPO / "never-created").exists()
+
+
+def test_value_error_during_the_run_is_a_failed_run_exit_1(tmp_path, capsys, monkeypatch):
+    """A ValueError raised after the run started is not bad input: exit 1, status failed."""
+    from dmdcore import distill
+
+    orig, calls = distill.TeacherTrainer.step, {"n": 0}
+
+    def step(self):
+        calls["n"] += 1
+        if calls["n"] == 20:
+            raise ValueError("boom: something inside training")
+        return orig(self)
+
+    monkeypatch.setattr(distill.TeacherTrainer, "step", step)
+    out = tmp_path / "t"
+    assert main(["teacher", "--out", str(out), *FAST, "--steps", "60"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("error: run failed") and "boom" in err
+    run = RunDir(out)
+    st = run.read_status()
+    assert st["status"] == "failed" and "boom" in st["message"] and st["step"] == 19
+    assert [r["step"] for r in run.read_metrics()] == [15]
+    assert RunIndex(tmp_path).get(out).status == "failed"
+
+
+def test_diverged_run_exits_1_and_keeps_last_good_checkpoint(tmp_path, capsys):
+    from dmdcore.toy import load_toy_model
+
+    out = tmp_path / "s"
+    rc = main(["distill", "--teacher", "moons", "--out", str(out), *FAST, "--lr-gen", "1e6", "--lr-fake", "1e6"])
+    assert rc == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: diverged") and captured.out.startswith(f"diverged: {out}")
+    run = RunDir(out)
+    st = run.read_status()
+    assert st["status"] == "diverged" and "not finite" in st["message"]
+    rows = run.read_metrics()
+    assert rows and all(r["delta_e"] is not None for r in rows)  # only good evaluations were written
+    for role in ("student", "fake"):
+        den, meta = load_toy_model(run.checkpoint_path(role), device="cpu")
+        assert meta["role"] == role and meta["step"] == rows[-1]["step"]
+        assert all(torch.isfinite(v).all() for v in den.state_dict().values())
+    assert RunIndex(tmp_path).get(out).status == "diverged"
 
 
 def test_argparse_errors_and_existing_run(quick_runs, capsys):
