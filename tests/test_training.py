@@ -314,6 +314,47 @@ def test_dmd_warmup_and_lognormal_fake_sigma():
         assert dmd.opt_fake.param_groups[0]["lr"] == pytest.approx(2e-3 * t / 10)
 
 
+class _SigmaRecorder(torch.nn.Module):
+    """Wraps the real-score denoiser D_real(x, sigma, labels) and records every sigma it is given."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.sigmas = []
+
+    def forward(self, x, sigma, labels=None):
+        self.sigmas.append(torch.as_tensor(sigma).detach().reshape(-1).to("cpu", torch.float64).clone())
+        return self.inner(x, sigma, labels)
+
+
+def test_dm_loss_sigmas_come_from_karras_levels_20_to_980():
+    """dmd.md, generator step 2: the DM loss's sigma is a level of the ascending 1000-level Karras
+    grid (sigma 0.002..80, rho 7), index in [20, 980) -- never one of the 20 lowest or highest."""
+    tr, _, _ = _small_teacher()
+    dmd = DMDTrainer(tr.teacher().denoiser, DMD_CFG.replace(batch=64, ratio=1), sample_shape=(2,),
+                     sigma_data=tr.sigma_data, device="cpu")
+    rec = _SigmaRecorder(dmd.real)
+    dmd.real = rec  # wrapped after construction: generator and fake score are copies of the unwrapped teacher
+    for _ in range(6):
+        dmd.step()
+    assert len(rec.sigmas) == 6 and all(s.shape == (64,) for s in rec.sigmas)  # one real-score call per step
+    got = torch.cat(rec.sigmas)
+
+    # The grid from its definition (dmd.md): descending Karras levels, then ascending (index 0 = sigma_min).
+    n, s_min, s_max, rho = 1000, 0.002, 80.0, 7.0
+    i = torch.arange(n, dtype=torch.float64)
+    desc = (s_max ** (1 / rho) + i / (n - 1) * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    karras = desc.flip(0)
+    assert karras[0] == pytest.approx(s_min) and karras[-1] == pytest.approx(s_max)
+    # nearest level of each recorded sigma (in log space; neighbouring levels differ by >= 2.5%)
+    idx = (got.log()[:, None] - karras.log()[None, :]).abs().argmin(dim=1)
+    rel = ((got - karras[idx]).abs() / karras[idx])
+    assert rel.max() < 1e-5  # every sigma is a grid level (float32 rounding only) ...
+    assert idx.min() >= 20 and idx.max() < 980  # ... of the allowed index range, never outside
+    assert got.min() >= karras[20] * (1 - 1e-5) and got.max() <= karras[979] * (1 + 1e-5)
+    assert len(set(idx.tolist())) > 150  # drawn across the range, not one fixed level
+
+
 @pytest.mark.parametrize("fake_sigma", ["karras", "lognormal"])
 def test_gan_head_sees_real_and_generated_samples_at_the_same_noise_levels(fake_sigma):
     # DMD2 noises real and generated samples from one σ distribution before the classifier head;
