@@ -399,9 +399,9 @@ def _views(z, teacher, student, modes, metrics, train_log, *, key: str, step_lab
             st.caption(("Teacher basin map (no student yet)" if basins["step"] is None
                         else f"Basin maps at student step {basins['step']}")
                        + (f" · teacher/student agree on {100 * agree:.1f}% of the grid" if agree is not None else "")
-                       + " (refreshed when the job pauses or ends).")
+                       + " (refreshed at each evaluation).")
         else:
-            st.info("Basin maps are computed when the job is paused or finished.")
+            st.info("Basin maps appear at the first student evaluation.")
     import pandas as pd
 
     fig_c = plots.curves_figure(toylab.metrics_frame(metrics),
@@ -452,11 +452,13 @@ def _draw(snap) -> None:
            key=snap.job_id, step_label=label, phase=snap.phase)
 
 
-# ------------------------------------------------------------------ basin maps (job idle)
-# Computed only while the job thread is idle (paused/ended), so it never races training.
-if (job is not None and not live and snap0 is not None and snap0.z is not None
+# ------------------------------------------------------------------ basin maps
+# Refreshed at every student evaluation while the job runs (the full rerun that draws the new
+# evaluation) and at the final step when it pauses or ends. The experiment's lock makes the
+# call wait for the current training step; the teacher's side is computed once per job.
+if (job is not None and snap0 is not None and snap0.z is not None
         and snap0.z.shape[1] == 2 and snap0.student_samples is not None):
-    bkey = (snap0.job_id, snap0.step)
+    bkey = (snap0.job_id, len(snap0.metrics)) if live else (snap0.job_id, snap0.step)
     if S.get("toylab_basins", {}).get("key") != bkey:
         try:
             maps = job.experiment.basin_maps(grid_n=64, extent=3.0)

@@ -270,6 +270,15 @@ def test_in_memory_run_and_basin_maps(teacher_run):
     assert bm.agreement == pytest.approx(np.mean(mode(t) == mode(s))) and bm.step == 12
     with pytest.raises(ValueError, match="grid_n"):
         exp.basin_maps(grid_n=1)
+    # the fixed teacher's grid map is sampled once per grid; the student side every call
+    calls = []
+    sample = teacher.sample
+    teacher.sample = lambda *a, **k: calls.append(1) or sample(*a, **k)
+    again = exp.basin_maps(grid_n=8, extent=2.0)
+    np.testing.assert_array_equal(again.teacher_modes, bm.teacher_modes)
+    assert calls == []
+    exp.basin_maps(grid_n=6, extent=2.0)
+    assert calls == [1]
 
 
 def test_high_dim_mixture_and_no_basin_maps():

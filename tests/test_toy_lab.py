@@ -371,6 +371,9 @@ def test_transport_pause_step_resume_time_travel_and_reset(runs_dir):
     at.run()
     job = at.session_state["toylab_job"]
     _wait_until(at, lambda a: job.snapshot().step >= 12 and len(job.snapshot().history) >= 2)
+    # the student's basin map is drawn live (at each evaluation), not only once the job is idle
+    _wait_until(at, lambda a: "running" in _progress(a)
+                and any("Basin maps at student step" in c.value for c in a.caption), timeout=60)
     at.button(key="btn_pause").click()
     at.run()
     assert job.wait_paused(60)
