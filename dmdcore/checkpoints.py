@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import http.client
 import io
 import json
 import os
@@ -486,6 +487,8 @@ def load_checkpoint(path: str | Path, *, config: dict | None = None, device: str
         cfg, cfg_source = infer_config(sd), "inferred"
     model = _build_and_load(cfg, sd, path.name)
     model = model.to(pick_device(device)).eval().requires_grad_(False)
+    # the config actually used (explicit overrides included): part of dmdcore.images' cache key
+    model.init_kwargs = json.loads(json.dumps(cfg, default=repr))
     return LoadedCheckpoint(model=model, format=fmt, config=cfg, n_params=count_parameters(model),
                             path=str(path), sha256=file_sha256(path) if hash_file else "",
                             config_source=cfg_source, extra=extra)
@@ -567,15 +570,34 @@ def entry_path(entry: dict, root: str | Path | None = None) -> Path:
     return root / f
 
 
+def _expected_total(resp, have: int) -> int | None:
+    """Final file size the server announced: the Content-Range total of a 206 answer, else
+    ``have`` + Content-Length; None when the server sent neither (chunked / unknown length)."""
+    if resp.status == 206:
+        m = re.match(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)", resp.headers.get("Content-Range") or "")
+        if m and m[3] != "*":
+            return int(m[3])
+    length = resp.headers.get("Content-Length")
+    if length is not None and length.strip().isdigit():
+        return have + int(length)
+    return None
+
+
 def fetch(name: str, dest_dir: str | Path | None = None, *, manifest: str | Path | dict | None = None,
           callback: Callable[[int, int | None], None] | None = None, chunk: int = 1 << 16,
-          timeout: float = 30.0) -> Path:
+          timeout: float = 30.0, with_sha256: bool = False) -> Path | tuple[Path, str]:
     """Download manifest entry ``name`` into ``dest_dir`` (default: checkpoints/) and verify it.
 
     Resumes from ``<file>.part`` with an HTTP Range request (restarts if the server ignores it),
     calls ``callback(bytes_done, bytes_total_or_None)`` as data arrives, checks ``size`` and
-    ``sha256`` when the entry has them (a mismatch deletes the partial file and raises
+    ``sha256`` when the entry has them (a sha256 mismatch deletes the partial file and raises
     CheckpointError), then renames into place. An existing file with the right checksum is kept.
+
+    Independently of the manifest, the byte count is checked against what the server announced
+    (Content-Length, or the Content-Range total of a resumed download): a connection that closes
+    early raises CheckpointError naming the expected and received byte counts and keeps the
+    ``.part`` file, so running fetch again resumes. With ``with_sha256`` the result is
+    ``(path, sha256 hex)`` so the checksum can be pinned in the manifest.
     """
     entry = manifest_entry(name, manifest)
     url = entry.get("url")
@@ -588,7 +610,7 @@ def fetch(name: str, dest_dir: str | Path | None = None, *, manifest: str | Path
     if dest.exists() and (want_sha is None or file_sha256(dest) == want_sha):
         if callback:
             callback(dest.stat().st_size, dest.stat().st_size)
-        return dest
+        return (dest, want_sha or file_sha256(dest)) if with_sha256 else dest
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
     if want_size and have > want_size:
@@ -609,28 +631,50 @@ def fetch(name: str, dest_dir: str | Path | None = None, *, manifest: str | Path
             with resp:
                 if have and resp.status != 206:
                     have = 0  # server ignored the Range header: start over
-                length = resp.headers.get("Content-Length")
-                total = (have + int(length)) if length is not None else want_size
+                if have:
+                    m = re.match(r"\s*bytes\s+(\d+)-", resp.headers.get("Content-Range") or "")
+                    if m and int(m[1]) != have:
+                        raise CheckpointError(f"fetch {name}: asked the server for bytes {have}- but it sent "
+                                              f"bytes {m[1]}- (partial file kept at {part.name})")
+                expected = _expected_total(resp, have)
+                total = expected if expected is not None else want_size
+                failure = None
                 with open(part, "ab" if have else "wb") as f:
                     done = have
                     if callback:
                         callback(done, total)
-                    while b := resp.read(chunk):
-                        f.write(b)
-                        done += len(b)
-                        if callback:
-                            callback(done, total)
+                    try:
+                        # http.client returns b"" (no exception) when the server closes early,
+                        # so the byte count is compared with `expected` below
+                        while b := resp.read(chunk):
+                            f.write(b)
+                            done += len(b)
+                            if callback:
+                                callback(done, total)
+                    except (http.client.HTTPException, OSError) as exc:
+                        failure = f"{type(exc).__name__}: {exc}"
+                if expected is not None and done != expected:
+                    if done > expected:
+                        part.unlink()
+                        raise CheckpointError(f"fetch {name}: received {done} bytes but the server announced "
+                                              f"{expected}; partial file removed")
+                    raise CheckpointError(
+                        f"fetch {name}: download incomplete: expected {expected} bytes, received {done} "
+                        f"(connection closed early{'; ' + failure if failure else ''}); partial file kept at "
+                        f"{part.name}; run fetch again to resume")
+                if failure is not None:
+                    raise CheckpointError(f"fetch {name}: download interrupted after {done} bytes ({failure}); "
+                                          f"partial file kept at {part.name}; run fetch again to resume")
     size = part.stat().st_size
     if want_size is not None and size != want_size:
         raise CheckpointError(f"fetch {name}: got {size} bytes, manifest says {want_size} "
                               f"(partial file kept at {part.name}; run fetch again to resume)")
-    if want_sha is not None:
-        got = file_sha256(part)
-        if got != want_sha:
-            part.unlink()
-            raise CheckpointError(f"fetch {name}: sha256 mismatch (got {got}, expected {want_sha}); file removed")
+    got = file_sha256(part)
+    if want_sha is not None and got != want_sha:
+        part.unlink()
+        raise CheckpointError(f"fetch {name}: sha256 mismatch (got {got}, expected {want_sha}); file removed")
     os.replace(part, dest)
-    return dest
+    return (dest, got) if with_sha256 else dest
 
 
 def register_cli(subparsers) -> None:
@@ -658,13 +702,18 @@ def cli_fetch(args) -> int:
         bar.refresh()
 
     try:
-        out = fetch(args.name, args.dest, manifest=args.manifest, callback=cb)
+        out, sha = fetch(args.name, args.dest, manifest=args.manifest, callback=cb, with_sha256=True)
     except ValueError as exc:
         bar.close()
         sys.stderr.write(f"error: {exc}\n")
         return 2
     bar.close()
-    sys.stdout.write(f"{out}\n")
+    size = out.stat().st_size
+    sys.stdout.write(f"{out}\nsha256 {sha}  size {size}\n")
+    entry = manifest_entry(args.name, args.manifest)
+    if not entry.get("sha256") or entry.get("size") is None:
+        sys.stderr.write(f'to pin this download, set "size": {size}, "sha256": "{sha}" for {args.name!r} in the '
+                         f"manifest\n")
     return 0
 
 

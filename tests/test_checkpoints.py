@@ -228,6 +228,7 @@ def test_shipped_manifest_is_valid():
 
 class _RangeHandler(http.server.SimpleHTTPRequestHandler):
     honour_range = True
+    truncate_at: int | None = None  # send only this many body bytes, then close (Content-Length unchanged)
     requests: list = []
 
     def log_message(self, *a):
@@ -248,6 +249,9 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if self.truncate_at is not None:
+            body = body[:self.truncate_at]
+            self.close_connection = True
         self.wfile.write(body)
 
 
@@ -326,8 +330,31 @@ def test_cli_fetch(tmp_path, server, capsys):
     args = parser.parse_args(["fetch", "remote", "--dest", str(tmp_path / "c"), "--manifest", str(mpath)])
     assert args.func(args) == 0
     assert (tmp_path / "c" / "dl" / "model.bin").read_bytes() == payload
+    assert f"sha256 {hashlib.sha256(payload).hexdigest()}  size {len(payload)}" in capsys.readouterr().out
     args = parser.parse_args(["fetch", "missing", "--manifest", str(mpath)])
     assert args.func(args) == 2
+
+
+def test_fetch_refuses_truncated_download_without_manifest_size_and_resumes(tmp_path, server, monkeypatch):
+    # real manifest entries have no size/sha256: only the server's Content-Length can tell
+    url, payload = server
+    m = _manifest(url, payload)
+    m["entries"][0].update(size=None, sha256=None)
+    part = tmp_path / "d" / "dl" / "model.bin.part"
+    monkeypatch.setattr(_RangeHandler, "truncate_at", 100_000)
+    with pytest.raises(CheckpointError, match=r"expected 300000 bytes, received 100000.*run fetch again"):
+        fetch("remote", tmp_path / "d", manifest=m)
+    assert not (tmp_path / "d" / "dl" / "model.bin").exists()
+    assert part.read_bytes() == payload[:100_000]
+    # the resumed request is truncated too: the Content-Range total (not the entry) gives the size
+    with pytest.raises(CheckpointError, match=r"expected 300000 bytes, received 200000"):
+        fetch("remote", tmp_path / "d", manifest=m)
+    assert part.read_bytes() == payload[:200_000]
+    monkeypatch.setattr(_RangeHandler, "truncate_at", None)
+    out, sha = fetch("remote", tmp_path / "d", manifest=m, with_sha256=True)
+    assert out.read_bytes() == payload and sha == hashlib.sha256(payload).hexdigest()
+    assert _RangeHandler.requests == [None, "bytes=100000-", "bytes=200000-"]
+    assert not part.exists()
 
 
 def test_pickle_module_unused_by_loader_for_torch_files(tmp_path):
