@@ -6,7 +6,8 @@ cache, pair metrics, and the digits data of the demo pair.
 - Noise: one ``torch.Generator`` per image seed (z drawn on the CPU, then moved), so an image
   never depends on the batch it was computed in or on the device that drew it. With churn
   (S_churn > 0) the sampler's fresh noise comes from the batch's generator, so stochastic
-  teacher sampling is run one image at a time, with a generator seeded from that image's seed.
+  teacher sampling is run one image at a time, with its own churn generator seeded by
+  ``churn_seed(seed)`` (a separate stream, see there; never another image's starting-noise seed).
 - All sampling runs under ``torch.inference_mode``.
 Images are float32 (B, C, H, W) in the data range [-1, 1]; ``to_uint8`` maps them with
 x·127.5 + 128, clipped (EDM's convention).
@@ -39,6 +40,9 @@ __all__ = [
     "DETERMINISTIC_SAMPLER",
     "digits16",
     "image_noise",
+    "churn_seed",
+    "churn_generator",
+    "model_fingerprint",
     "one_hot",
     "optimize_for_inference",
     "sample_teacher",
@@ -88,6 +92,26 @@ def image_noise(seeds: Sequence[int], shape: Sequence[int], device=None) -> torc
     return z.to(pick_device(device) if device is not None else "cpu")
 
 
+CHURN_STREAM = "dmdcore.images.churn"
+
+
+def churn_seed(seed: int) -> int:
+    """Seed of the churn-noise stream of image ``seed``: the first 8 bytes (little-endian) of
+    sha256("dmdcore.images.churn:<seed>"), an integer in [0, 2**64).
+
+    A separate stream from the starting noise (which uses ``seed`` itself): seeding churn with
+    ``seed + 1`` would replay the *next* image's starting noise z_{seed+1} as churn noise. (CPU
+    generators use only the low 32 bits of a seed, so a hashed seed, rather than a fixed offset
+    such as 2**32 or 2**63, is what keeps the streams apart.)"""
+    (s,) = _check_ids("seeds", [seed], 0, 2**63)
+    return int.from_bytes(hashlib.sha256(f"{CHURN_STREAM}:{s}".encode()).digest()[:8], "little")
+
+
+def churn_generator(seed: int, device=None) -> torch.Generator:
+    """``torch.Generator`` on ``device`` (default CPU) for image ``seed``'s churn noise."""
+    return torch.Generator(device=device or "cpu").manual_seed(churn_seed(seed))
+
+
 def one_hot(class_ids: Sequence[int], label_dim: int, device=None) -> torch.Tensor | None:
     """One-hot labels (B, label_dim) float32, or None when label_dim = 0 (unconditional)."""
     if label_dim == 0:
@@ -120,6 +144,31 @@ def _net_shape(net) -> tuple[int, int, int]:
     return (int(net.img_channels), int(net.img_resolution), int(net.img_resolution))
 
 
+_FINGERPRINT_ATTRS = ("img_resolution", "img_channels", "label_dim", "use_fp16", "sigma_min", "sigma_max",
+                      "sigma_data")
+
+
+def model_fingerprint(net: nn.Module) -> str:
+    """Short hash of what, besides the checkpoint's bytes, decides a model's images: its
+    constructor config (``net.init_kwargs``, set by ``load_checkpoint`` with any explicit
+    override applied), the live EDMPrecond attributes (sigma_data, sigma_min/max, use_fp16, …),
+    the parameter dtype and the device type. Part of the image cache key."""
+    p = next(net.parameters(), None)
+    blob = {
+        "class": type(net).__name__,
+        "attrs": {k: getattr(net, k, None) for k in _FINGERPRINT_ATTRS},
+        "config": getattr(net, "init_kwargs", None),
+        "dtype": str(p.dtype) if p is not None else None,
+        "device": p.device.type if p is not None else "cpu",
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+
+
+def _nfe_fraction(i: int, steps: int) -> float:
+    """Fraction of a Heun run's 2N−1 network evaluations done after step i (0-based)."""
+    return (2 * (i + 1) - (1 if i == steps - 1 else 0)) / (2 * steps - 1)
+
+
 def sample_student(net: nn.Module, class_ids: Sequence[int], seeds: Sequence[int], *,
                    sigma: float = STUDENT_SIGMA, channels_last: bool = False) -> torch.Tensor:
     """One-step student: x = D_G(σ·z; σ, one_hot(class)) with σ = 80 (DMD2). Runs on the model's
@@ -142,7 +191,11 @@ def sample_teacher(net: nn.Module, class_ids: Sequence[int], seeds: Sequence[int
                    callback: Callable[[dict], None] | None = None) -> torch.Tensor:
     """Teacher samples with the EDM sampler (``dmdcore.samplers.edm_sampler``): (B, C, H, W)
     float32 on the CPU. Deterministic settings run batched; with churn each image runs alone with
-    its own generator (seeded by its seed) so results never depend on the batch."""
+    its own generator (``churn_generator(seed)``) so results never depend on the batch.
+
+    ``callback`` gets the sampler's per-step event ``{"i", "steps", "sigma", "x"}`` plus
+    ``"image"`` (index in this call when images run one at a time, else None) and ``"fraction"``
+    (share of this call's network evaluations done, in (0, 1])."""
     if not isinstance(sampler, SamplerConfig):
         raise ValueError(f"sampler: expected a SamplerConfig, got {type(sampler).__name__}")
     sampler.validate()
@@ -155,15 +208,26 @@ def sample_teacher(net: nn.Module, class_ids: Sequence[int], seeds: Sequence[int
         z = z.contiguous(memory_format=torch.channels_last)
     kw = dict(steps=sampler.steps, sigma_min=sampler.sigma_min, sigma_max=sampler.sigma_max, rho=sampler.rho,
               S_churn=sampler.S_churn, S_min=sampler.S_min, S_max=sampler.S_max, S_noise=sampler.S_noise)
+    n = len(seeds)
+
+    def step_cb(image):
+        if callback is None:
+            return None
+
+        def cb(ev):
+            f = _nfe_fraction(ev["i"], ev["steps"])
+            callback({**ev, "image": image, "fraction": f if image is None else (image + f) / n})
+        return cb
+
     with torch.inference_mode():
         if sampler.S_churn == 0:
-            out = edm_sampler(net, z, labels, callback=callback, **kw)
+            out = edm_sampler(net, z, labels, callback=step_cb(None), **kw)
         else:
             outs = []
             for i, s in enumerate(seeds):
-                g = torch.Generator(device=dev).manual_seed(int(s) + 1)  # churn noise of image i
+                g = churn_generator(s, dev)  # churn noise of image i: its own stream
                 outs.append(edm_sampler(net, z[i:i + 1], labels[i:i + 1] if labels is not None else None,
-                                        generator=g, callback=callback, **kw))
+                                        generator=g, callback=step_cb(i), **kw))
             out = torch.cat(outs)
     return out.float().cpu().contiguous()
 
@@ -177,7 +241,9 @@ def sampler_key(sampler: SamplerConfig | None) -> dict:
 
 
 class ImageCache:
-    """On-disk cache of generated images keyed by (checkpoint sha256, class, seed, sampler settings).
+    """On-disk cache of generated images keyed by (checkpoint sha256, model fingerprint, class,
+    seed, sampler settings); the fingerprint (``model_fingerprint``) covers config overrides such
+    as sigma_data, the dtype and the device type.
 
     Each image is a small ``.npy`` (float32 (C, H, W)) under ``root``; reads refresh the file's
     mtime and writes evict least-recently-used files once the total exceeds ``max_bytes``.
@@ -190,8 +256,8 @@ class ImageCache:
         self.max_bytes = max_bytes
 
     @staticmethod
-    def key(ckpt_hash: str, class_id: int, seed: int, sampler: SamplerConfig | None) -> str:
-        blob = json.dumps({"ckpt": ckpt_hash, "class": int(class_id), "seed": int(seed),
+    def key(ckpt_hash: str, class_id: int, seed: int, sampler: SamplerConfig | None, model: str = "") -> str:
+        blob = json.dumps({"ckpt": ckpt_hash, "model": model, "class": int(class_id), "seed": int(seed),
                            "sampler": sampler_key(sampler)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -248,14 +314,19 @@ def generate_images(net: nn.Module, class_ids: Sequence[int], seeds: Sequence[in
                     sampler: SamplerConfig | None, ckpt_hash: str | None = None,
                     cache: ImageCache | None = None, batch_size: int = 8,
                     callback: Callable[[dict], None] | None = None,
-                    should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+                    should_stop: Callable[[], bool] | None = None,
+                    progress: Callable[[dict], None] | None = None) -> torch.Tensor:
     """Generate (or read from ``cache``) one image per (class, seed): (B, C, H, W) float32 CPU.
 
     sampler None = one-step student at σ = 80; a SamplerConfig = teacher (EDM sampler). Missing
     images are computed in batches of ``batch_size`` (results do not depend on it). After each
     batch ``callback({"done", "total", "indices", "images", "elapsed_s", "cached"})`` is called
     with the newly finished images; ``should_stop()`` returning True ends early with
-    ``InterruptedError``. The cache is used only when ``ckpt_hash`` is given.
+    ``InterruptedError``. The cache is used only when ``ckpt_hash`` is given; its key also holds
+    ``model_fingerprint(net)`` (config overrides, dtype, device type).
+    ``progress({"done", "total", "indices", "fraction", "elapsed_s"})`` is called during a
+    teacher batch after every sampler step: ``fraction`` is the share of the batch's network
+    evaluations done, so ``done + fraction·len(indices)`` images' worth of work is finished.
     """
     class_ids = list(class_ids)
     seeds = list(seeds)
@@ -267,7 +338,8 @@ def generate_images(net: nn.Module, class_ids: Sequence[int], seeds: Sequence[in
     out = torch.empty((len(seeds), C, H, W), dtype=torch.float32)
     todo = []
     t0 = time.perf_counter()
-    keys = [ImageCache.key(ckpt_hash, c, s, sampler) if (cache and ckpt_hash) else None
+    fp = model_fingerprint(net) if (cache and ckpt_hash) else ""
+    keys = [ImageCache.key(ckpt_hash, c, s, sampler, fp) if (cache and ckpt_hash) else None
             for c, s in zip(class_ids, seeds)]
     cached = []
     for i, k in enumerate(keys):
@@ -290,7 +362,12 @@ def generate_images(net: nn.Module, class_ids: Sequence[int], seeds: Sequence[in
         if sampler is None:
             imgs = sample_student(net, cls, sd)
         else:
-            imgs = sample_teacher(net, cls, sd, sampler=sampler)
+            step_cb = None
+            if progress is not None:
+                def step_cb(ev, idx=idx, done=done):
+                    progress({"done": done, "total": len(seeds), "indices": idx, "fraction": ev["fraction"],
+                              "elapsed_s": time.perf_counter() - t0})
+            imgs = sample_teacher(net, cls, sd, sampler=sampler, callback=step_cb)
         out[idx] = imgs
         for j, i in enumerate(idx):
             if keys[i]:
@@ -368,7 +445,9 @@ class ImageGenerationJob:
 
     Student images (one step, fast) are generated first, then teacher images batch by batch;
     ``snapshot()`` returns copies of what is finished so far (NaN-filled where not yet done),
-    progress, the per-image time and an ETA. Thread-safe; ``stop()`` ends after the current batch.
+    progress (updated after every sampler step, so it moves within a batch), the per-image time
+    and an ETA. Thread-safe; ``stop()`` ends after the current batch. Any exception in the worker
+    ends the job in state "failed" with the message in ``error``.
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, class_ids: Sequence[int], seeds: Sequence[int], *,
@@ -396,6 +475,7 @@ class ImageGenerationJob:
         self._t0 = None
         self._teacher_t0 = None
         self._teacher_computed = 0
+        self._teacher_partial = 0.0  # images' worth of work done in the running teacher batch
         self._teacher_elapsed = 0.0
         self._thread = threading.Thread(target=self._run, daemon=True, name="image-generation")
 
@@ -420,8 +500,14 @@ class ImageGenerationJob:
                 self._done[role] = ev["done"]
                 if role == "teacher" and not ev["cached"]:
                     self._teacher_computed += len(ev["indices"])
+                    self._teacher_partial = 0.0
                     self._teacher_elapsed = time.perf_counter() - self._teacher_t0
         return cb
+
+    def _progress(self, ev):
+        with self._lock:
+            self._teacher_partial = ev["fraction"] * len(ev["indices"])
+            self._teacher_elapsed = time.perf_counter() - self._teacher_t0
 
     def _run(self):
         a = self._args
@@ -434,27 +520,30 @@ class ImageGenerationJob:
                 self._teacher_t0 = time.perf_counter()
             generate_images(a["teacher"], self.class_ids, self.seeds, sampler=a["sampler"], ckpt_hash=a["teacher_hash"],
                             cache=a["cache"], batch_size=a["batch_size"], callback=self._cb("teacher"),
-                            should_stop=self._stop.is_set)
+                            should_stop=self._stop.is_set, progress=self._progress)
             with self._lock:
                 self._state, self._phase = "finished", "done"
         except InterruptedError:
             with self._lock:
                 self._state = "stopped"
-        except (RuntimeError, ValueError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any error must end the job, or the page polls forever
             with self._lock:
                 self._state, self._error = "failed", f"{type(exc).__name__}: {exc}"
 
     def snapshot(self) -> dict:
-        """Copies: state (running|finished|stopped|failed), phase, done counts, total, teacher /
-        student (n, C, H, W) float32 with NaN where unfinished, per_image_s and eta_s of the
-        teacher phase (None until measurable), elapsed_s, error."""
+        """Copies: state (running|finished|stopped|failed), phase, done counts, total,
+        progress_teacher (finished teacher images plus the share of the running batch, a float),
+        teacher / student (n, C, H, W) float32 with NaN where unfinished, per_image_s and eta_s of
+        the teacher phase (None until measurable; both move within a batch), elapsed_s, error."""
         with self._lock:
             n = len(self.seeds)
-            per = self._teacher_elapsed / self._teacher_computed if self._teacher_computed else None
-            left = n - self._done["teacher"]
+            work = self._teacher_computed + self._teacher_partial
+            per = self._teacher_elapsed / work if work > 0 else None
+            left = max(0.0, n - self._done["teacher"] - self._teacher_partial)
             return {
                 "state": self._state, "phase": self._phase, "total": n,
                 "done_teacher": self._done["teacher"], "done_student": self._done["student"],
+                "progress_teacher": min(float(n), self._done["teacher"] + self._teacher_partial),
                 "teacher": self._t.clone(), "student": self._s.clone(),
                 "per_image_s": per, "eta_s": per * left if per is not None else None,
                 "elapsed_s": time.perf_counter() - self._t0 if self._t0 else 0.0,

@@ -1,5 +1,6 @@
 """Image sampling: per-image seeds (batch-size independence), student one-step formula, teacher
-sampler = dmdcore.samplers.edm_sampler, churn determinism, cache keys/bounds/clear, metrics."""
+sampler = dmdcore.samplers.edm_sampler, churn determinism and its own noise stream, cache
+keys/bounds/clear (model fingerprint included), metrics, per-step progress, the background job."""
 
 import numpy as np
 import pytest
@@ -10,10 +11,14 @@ from dmdcore.images import (
     DEMO_CONFIG,
     IMAGENET_SAMPLER,
     ImageCache,
+    ImageGenerationJob,
+    churn_generator,
+    churn_seed,
     digits16,
     generate_images,
     image_grid,
     image_noise,
+    model_fingerprint,
     one_hot,
     optimize_for_inference,
     pair_metrics,
@@ -108,10 +113,11 @@ def test_cache_hits_keys_bound_and_clear(tmp_path, net):
                          callback=lambda e: calls.append(e))
     assert torch.equal(x1, x2) and len(calls) == 1 and calls[0]["cached"] and calls[0]["done"] == 2
     # every key component matters
-    k = ImageCache.key("abc", 0, 1, cfg)
-    assert len({k, ImageCache.key("abd", 0, 1, cfg), ImageCache.key("abc", 1, 1, cfg),
-                ImageCache.key("abc", 0, 2, cfg), ImageCache.key("abc", 0, 1, SamplerConfig(steps=3)),
-                ImageCache.key("abc", 0, 1, None)}) == 6
+    fp = model_fingerprint(net)
+    k = ImageCache.key("abc", 0, 1, cfg, fp)
+    assert len({k, ImageCache.key("abd", 0, 1, cfg, fp), ImageCache.key("abc", 1, 1, cfg, fp),
+                ImageCache.key("abc", 0, 2, cfg, fp), ImageCache.key("abc", 0, 1, SamplerConfig(steps=3), fp),
+                ImageCache.key("abc", 0, 1, None, fp), ImageCache.key("abc", 0, 1, cfg, "other")}) == 7
     # a poisoned cache entry is what comes back: proves reads really come from disk
     cache.put(k, np.full((1, 8, 8), 0.25, dtype=np.float32))
     x3 = generate_images(net, [0], [1], sampler=cfg, ckpt_hash="abc", cache=cache)
@@ -162,3 +168,122 @@ def test_digits16_and_demo_config():
     with torch.device("meta"):
         n = EDMPrecond(**DEMO_CONFIG)
     assert n.label_dim == 10 and n.img_resolution == 16
+
+
+# ------------------------------------------------------------------------------ audit fixes
+def test_churn_noise_is_its_own_stream_and_batch_independent(net, monkeypatch):
+    import dmdcore.images as images
+
+    shape = (1, 8, 8)
+    for s in (0, 1, 41):
+        churn = torch.randn(shape, generator=churn_generator(s))
+        assert not torch.equal(churn, image_noise([s + 1], shape)[0])  # not the next image's z
+        assert not torch.equal(churn, image_noise([s], shape)[0])
+    assert churn_seed(5) != churn_seed(6) and churn_seed(5) == churn_seed(5)
+    # sample_teacher really hands edm_sampler these generators (not Generator(seed + 1))
+    seen = []
+    real = images.edm_sampler
+
+    def spy(*a, generator=None, **k):
+        seen.append(generator.get_state())
+        return real(*a, generator=generator, **k)
+
+    monkeypatch.setattr(images, "edm_sampler", spy)
+    cfg = SamplerConfig(steps=3, S_churn=40.0, S_min=0.05, S_max=50.0, S_noise=1.003)
+    sample_teacher(net, [0, 1], [7, 8], sampler=cfg)
+    assert [torch.equal(st, churn_generator(s).get_state()) for st, s in zip(seen, [7, 8])] == [True, True]
+    assert not torch.equal(seen[0], torch.Generator().manual_seed(8).get_state())
+    monkeypatch.undo()
+    b1 = generate_images(net, [0, 1, 2], [7, 8, 9], sampler=cfg, batch_size=1)
+    b2 = generate_images(net, [0, 1, 2], [7, 8, 9], sampler=cfg, batch_size=2)
+    assert torch.allclose(b1, b2, atol=1e-6)
+
+
+def test_cache_key_covers_config_overrides_dtype_and_loaded_config(tmp_path, net):
+    import copy
+
+    from dmdcore.checkpoints import load_checkpoint, save_checkpoint
+
+    cache = ImageCache(tmp_path / "c")
+    calls = []
+    run = lambda n: generate_images(n, [0, 1], [1, 2], sampler=None, ckpt_hash="abc", cache=cache,  # noqa: E731
+                                    callback=calls.append)
+    x1 = run(net)
+    assert [e["cached"] for e in calls] == [False]
+    run(net)
+    assert [e["cached"] for e in calls] == [False, True]  # same model: hit
+    other = copy.deepcopy(net)
+    other.sigma_data = 0.7  # what load_checkpoint(config={..., "sigma_data": 0.7}) builds
+    x2 = run(other)
+    assert calls[-1]["cached"] is False and not torch.allclose(x1, x2, atol=1e-4)
+    run(copy.deepcopy(net).double())
+    assert calls[-1]["cached"] is False  # dtype is part of the key
+    # the config used by load_checkpoint (explicit override included) is part of the fingerprint
+    p = save_checkpoint(net, tmp_path / "n.pt")
+    a = load_checkpoint(p, device="cpu").model
+    b = load_checkpoint(p, config=dict(TINY, sigma_data=0.7), device="cpu").model
+    assert a.init_kwargs["img_resolution"] == 8 and b.init_kwargs["sigma_data"] == 0.7
+    assert model_fingerprint(a) != model_fingerprint(b)
+    assert model_fingerprint(a) == model_fingerprint(load_checkpoint(p, device="cpu").model)
+
+
+def test_teacher_progress_moves_within_a_batch(net):
+    cfg = SamplerConfig(steps=3)
+    prog, done = [], []
+    generate_images(net, [0, 1], [1, 2], sampler=cfg, batch_size=2, progress=prog.append, callback=done.append)
+    assert len(done) == 1  # one batch ...
+    assert [round(e["fraction"], 6) for e in prog] == [round(x / 5, 6) for x in (2, 4, 5)]  # ... 2N-1 = 5 NFE
+    assert all(e["done"] == 0 and e["indices"] == [0, 1] for e in prog)
+    # churn: images run one at a time; the fraction covers the whole batch
+    churn = SamplerConfig(steps=2, S_churn=10.0)
+    prog.clear()
+    generate_images(net, [0, 1], [1, 2], sampler=churn, batch_size=2, progress=prog.append)
+    assert [round(e["fraction"], 6) for e in prog] == [round(x, 6) for x in (1 / 3, 0.5, 0.5 + 1 / 3, 1.0)]
+
+
+class _Gated(torch.nn.Module):
+    """Wraps a net; the ``block_at``-th forward waits for ``gate`` (or raises ``exc`` when set)."""
+
+    def __init__(self, inner, block_at=None, exc=None):
+        super().__init__()
+        self.inner, self.block_at, self.exc, self.calls = inner, block_at, exc, 0
+        self.img_channels, self.img_resolution, self.label_dim = inner.img_channels, inner.img_resolution, inner.label_dim
+        import threading
+
+        self.gate, self.reached = threading.Event(), threading.Event()
+
+    def forward(self, *a, **k):
+        self.calls += 1
+        if self.exc is not None:
+            raise self.exc
+        if self.calls == self.block_at:
+            self.reached.set()
+            assert self.gate.wait(60)
+        return self.inner(*a, **k)
+
+
+def test_job_snapshot_reports_progress_and_eta_within_one_batch(net):
+    teacher = _Gated(net, block_at=4)  # N = 3: 5 NFE per batch; block during step 2
+    job = ImageGenerationJob(teacher, net, [0, 1, 2], [1, 2, 3], sampler=SamplerConfig(steps=3), batch_size=3)
+    job.start()
+    try:
+        assert teacher.reached.wait(60)
+        snap = job.snapshot()
+        assert snap["state"] == "running" and snap["phase"] == "teacher" and snap["done_teacher"] == 0
+        assert snap["progress_teacher"] == pytest.approx(3 * 2 / 5)  # step 1 (2 of 5 NFE) of the one batch
+        assert snap["per_image_s"] is not None and snap["per_image_s"] > 0
+        assert snap["eta_s"] == pytest.approx(snap["per_image_s"] * (3 - 1.2))
+    finally:
+        teacher.gate.set()
+    assert job.wait(60)
+    snap = job.snapshot()
+    assert snap["state"] == "finished" and snap["progress_teacher"] == 3 and snap["eta_s"] == 0
+
+
+@pytest.mark.parametrize("exc", [TypeError("bad argument"), KeyError("sigma")])
+def test_job_fails_cleanly_on_any_exception(net, exc):
+    job = ImageGenerationJob(_Gated(net, exc=exc), net, [0, 1], [1, 2], sampler=SamplerConfig(steps=2)).start()
+    assert job.wait(60)
+    snap = job.snapshot()
+    assert snap["state"] == "failed" and snap["error"].startswith(type(exc).__name__)
+    assert "sigma" in snap["error"] or "bad argument" in snap["error"]
