@@ -8,6 +8,7 @@ same (noise, class): grids, |difference| maps, ΔE with CI, pair retrieval and p
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tempfile
@@ -40,7 +41,9 @@ st.caption("Teacher (EDM sampler) vs one-step DMD student (σ = 80) on the same 
 
 # ----------------------------------------------------------------------------------- helpers
 @st.cache_resource(show_spinner="Loading checkpoint…", max_entries=4)
-def _load(path: str, mtime: float, config_json: str | None):
+def _load(path: str, mtime: float, config_json: str | None, source_key: str = ""):
+    """``source_key`` is part of the cache key: for uploads it holds the content's sha256, so a
+    replaced file with the same name, size (and possibly mtime) is loaded afresh."""
     import json
 
     cfg = json.loads(config_json) if config_json else None
@@ -108,12 +111,14 @@ def _pick(role: str, col) -> tuple[str, str, dict | None] | None:
             return None
         dest = _upload_dir() / f"{role}-{Path(up.name).name}"
         data = up.getvalue()
-        if not dest.exists() or dest.stat().st_size != len(data):
+        sha = hashlib.sha256(data).hexdigest()
+        # compare content, not name and size: a different file of the same size must replace it
+        if not dest.exists() or dest.stat().st_size != len(data) or ckpts.file_sha256(dest) != sha:
             fd, tmp = tempfile.mkstemp(dir=dest.parent)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, dest)
-        return f"upload:{up.name}:{len(data)}", str(dest), None
+        return f"upload:{up.name}:{sha}", str(dest), None
 
 
 def _resolve(role: str, choice) -> object | None:
@@ -128,7 +133,8 @@ def _resolve(role: str, choice) -> object | None:
         p = Path(path)
         if not p.is_file():
             raise ckpts.CheckpointError(f"path: {path!r} is not an existing file")
-        ck = _load(str(p.resolve()), p.stat().st_mtime, json.dumps(cfg) if cfg else None)
+        ck = _load(str(p.resolve()), p.stat().st_mtime, json.dumps(cfg) if cfg else None,
+                   key if key.startswith("upload:") else "")
     except ValueError as exc:
         st.error(f"{role}: {exc}")
         prev = loaded.get(role)
@@ -138,6 +144,27 @@ def _resolve(role: str, choice) -> object | None:
         return None
     loaded[role] = (key, ck)
     return ck
+
+
+def _demo_student_training() -> dict | None:
+    """The demo student's distillation settings (checkpoints/demo/training.json), or None."""
+    import json
+
+    try:
+        d = json.loads((ckpts.default_manifest_path().parent / "demo" / "training.json").read_text())
+        return d.get("distill_config") or {}
+    except (OSError, ValueError):
+        return None
+
+
+def _is_demo_student(ck) -> bool:
+    """True when ``ck`` is the shipped demo student (by content: any source, same sha256)."""
+    try:
+        entries = ckpts.read_manifest()["entries"]
+    except ValueError:
+        return False
+    return any(e.get("role") == "student" and str(e.get("name", "")).startswith("demo-") and e.get("sha256")
+               and e["sha256"] == ck.sha256 for e in entries)
 
 
 def _class_names(ck) -> list[str]:
@@ -250,7 +277,8 @@ if go:
             st.error(str(exc))
         else:
             S[JOB] = (job.start(), {"pairs": pairs, "names": names, "sampler": sampler, "nfe": nfe,
-                                    "teacher": Path(teacher.path).name, "student": Path(student.path).name})
+                                    "teacher": Path(teacher.path).name, "student": Path(student.path).name,
+                                    "demo_student": _is_demo_student(student)})
 
 with st.sidebar:
     stats = cache.stats()
@@ -272,9 +300,13 @@ def _results():
     active = snap["state"] == "running"
     label = (f"Student {snap['done_student']}/{n} · Teacher {snap['done_teacher']}/{n} "
              f"({meta['nfe']} NFE per image)")
+    partial = snap["progress_teacher"] - snap["done_teacher"]
+    if active and partial > 0:
+        label += f" · current batch {partial:.1f} images' worth done"
     if snap["per_image_s"] is not None and active:
         label += f" · {snap['per_image_s']:.2f} s per teacher image · ETA {snap['eta_s']:.0f} s"
-    st.progress((snap["done_student"] + snap["done_teacher"]) / (2 * n), text=label)
+    # the teacher part moves after every sampler step, not only when a batch finishes
+    st.progress(min(1.0, (snap["done_student"] + snap["progress_teacher"]) / (2 * n)), text=label)
     if active and st.button("Stop", key="img_stop"):
         job.stop()
     if snap["state"] == "failed":
@@ -314,6 +346,14 @@ def _results():
             "ΔE = (E_pair − E_OT)/(E_ind − E_OT) on flattened images: 0 = the student sends each noise where "
             "the teacher does (copying), ≈1 = pairing no better than chance. " + ci))
         k1.caption(ci)
+        if meta.get("demo_student"):
+            dc = _demo_student_training() or {}
+            how = (f" (weight {dc['reg_weight']} on {dc.get('n_reg_pairs', '?')} teacher noise→image pairs)"
+                   if dc.get("regression") and "reg_weight" in dc else "")
+            k1.caption("⚠ Demo pair: this student was trained **with the DMD regression loss**" + how +
+                       ", which pulls G(z) toward the teacher's T(z) for the same noise. A low ΔE here is "
+                       "expected by construction, not evidence that distribution matching alone copies the "
+                       "teacher's pairing (see checkpoints/demo/training.json).")
         k2.metric("Pair retrieval (top-1)", f"{m.retrieval:.1%}", help=f"chance = 1/n = {1 / m.n:.1%}")
         k3.metric("Mean per-pair L2", f"{m.l2.mean():.3f}")
         k4.metric("Pairs", f"{m.n}/{n}")

@@ -1,5 +1,6 @@
 """AppTest of the Image models page with the shipped demo pair: generation in the background,
-grids, metrics equal to an independent computation, pair zoom, exports, error handling."""
+grids, metrics equal to an independent computation, the demo student's regression-loss note,
+pair zoom, exports, error handling, uploads replaced by content (sha256)."""
 
 from __future__ import annotations
 
@@ -93,6 +94,9 @@ def test_page_generates_demo_grids_and_metrics():
     assert shown["Pair retrieval (top-1)"] == f"{m.retrieval:.1%}"
     assert shown["Mean per-pair L2"] == f"{m.l2.mean():.3f}"
     assert shown["Pairs"] == "10/10"
+    # the demo student was distilled WITH the regression loss: said next to ΔE
+    notes = [c.value for c in at.caption if "regression loss" in c.value]
+    assert len(notes) == 1 and "expected by construction" in notes[0] and "0.005" in notes[0]
 
     # the per-pair table holds the same L2 values
     table = at.dataframe[0].value
@@ -148,3 +152,30 @@ def test_page_refuses_hostile_upload(tmp_path):
     assert not at.exception
     assert any("refusing global" in e.value for e in at.error)
     assert not flag.exists()
+
+
+def test_upload_with_same_name_and_size_but_new_content_is_replaced(tmp_path):
+    import hashlib
+
+    import torch
+
+    from dmdcore.checkpoints import save_checkpoint
+    from dmdcore.networks import EDMPrecond
+
+    cfg = dict(img_resolution=8, img_channels=1, label_dim=4, model_channels=16, channel_mult=[1, 2],
+               num_blocks=1, attn_resolutions=[], dropout=0.0)
+    blobs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        blobs.append(save_checkpoint(EDMPrecond(**cfg), tmp_path / f"n{seed}.pt").read_bytes())
+    assert len(blobs[0]) == len(blobs[1]) and blobs[0] != blobs[1]
+    at = _page()
+    at.radio(key="img_teacher_src").set_value("Upload")
+    at.run()
+    for data in blobs:
+        at.get("file_uploader")[0].set_value(("same-name.pt", data, "application/octet-stream"))
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        sha = hashlib.sha256(data).hexdigest()
+        assert any("same-name.pt" in c.value and f"sha256 {sha[:12]}" in c.value for c in at.caption), \
+            [c.value for c in at.caption]
