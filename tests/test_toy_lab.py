@@ -438,3 +438,10 @@ def test_time_travel_needs_two_snapshots(runs_dir):
     at.session_state["toylab_job"] = job
     at.run()
     assert [t for t in at.toggle if t.key == "toylab_tt"]
+
+
+def test_unknown_shipped_teacher_in_the_url_is_named(runs_dir):
+    at = _toy_lab({"tn": "no-such-teacher"})
+    errs = " ".join(e.value for e in at.error)
+    assert "'no-such-teacher'" in errs and "8gaussians" in errs
+    assert at.selectbox(key="ctl_shipped_name").value == toylab.shipped_teachers()[0]["name"]
