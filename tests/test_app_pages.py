@@ -43,6 +43,15 @@ def test_home_explains_copying_and_links_every_page():
     links = {pl.proto.page for pl in at.get("page_link")}
     assert links == {"toy_lab", "experiments", "images", "docs"}, links
     assert at.button(key="start_here").label.startswith("Start here")
+    # the schematic figure: noise | teacher | copying student | remapping student
+    import json
+
+    charts = at.get("plotly_chart")
+    assert len(charts) == 1
+    spec = json.loads(charts[0].proto.spec)
+    assert len(spec["data"]) == 4 and all(t["type"] == "scattergl" for t in spec["data"])
+    titles = " ".join(a["text"] for a in spec["layout"]["annotations"])
+    assert "copies" in titles and "remaps" in titles
 
 
 def test_docs_page_shows_delta_e_definition_controls_and_loop_diagram():
