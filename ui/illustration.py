@@ -22,8 +22,8 @@ def schematic_maps(n: int = 800, seed: int = 0):
     """Returns (z, teacher, copying_student, remapping_student), each (n, 2) float32.
 
     Mode centres c_k = 2·(cos θ_k, sin θ_k), θ_k = 2πk/8; the mode of z is its angular sector
-    k(z) = ⌊8·atan2(z₂, z₁)/2π⌋ mod 8; T(z) = c_k(z) + 0.15·z, remapper R(z) = c_π(k(z)) + 0.15·z
-    with the fixed permutation π(k) = 3k + 1 mod 8.
+    k(z) = ⌊8·atan2(z₂, z₁)/2π⌋ mod 8; T(z) = c_k(z) + 0.15·z, remapper R(z) = c_π(k(z)) + 0.15·ρ(z)
+    with the fixed permutation π(k) = 3k + 1 mod 8 and ρ the rotation taking sector k(z) to π(k(z)).
     """
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((n, 2))
@@ -33,7 +33,12 @@ def schematic_maps(n: int = 800, seed: int = 0):
     k = np.clip(k, 0, N_MODES - 1)
     perm = (3 * np.arange(N_MODES) + 1) % N_MODES
     teacher = centres[k] + 0.15 * z
-    remap = centres[perm[k]] + 0.15 * z
+    # rotate z from sector k into sector π(k): N(0, I) is rotation-invariant, so the remapper's
+    # output has exactly the teacher's distribution (each mode: c_m + 0.15·(z in sector m))
+    ang = (perm[k] - k) * 2 * np.pi / N_MODES
+    rz = np.stack([np.cos(ang) * z[:, 0] - np.sin(ang) * z[:, 1],
+                   np.sin(ang) * z[:, 0] + np.cos(ang) * z[:, 1]], axis=1)
+    remap = centres[perm[k]] + 0.15 * rz
     return (z.astype(np.float32), teacher.astype(np.float32), teacher.astype(np.float32).copy(),
             remap.astype(np.float32))
 
