@@ -136,13 +136,22 @@ def define_panel() -> None:
 
 
 # ------------------------------------------------------------------------------------------ progress
-@st.fragment(run_every=2.0)
+ACTIVE = ("queued", "running")
+_job_now = st.session_state.get(JOB_KEY)
+live = _job_now is not None and _job_now.snapshot().state in ACTIVE
+
+
+@st.fragment(run_every=2.0 if live else None)
 def progress_panel() -> None:
+    """Sweep progress, polled every 2 s while a sweep runs and not at all otherwise; asks for a
+    full rerun (which re-decides the polling) when a cell completes or the sweep's state changes."""
     job = st.session_state.get(JOB_KEY)
     if job is None:
         return
     snap = job.snapshot()
     p = snap.progress
+    if (snap.state in ACTIVE) != live:
+        st.rerun(scope="app")
     st.subheader(f"Sweep {Path(snap.out_dir).name}: {snap.state}")
     if snap.error:
         st.error(f"The sweep stopped with an error: {snap.error}")

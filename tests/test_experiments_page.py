@@ -39,6 +39,22 @@ def app(tmp_path, monkeypatch):
     return AppTest.from_file(PAGE, default_timeout=120)
 
 
+@pytest.fixture
+def auto_reruns(monkeypatch):
+    """Polling intervals (s) the page's fragments asked for in the latest AppTest run."""
+    from streamlit.testing.v1 import local_script_runner as lsr
+
+    seen: list[float] = []
+    parse = lsr.parse_tree_from_messages
+
+    def spy(msgs):
+        seen[:] = [m.auto_rerun.interval for m in msgs if m.WhichOneof("type") == "auto_rerun"]
+        return parse(msgs)
+
+    monkeypatch.setattr(lsr, "parse_tree_from_messages", spy)
+    return seen
+
+
 def _errors(at):
     return [e.value for e in at.error] + [str(e.value) for e in at.exception]
 
@@ -61,17 +77,20 @@ def test_page_renders_preset_and_reports_bad_spec(app):
     assert any("not valid JSON" in e for e in _errors(at))
 
 
-def test_launch_tiny_sweep_and_show_results(app, tmp_path):
+def test_launch_tiny_sweep_and_show_results(app, tmp_path, auto_reruns):
     at = app.run()
+    assert auto_reruns == []  # no sweep: the progress panel does not poll
     at.selectbox(key="exp_preset").set_value("custom (JSON spec)").run()
     at.text_area(key="exp_custom").set_value(json.dumps(TINY)).run()
     assert at.metric[0].value == "2" and _errors(at) == []
     at.button(key="exp_launch").click().run()
     job = at.session_state["exp_sweep_job"]
+    assert auto_reruns == [2.0]  # polls every 2 s while the sweep runs
     assert job.wait(timeout=300), "the tiny sweep did not finish"
     assert job.snapshot().state == "finished"
     at.run()
     assert _errors(at) == []
+    assert auto_reruns == []  # finished: polling stopped
     charts = at.get("plotly_chart")
     assert len(charts) >= 3
     figs = [json.loads(c.proto.spec) for c in charts]
