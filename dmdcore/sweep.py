@@ -23,16 +23,18 @@ On disk a sweep is a directory ``DIR``::
     DIR/cells/<cell-key>/          one normal experiment run per cell (+ cell.json)
     DIR/results.csv                the results table (one row per cell)
 
-Cells run in ``spawn``-ed worker processes (one torch thread each); teachers are trained once per
-distinct (data, teacher) config, in parallel, and every cell needing a teacher starts as soon as
-that teacher is saved. Re-running the same spec into the same ``DIR`` skips finished cells and
-re-runs failed/interrupted ones. A stop request (``stop_event``) is passed to the workers through
+Cells run in ``spawn``-ed worker processes (one thread in every torch/BLAS/OpenMP pool each);
+teachers are trained once per distinct (data, teacher) config, in parallel, and every cell needing
+a teacher starts as soon as that teacher is saved; a worker that dies costs only the job it was
+running. Re-running the same spec into the same ``DIR`` skips finished cells and re-runs
+failed/interrupted ones. A stop request (``stop_event``) is passed to the workers through
 the file ``DIR/STOP`` and takes effect at their next training step.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -45,6 +47,7 @@ import re
 import shutil
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -61,6 +64,12 @@ SEED_FIELDS = ("data.seed", "teacher.seed", "distill.seed")
 METRIC_COLUMNS = ("delta_e", "delta_e_lo", "delta_e_hi", "e_pair", "e_ot", "e_ind", "w2", "w2_data",
                   "eta_teacher", "eta_student", "copy_rate", "retrieval")
 FINISHED = "finished"
+# DIR/.running/<kind>-<key>: written by a worker when it starts a job, removed when the job returns;
+# one left behind after the pool broke names a job that was running when its worker died.
+RUNNING_DIR = ".running"
+WORKER_DIED = "worker process died"
+# Library thread pools the worker initializer pins to one thread before they load.
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
 
 
 def is_replicate_axis(axis: str) -> bool:
@@ -415,11 +424,68 @@ class SweepResult:
     stopped: bool = False
 
 
+def _load_numeric_libraries() -> None:
+    """Import the libraries whose thread pools the jobs use (torch, numpy/SciPy BLAS, POT's and
+    scikit-learn's OpenMP) so that a thread limit set afterwards covers all of them (threadpoolctl
+    only sees libraries that are already loaded)."""
+    import torch  # noqa: F401
+
+    import dmdcore.pipeline  # noqa: F401  (numpy, SciPy, POT)
+
+    try:
+        import sklearn.cluster  # noqa: F401  (k-means of the copy rate)
+    except ImportError:
+        pass
+
+
+@contextlib.contextmanager
+def _threads_limited(n: int | None):
+    """Within the block, torch and every BLAS/OpenMP pool threadpoolctl finds use ``n`` threads;
+    restored afterwards. ``None`` leaves the process as it is. Without threadpoolctl only torch
+    is limited."""
+    if n is None:
+        yield
+        return
+    _load_numeric_libraries()
+    import torch
+
+    old = torch.get_num_threads()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        limiter = contextlib.nullcontext()
+    else:
+        limiter = threadpool_limits(limits=n)
+    torch.set_num_threads(n)
+    try:
+        with limiter:
+            yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def _worker_init() -> None:
-    """Pool initializer: one torch thread per worker process (the process is the worker's own)."""
+    """Pool initializer: every thread pool of a worker process has one thread (workers are the
+    parallelism; library pools on top of them would oversubscribe the cores). Sets the
+    OMP/BLAS thread variables for libraries loaded later, loads the job libraries, then limits
+    torch and (through threadpoolctl, when installed) every loaded BLAS/OpenMP pool to 1."""
+    for var in THREAD_ENV:
+        os.environ[var] = "1"
     import torch
 
     torch.set_num_threads(1)
+    _load_numeric_libraries()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(limits=1)  # process-wide for the worker's lifetime
+
+
+def _make_pool(n_workers: int) -> cf.ProcessPoolExecutor:
+    """The sweep's process pool: ``spawn``-ed workers set up by ``_worker_init``."""
+    return cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=mp.get_context("spawn"),
+                                  initializer=_worker_init)
 
 
 def _stop_requested(stop_file: str | None) -> bool:
@@ -492,11 +558,18 @@ def run_sweep(
     callback: Callable[[SweepProgress], None] | None = None,
     stop_event: threading.Event | None = None,
     device: str | None = "cpu",
+    threads_per_process: int | None = None,
 ) -> SweepResult:
     """Run every cell of ``spec`` into ``out_dir`` and return the results table.
 
     workers: worker processes (default ``min(os.cpu_count(), number of jobs)``); ``0`` runs
     everything in this process, one cell after another (the serial baseline of the benchmark).
+    Each worker process runs with one thread in every pool: torch, and numpy/SciPy BLAS, POT's
+    and scikit-learn's OpenMP through threadpoolctl (skipped silently if it is not installed).
+    threads_per_process: only for ``workers=0``: ``None`` (default) leaves this process's thread
+    pools as they are; ``n`` limits torch and the BLAS/OpenMP pools to ``n`` threads while the
+    cells run and restores them afterwards (``1`` is the single-core serial baseline). Workers
+    always get 1, whatever this says.
     quick: apply the spec's ``quick`` overrides (short training; a separate set of cells).
     callback: called with a SweepProgress after every event (teacher or cell done, failure).
     stop_event: when set, pending cells are cancelled and running ones stop at their next step
@@ -504,7 +577,11 @@ def run_sweep(
     device: "cpu" (default: many small processes), "auto" or "cuda".
 
     Re-running into the same ``out_dir`` skips finished cells. A failing cell (exception,
-    divergence, dead worker) is listed in ``failures`` and never stops the others.
+    divergence, dead worker) is listed in ``failures`` and never stops the others. When a worker
+    process dies (segfault, OOM kill, ``os._exit``) the pool is rebuilt: jobs not yet started
+    are queued again; a job that was running alone is failed ("worker process died"); jobs that
+    were running beside others (the pool kills them all) are re-run once, one at a time, and
+    failed if their worker dies again. results.csv is written in every case.
     Raises SweepSpecError for a bad spec before anything runs.
     """
     t0 = time.perf_counter()
@@ -512,6 +589,9 @@ def run_sweep(
     cells = expand(spec, quick=quick)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
         raise ValueError(f"workers: {workers!r} not in integers [0, {os.cpu_count()}] (0 = in this process)")
+    if threads_per_process is not None and (isinstance(threads_per_process, bool)
+                                            or not isinstance(threads_per_process, int) or threads_per_process < 1):
+        raise ValueError(f"threads_per_process: {threads_per_process!r} not None or an integer ≥ 1")
     _resolve_device(device)  # validate early
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -521,6 +601,8 @@ def run_sweep(
     stop_file = out / "STOP"
     if stop_file.exists():
         stop_file.unlink()
+    running_dir = out / RUNNING_DIR
+    shutil.rmtree(running_dir, ignore_errors=True)  # markers of an earlier, killed sweep
     from dmdcore.runs import RunIndex
 
     index = RunIndex(out)
@@ -577,14 +659,13 @@ def run_sweep(
                                **common)
 
     ready_cells = [c for c in todo if c.teacher_key not in need_teacher]
-    stopped = False
 
-    if workers == 0:
-        # Serial baseline: everything in this process, one job after another.
+    def _run_serial() -> bool:
+        """Serial baseline: everything in this process, one job after another."""
+        stopped = False
         for k in need_teacher:
             if stop_event is not None and stop_event.is_set():
-                stopped = True
-                break
+                return True
             fn, kw = teacher_job(k)
             res = _call_safely(fn, kw)
             record(k, res, "teacher")
@@ -594,59 +675,182 @@ def run_sweep(
                 for c in by_teacher[k]:
                     record(c.key, _teacher_failed(out / "cells" / c.key, k, res), "cell")
         for c in ready_cells:
-            if stopped or (stop_event is not None and stop_event.is_set()):
+            if stop_event is not None and stop_event.is_set():
                 stopped = True
                 break
             prog.running_cells = 1
             fn, kw = cell_job(c)
             record(c.key, _call_safely(fn, kw), "cell")
             prog.running_cells = 0
-    else:
-        n_jobs = max(1, len(need_teacher) + len(todo))
-        n_workers = min(workers or (os.cpu_count() or 1), n_jobs)
-        ctx = mp.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_worker_init) as pool:
-            pending: dict[cf.Future, tuple[str, Any]] = {}
+        return stopped
 
-            def submit(kind: str, obj) -> None:
-                fn, kw = teacher_job(obj) if kind == "teacher" else cell_job(obj)
-                pending[pool.submit(_call_safely, fn, kw)] = (kind, obj)
+    def _run_pool(n_workers: int) -> bool:
+        """Teachers, then each teacher's cells, on a process pool that survives dying workers."""
+        pool: cf.ProcessPoolExecutor | None = None
+        pending: dict[cf.Future, tuple[str, Any]] = {}
+        held: list[tuple[str, Any]] = []        # waiting while a suspect re-runs alone
+        suspects: deque = deque()               # were running when another worker died: re-run alone
+        retried: set[tuple[str, str]] = set()
+        state = {"broken": False, "alone": False, "stopped": False, "idle_breaks": 0}
 
-            for k in need_teacher:
-                submit("teacher", k)
-            for c in ready_cells:
-                submit("cell", c)
-            prog.running_cells = sum(1 for f, (kind, _) in pending.items() if kind == "cell" and f.running())
-            while pending:
+        def key_of(kind: str, obj) -> str:
+            return obj if kind == "teacher" else obj.key
+
+        def marker(kind: str, obj) -> Path:
+            return running_dir / f"{kind}-{key_of(kind, obj)}"
+
+        def submit_now(kind: str, obj) -> None:
+            nonlocal pool
+            if pool is None:
+                pool = _make_pool(n_workers)
+            fn, kw = teacher_job(obj) if kind == "teacher" else cell_job(obj)
+            try:
+                pending[pool.submit(_call_safely, fn, kw, str(marker(kind, obj)))] = (kind, obj)
+            except cf.process.BrokenProcessPool:
+                state["broken"] = True
+                held.append((kind, obj))
+
+        def submit(kind: str, obj) -> None:
+            if state["broken"] or state["alone"] or suspects:
+                held.append((kind, obj))
+            else:
+                submit_now(kind, obj)
+
+        def handle(kind: str, obj, res: dict) -> None:
+            record(key_of(kind, obj), res, kind)
+            if kind == "teacher":
+                for c in by_teacher[obj]:
+                    if res.get("status") == FINISHED and not state["stopped"]:
+                        submit("cell", c)
+                    elif res.get("status") != FINISHED:
+                        record(c.key, _teacher_failed(out / "cells" / c.key, obj, res), "cell")
+
+        def died(kind: str, obj, status: str, message: str) -> None:
+            """Outcome of a job whose worker process died: its run's status.json says so."""
+            from dmdcore.runs import RunDir
+
+            run_dir = (out / "teachers" / obj) if kind == "teacher" else (out / "cells" / obj.key)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            RunDir(run_dir).write_status(status, message)
+            handle(kind, obj, {"status": status, "message": message})
+
+        def on_break() -> None:
+            """The pool broke: classify its jobs by their markers, then start a fresh pool."""
+            nonlocal pool
+            cf.wait(list(pending), timeout=60)  # a broken pool fails all its futures at once
+            running, not_started = [], []
+            for f, (kind, obj) in list(pending.items()):
+                pending.pop(f)
+                if f.cancelled():
+                    continue
+                if f.done() and f.exception() is None:
+                    handle(kind, obj, f.result())     # finished just before the break
+                elif marker(kind, obj).exists():
+                    running.append((kind, obj))
+                else:
+                    not_started.append((kind, obj))
+            pool.shutdown(wait=True, cancel_futures=True)
+            pool = None
+            state["broken"] = state["alone"] = False
+            for kind, obj in running:
+                marker(kind, obj).unlink(missing_ok=True)
+                ident = (kind, key_of(kind, obj))
+                if state["stopped"]:
+                    died(kind, obj, "stopped", f"{WORKER_DIED} while the sweep was stopping")
+                elif len(running) == 1 or ident in retried:
+                    died(kind, obj, "failed", f"{WORKER_DIED} while running it (segfault, out of memory "
+                                              "or exit in the worker)")
+                else:
+                    retried.add(ident)
+                    suspects.append((kind, obj))
+            if not state["stopped"]:
+                held[:0] = not_started
+            state["idle_breaks"] = 0 if running else state["idle_breaks"] + 1
+            if state["idle_breaks"] >= 3:
+                # Workers die before running anything (e.g. in their initializer): give up.
+                for kind, obj in [*suspects, *held]:
+                    died(kind, obj, "failed", f"{WORKER_DIED}: the process pool broke 3 times in a row "
+                                              "before running a job")
+                suspects.clear()
+                held.clear()
+            index.mark_interrupted()  # index rows follow the status.json files just written
+            emit(f"a worker process died: {len(running)} job(s) were running, {len(suspects)} to re-run "
+                 f"alone, {len(held)} queued again on a new pool")
+
+        def schedule() -> None:
+            """With nothing in flight: start the next suspect alone, else everything held."""
+            if pending or state["broken"] or state["stopped"]:
+                return
+            if suspects:
+                state["alone"] = True
+                submit_now(*suspects.popleft())
+            elif held:
+                state["alone"] = False
+                jobs = held[:]
+                held.clear()
+                for kind, obj in jobs:
+                    submit_now(kind, obj)
+
+        for k in need_teacher:
+            submit("teacher", k)
+        for c in ready_cells:
+            submit("cell", c)
+        try:
+            while True:
+                if state["broken"]:
+                    on_break()
+                    continue
+                schedule()
+                if state["broken"]:
+                    continue
+                if not pending:
+                    break
+                prog.running_cells = sum(1 for f, (kind, _) in pending.items() if kind == "cell" and f.running())
                 done, _ = cf.wait(list(pending), timeout=0.5, return_when=cf.FIRST_COMPLETED)
-                if stop_event is not None and stop_event.is_set() and not stopped:
-                    stopped = True
+                if stop_event is not None and stop_event.is_set() and not state["stopped"]:
+                    state["stopped"] = True
                     stop_file.write_text("stop requested\n")
                     for f in list(pending):
                         if f.cancel():
                             pending.pop(f)
+                    held.clear()
+                    for kind, obj in list(suspects):
+                        died(kind, obj, "stopped", f"stopped by the sweep after its {WORKER_DIED}")
+                    suspects.clear()
                     emit("stop requested: cancelled pending cells, waiting for running ones")
                 for f in done:
-                    kind, obj = pending.pop(f)
+                    if f not in pending:
+                        continue
                     try:
                         res = f.result()
                     except cf.CancelledError:
+                        pending.pop(f)
                         continue
-                    except cf.process.BrokenProcessPool as exc:
-                        res = {"status": "failed", "message": f"worker process died ({exc})"}
-                    key = obj if kind == "teacher" else obj.key
-                    record(key, res, kind)
-                    if kind == "teacher":
-                        for c in by_teacher[obj]:
-                            if res.get("status") == FINISHED and not stopped:
-                                submit("cell", c)
-                            elif res.get("status") != FINISHED:
-                                record(c.key, _teacher_failed(out / "cells" / c.key, obj, res), "cell")
-                prog.running_cells = sum(1 for f, (kind, _) in pending.items() if kind == "cell" and f.running())
-    if stop_file.exists():
-        stop_file.unlink()
-    table = results_table(out)
-    table.to_csv(out / "results.csv", index=False)
+                    except cf.process.BrokenProcessPool:
+                        state["broken"] = True      # on_break sorts out every future of this pool
+                        break
+                    except Exception as exc:  # e.g. an outcome that could not be sent back: the job's failure
+                        res = {"status": "failed", "message": f"{type(exc).__name__}: {exc}"}
+                    handle(*pending.pop(f), res)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        return state["stopped"]
+
+    try:
+        if workers == 0:
+            with _threads_limited(threads_per_process):
+                stopped = _run_serial()
+        else:
+            n_jobs = max(1, len(need_teacher) + len(todo))
+            stopped = _run_pool(min(workers or (os.cpu_count() or 1), n_jobs))
+    finally:
+        # Whatever happened above, the table on disk matches the runs on disk.
+        if stop_file.exists():
+            stop_file.unlink()
+        shutil.rmtree(running_dir, ignore_errors=True)
+        table = results_table(out)
+        table.to_csv(out / "results.csv", index=False)
     prog.finished = True
     prog.stopped = stopped
     prog.running_cells = 0
@@ -668,9 +872,15 @@ def _teacher_failed(cell_dir: Path, key: str, outcome: dict) -> dict:
     return {"status": "failed", "message": msg}
 
 
-def _call_safely(fn, kwargs: dict) -> dict:
-    """Run a job; any exception becomes a failure outcome (the sweep must go on)."""
+def _call_safely(fn, kwargs: dict, marker: str | None = None) -> dict:
+    """Run a job; any exception becomes a failure outcome (the sweep must go on).
+
+    ``marker``: a file that exists exactly while the job runs (written first, removed when ``fn``
+    returns or raises); one left behind names a job whose process died under it."""
     t0 = time.perf_counter()
+    if marker:
+        Path(marker).parent.mkdir(parents=True, exist_ok=True)
+        Path(marker).write_text(f"{os.getpid()}\n")
     try:
         return fn(**kwargs)
     except Exception as exc:  # reported, never swallowed: becomes the cell's failure reason
@@ -684,6 +894,9 @@ def _call_safely(fn, kwargs: dict) -> dict:
         except (OSError, ValueError):
             pass  # the outcome below still carries the reason
         return {"status": "failed", "message": msg, "wall_s": time.perf_counter() - t0}
+    finally:
+        if marker:
+            Path(marker).unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -819,6 +1032,35 @@ def _fmt_ci(m, lo, hi, n) -> str:
     return f"{_fmt(m)} ({ci}, n = {n})"
 
 
+def _verdict(lo: float, hi: float) -> str:
+    return ("the interval excludes 0" if (lo > 0 or hi < 0)
+            else "the interval contains 0 (no detectable effect at this n)")
+
+
+def _sign_count(diff: np.ndarray, label: str) -> str:
+    """'ΔE lower in k of n pairs (higher in j, equal in e; two-sided sign test p = …)'."""
+    lower, higher = int((diff < 0).sum()), int((diff > 0).sum())
+    n = len(diff)
+    text = f"{label} lower in {lower} of {n} pairs"
+    extra = [f"higher in {higher}"] if higher else []
+    if n - lower - higher:
+        extra.append(f"equal in {n - lower - higher}")
+    if lower + higher >= 2:
+        from scipy import stats
+
+        p = float(stats.binomtest(lower, lower + higher, 0.5).pvalue)
+        extra.append(f"two-sided sign test p = {p:.3f}")
+    return text + (f" ({'; '.join(extra)})" if extra else "")
+
+
+def _ordered_levels(col: pd.Series) -> list:
+    """Distinct values of a column: sorted when numeric or boolean, else in order of appearance."""
+    vals = list(dict.fromkeys(col.tolist()))
+    if all(isinstance(v, (bool, np.bool_)) for v in vals) or _is_numeric_axis(vals):
+        return sorted(vals)
+    return vals
+
+
 def summarize(table: pd.DataFrame, axes: list[str] | None = None, metric: str = "delta_e") -> str:
     """A short written summary of what the measured numbers show, computed from ``table``.
 
@@ -826,8 +1068,11 @@ def summarize(table: pd.DataFrame, axes: list[str] | None = None, metric: str = 
     levels → ΔE at the lowest and highest level (mean, 95% CI, n) per combination of the other
     axes plus the Spearman rank correlation of ΔE with the axis over cells; any other axis → for
     each level, the mean paired difference to the reference level (False for booleans, else the
-    first level), matched on all other axes and the replicate axes, with its 95% t-interval and whether it
-    excludes 0.
+    first level), matched on all other axes and the replicate axes, with its 95% t-interval, whether it
+    excludes 0 and a sign count ("lower in k of n pairs", two-sided sign test); then the same paired
+    difference separately at each level of every other non-replicate axis (pooling hides effects
+    whose sign or size differs between those levels), and a sentence when the per-level intervals
+    exclude 0 on opposite sides.
     Returns markdown-free plain sentences separated by newlines.
     """
     if axes is None:
@@ -878,31 +1123,59 @@ def summarize(table: pd.DataFrame, axes: list[str] | None = None, metric: str = 
         else:
             # Categorical / two-level axis: paired difference of each level to the reference level
             # (False for booleans, else the first level in grid order), matched on all other axes
-            # and the seed.
+            # and the seed; pooled over the other axes, then separately at each level of each one
+            # (an effect whose sign flips between levels pools to ~0).
             if all(isinstance(v, (bool, np.bool_)) for v in levels):
                 levels = sorted(levels)
             ref = levels[0]
             match = [*others, *replicates]
+            piv = done.pivot_table(index=match, columns=axis, values=metric, aggfunc="mean") if match else None
             for lv in levels[1:6]:
                 m_ref = done[done[axis] == ref][metric].mean()
                 m_lv = done[done[axis] == lv][metric].mean()
-                if match:
-                    piv = done.pivot_table(index=match, columns=axis, values=metric, aggfunc="mean")
-                    diff = (piv[lv] - piv[ref]).dropna().to_numpy() if (lv in piv and ref in piv) else np.array([])
+                if piv is not None:
+                    diffs = (piv[lv] - piv[ref]).dropna() if (lv in piv and ref in piv) else pd.Series(dtype=float)
+                    diff = diffs.to_numpy(dtype=np.float64)
                 else:
-                    diff = np.array([m_lv - m_ref])
+                    diffs, diff = None, np.array([m_lv - m_ref])
                 if len(diff) >= 2:
                     m, lo, hi, n = mean_ci(diff)
-                    verdict = ("the interval excludes 0" if (lo > 0 or hi < 0)
-                               else "the interval contains 0 (no detectable effect at this n)")
                     lines.append(
                         f"Switching {axis} from {ref} to {lv} changed {label} by {m:+.3f} on average "
                         f"(95% CI {lo:+.3f} to {hi:+.3f}, n = {n} matched pairs; means {_fmt(m_ref)} vs "
-                        f"{_fmt(m_lv)}); {verdict}."
+                        f"{_fmt(m_lv)}); {_verdict(lo, hi)}; {_sign_count(diff, label)}."
                     )
                 else:
                     lines.append(f"{label} was {_fmt(m_ref)} with {axis}={ref} and {_fmt(m_lv)} with {axis}={lv} "
                                  f"({len(diff)} matched pair(s): too few for a CI).")
+                if diffs is None or len(diff) == 0:
+                    continue
+                for o in others:
+                    per_level = []
+                    for v in _ordered_levels(done[o]):
+                        d = diffs[diffs.index.get_level_values(o) == v].to_numpy(dtype=np.float64)
+                        if len(d) == 0:
+                            continue
+                        if len(d) >= 2:
+                            m, lo, hi, n = mean_ci(d)
+                            per_level.append((v, m, lo, hi))
+                            lines.append(
+                                f"At {o}={v}: switching {axis} from {ref} to {lv} changed {label} by {m:+.3f} "
+                                f"(95% CI {lo:+.3f} to {hi:+.3f}, n = {n} matched pairs); {_verdict(lo, hi)}; "
+                                f"{_sign_count(d, label)}.")
+                        else:
+                            lines.append(
+                                f"At {o}={v}: switching {axis} from {ref} to {lv} changed {label} by {d[0]:+.3f} "
+                                f"(n = 1 matched pair: too few for a CI).")
+                    up = [x for x in per_level if x[2] > 0]
+                    down = [x for x in per_level if x[3] < 0]
+                    if up and down:
+                        lines.append(
+                            f"The effect of switching {axis} from {ref} to {lv} reverses sign across {o}: "
+                            f"{label} higher at "
+                            + ", ".join(f"{o}={x[0]} ({x[1]:+.3f})" for x in up) + " and lower at "
+                            + ", ".join(f"{o}={x[0]} ({x[1]:+.3f})" for x in down)
+                            + " (95% CIs exclude 0), so the pooled average hides both.")
     failed = table[table["status"].isin(["failed", "diverged", "stopped"])]
     if len(failed):
         lines.append(f"{len(failed)} cell(s) did not finish ({', '.join(sorted(set(failed['status'])))}); "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,18 +92,18 @@ def test_load_spec_json_yaml_preset_and_errors(tmp_path):
     p = tmp_path / "s.json"
     p.write_text(json.dumps(tiny_spec()))
     assert sw.load_spec(p).n_cells == 2
-    # PyYAML is optional (not in requirements.txt): with it a YAML spec loads like the JSON one,
-    # without it the error says how to fix that.
+    # PyYAML is in requirements.txt: a YAML spec loads like the JSON one (its absence is
+    # simulated in test_yaml_spec_without_pyyaml_gives_clear_error).
+    import yaml  # noqa: F401
+
     y = tmp_path / "s.yaml"
     y.write_text(YAML_TINY)
-    try:
-        import yaml  # noqa: F401
-    except ImportError:
-        with pytest.raises(sw.SweepSpecError, match="PyYAML"):
-            sw.load_spec(str(y))
-    else:
-        assert sw.load_spec(str(y)).to_dict() == sw.SweepSpec.from_dict(
-            {**tiny_spec(), "grid": {"data.dim": [2, 3], "distill.gan": [False, True]}}).to_dict()
+    assert sw.load_spec(str(y)).to_dict() == sw.SweepSpec.from_dict(
+        {**tiny_spec(), "grid": {"data.dim": [2, 3], "distill.gan": [False, True]}}).to_dict()
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("grid: [unclosed")
+    with pytest.raises(sw.SweepSpecError, match="not valid YAML"):
+        sw.load_spec(bad_yaml)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(sw.SweepSpecError, match="not valid JSON"):
@@ -220,6 +221,77 @@ def test_summary_is_computed_from_the_data():
     assert "23 of 24 cells finished" in sw.summarize(t) and "1 cell(s) did not finish" in sw.summarize(t)
     empty = t.assign(status="pending", delta_e=np.nan)
     assert sw.summarize(empty).startswith("No cell has finished yet")
+
+
+def _paired_table(effects: dict, seeds=(0, 1, 2), noise=0.005, axis="data.n_samples", levels=(100, 20000),
+                  other="data.dim", rng_seed=1) -> pd.DataFrame:
+    """Synthetic results: switching ``axis`` from levels[0] to levels[1] adds effects[other level]."""
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    for lv in levels:
+        for o, eff in effects.items():
+            for s in seeds:
+                de = 0.3 + (eff if lv == levels[1] else 0.0) + noise * rng.normal()
+                rows.append({"cell": f"{lv}-{o}-{s}", axis: lv, other: o, "seed": s, "status": "finished",
+                             "message": "", "step": 10, "n_eval": 100, "wall_s": 1.0, "delta_e": de,
+                             "delta_e_lo": de - 0.05, "delta_e_hi": de + 0.05, "run_dir": ""})
+    return pd.DataFrame(rows)
+
+
+def _pairs(t, axis, ref, lv, where=None):
+    sub = t if where is None else t[t[where[0]] == where[1]]
+    keys = [c for c in ("data.dim", "data.n_samples", "loss", "seed") if c in t and c != axis]
+    a = sub[sub[axis] == ref].set_index(keys)["delta_e"]
+    b = sub[sub[axis] == lv].set_index(keys)["delta_e"]
+    return (b - a).dropna().to_numpy()
+
+
+def test_summary_reports_opposite_effects_per_level_not_only_pooled():
+    # Memorization-like: more samples lower ΔE at d = 2 and raise it at d = 64 (same size).
+    t = _paired_table({2: -0.15, 64: +0.15})
+    text = sw.summarize(t, ["data.n_samples", "data.dim", "seed"])
+    pooled = _pairs(t, "data.n_samples", 100, 20000)
+    m, lo, hi, n = sw.mean_ci(pooled)
+    assert lo < 0 < hi and n == 6
+    assert (f"Switching data.n_samples from 100 to 20000 changed ΔE by {m:+.3f} on average "
+            f"(95% CI {lo:+.3f} to {hi:+.3f}, n = 6 matched pairs") in text
+    assert "lower in 3 of 6 pairs (higher in 3" in text
+    for d, sign in ((2, -1), (64, +1)):
+        dd = _pairs(t, "data.n_samples", 100, 20000, ("data.dim", d))
+        m, lo, hi, n = sw.mean_ci(dd)
+        assert np.sign(m) == sign and n == 3 and (hi < 0 if sign < 0 else lo > 0)
+        line = next(x for x in text.splitlines()
+                    if x.startswith(f"At data.dim={d}: switching data.n_samples from 100 to 20000"))
+        assert f"changed ΔE by {m:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}, n = 3 matched pairs)" in line
+        assert "excludes 0" in line
+        assert ("lower in 3 of 3 pairs" if sign < 0 else "lower in 0 of 3 pairs (higher in 3") in line
+    assert "reverses sign across data.dim" in text
+    # The numbers follow the table: flip the effects and every per-level sign flips.
+    flipped = sw.summarize(_paired_table({2: +0.15, 64: -0.15}), ["data.n_samples", "data.dim", "seed"])
+    at2 = next(x for x in flipped.splitlines() if x.startswith("At data.dim=2: switching data.n_samples"))
+    assert "changed ΔE by +0.1" in at2 and "lower in 0 of 3 pairs" in at2
+
+
+def test_summary_counts_signs_when_all_pairs_agree_but_pooled_ci_contains_0():
+    # Regression-like positive control: ΔE lower in every pair, by very different amounts per d,
+    # so the pooled t-interval contains 0 while the sign count says 6 of 6.
+    t = _paired_table({2: -0.20, 16: -0.02, 128: -0.01}, seeds=(0, 1), noise=0.001, axis="loss",
+                      levels=("dmd", "dmd+regression"))
+    text = sw.summarize(t, ["loss", "data.dim", "seed"])
+    pooled = _pairs(t, "loss", "dmd", "dmd+regression")
+    assert (pooled < 0).all() and len(pooled) == 6
+    m, lo, hi, n = sw.mean_ci(pooled)
+    assert lo < 0 < hi
+    line = next(x for x in text.splitlines() if x.startswith("Switching loss from dmd to dmd+regression"))
+    assert "the interval contains 0" in line
+    assert "ΔE lower in 6 of 6 pairs (two-sided sign test p = 0.031)" in line
+    for d in (2, 16, 128):
+        dd = _pairs(t, "loss", "dmd", "dmd+regression", ("data.dim", d))
+        m, lo, hi, n = sw.mean_ci(dd)
+        assert (f"At data.dim={d}: switching loss from dmd to dmd+regression changed ΔE by {m:+.3f} "
+                f"(95% CI {lo:+.3f} to {hi:+.3f}, n = 2 matched pairs); the interval excludes 0; "
+                f"ΔE lower in 2 of 2 pairs") in text
+    assert "reverses sign" not in text
 
 
 # ---------------------------------------------------------------------------- end to end (real runs)
@@ -404,3 +476,113 @@ def test_yaml_spec_without_pyyaml_gives_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "yaml", None)  # `import yaml` now raises ImportError
     with pytest.raises(sw.SweepSpecError, match="PyYAML"):
         sw.load_spec(y)
+
+
+# ---------------------------------------------------------------------------- dying workers, threads
+
+_REAL_RUN_CELL = sw._run_cell
+
+
+def _wait_for(cond, timeout: float = 120.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _cell_that_kills_its_worker(**kw):
+    """Stands in for sweep._run_cell (the spawned workers import it from this module). On its
+    first attempt cell 'a' waits until 'crash' runs in the other worker; 'crash' waits until
+    'a' runs, then ends its worker process at once, as a segfault or an OOM kill would. So the
+    dying worker takes the running 'a' with it (the pool kills its other workers)."""
+    case = kw["overrides"].get("case")
+    out = Path(kw["index_root"])
+    running = out / sw.RUNNING_DIR
+
+    def started(name: str) -> bool:
+        return any(p.name.startswith(f"cell-case={name}-") for p in running.glob("cell-*"))
+
+    first = out / f"first-attempt-{case}"
+    if case in ("a", "crash") and not first.exists():
+        first.touch()
+        _wait_for(lambda: started("crash" if case == "a" else "a"))
+    if case == "crash":
+        os._exit(1)
+    return _REAL_RUN_CELL(**kw)
+
+
+def test_dead_worker_fails_only_its_cell_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(sw, "_run_cell", _cell_that_kills_its_worker)
+    spec = tiny_spec(case={"a": {}, "crash": {"distill.ratio": 3}, "b": {"distill.ratio": 1}})
+    events = []
+    res = sw.run_sweep(spec, tmp_path / "s", workers=2, quick=True, callback=events.append)
+    t = res.table.set_index("case")
+    assert t.loc["a", "status"] == "finished" and t.loc["b", "status"] == "finished"
+    assert np.isfinite(t.loc["a", "delta_e"]) and np.isfinite(t.loc["b", "delta_e"])
+    assert t.loc["crash", "status"] == "failed" and "worker process died" in t.loc["crash", "message"]
+    assert [k for k, _ in res.failures] == [t.loc["crash", "cell"]]
+    assert "worker process died" in res.failures[0][1]
+    csv = pd.read_csv(tmp_path / "s" / "results.csv").set_index("case")
+    assert csv["status"].to_dict() == {"a": "finished", "crash": "failed", "b": "finished"}
+    assert events[-1].finished and (events[-1].done_cells, events[-1].failed_cells) == (2, 1)
+    # First break: 'a' and 'crash' were running (both re-run alone), 'b' had not started (queued
+    # again); second break: 'crash' alone, so it is the one that kills its worker.
+    breaks = [e.last for e in events if e.last.startswith("a worker process died")]
+    assert breaks == ["a worker process died: 2 job(s) were running, 2 to re-run alone, 1 queued again on a new pool",
+                      "a worker process died: 1 job(s) were running, 0 to re-run alone, 1 queued again on a new pool"]
+    assert not (tmp_path / "s" / sw.RUNNING_DIR).exists()
+
+
+def _thread_report() -> dict:
+    """Thread counts of this process, after loading what the sweep jobs load."""
+    import sklearn.cluster  # noqa: F401
+    import threadpoolctl
+    import torch
+
+    import dmdcore.pipeline  # noqa: F401
+
+    return {"torch": torch.get_num_threads(),
+            "pools": [(d["internal_api"], d["filepath"].rsplit("/", 1)[-1], d["num_threads"])
+                      for d in threadpoolctl.threadpool_info()]}
+
+
+def test_worker_processes_use_one_thread_in_every_pool():
+    here = _thread_report()
+    assert any(n > 1 for *_, n in here["pools"]), "this machine's default pools have 1 thread: test cannot fail"
+    with sw._make_pool(1) as pool:
+        report = pool.submit(_thread_report).result(timeout=300)
+    assert report["torch"] == 1
+    apis = {api for api, _, _ in report["pools"]}
+    assert {"openblas", "openmp"} <= apis
+    assert [p for p in report["pools"] if p[2] != 1] == []
+
+
+def test_serial_threads_per_process_limits_only_while_cells_run(tmp_path, monkeypatch):
+    import torch
+
+    seen = []
+
+    def fake_teacher(**kw):
+        seen.append(("teacher", _thread_report()))
+        return {"status": "finished", "message": "", "wall_s": 0.0}
+
+    def fake_cell(**kw):
+        seen.append(("cell", _thread_report()))
+        return {"status": "finished", "message": "", "wall_s": 0.0}
+
+    monkeypatch.setattr(sw, "_train_teacher", fake_teacher)
+    monkeypatch.setattr(sw, "_run_cell", fake_cell)
+    before = _thread_report()
+    assert before["torch"] > 1 or any(n > 1 for *_, n in before["pools"])
+    sw.run_sweep(tiny_spec(), tmp_path / "one", workers=0, quick=True, threads_per_process=1)
+    assert [k for k, _ in seen] == ["teacher", "teacher", "cell", "cell"]
+    for _, rep in seen:
+        assert rep["torch"] == 1 and [p for p in rep["pools"] if p[2] != 1] == []
+    assert _thread_report() == before          # restored afterwards
+    seen.clear()
+    sw.run_sweep(tiny_spec(), tmp_path / "asis", workers=0, quick=True)  # None: process left as it is
+    assert [rep for _, rep in seen] == [before] * 4
+    assert torch.get_num_threads() == before["torch"]
+    with pytest.raises(ValueError, match="threads_per_process"):
+        sw.run_sweep(tiny_spec(), tmp_path / "bad", workers=0, threads_per_process=0)
