@@ -915,6 +915,11 @@ def _final_student_row(rows: list[dict]) -> dict:
     return student[-1] if student else {}
 
 
+def _last_wall(run) -> float | None:
+    rows = run.read_timing()
+    return float(rows[-1]["wall_s"]) if rows else None
+
+
 def results_table(out_dir: str | os.PathLike) -> pd.DataFrame:
     """One row per cell of the sweep in ``out_dir``, in grid order.
 
@@ -946,7 +951,9 @@ def results_table(out_dir: str | os.PathLike) -> pd.DataFrame:
             "message": (st or {}).get("message", ""),
             "step": (st or {}).get("step"),
             "n_eval": n_eval,
-            "wall_s": info.get("wall_s", final.get("wall_s")),
+            # finished cells: the worker's wall time (cell.json); running ones: the time spent
+            # in training steps so far (the last row of the run's timing.csv)
+            "wall_s": info.get("wall_s", _last_wall(run) if run.path.is_dir() else None),
         })
         row.update({m: final.get(m) for m in METRIC_COLUMNS})
         row["run_dir"] = str(run.path)

@@ -305,6 +305,23 @@ def tiny_run(tmp_path_factory):
     return out, res, events
 
 
+def test_wall_time_of_a_cell_without_cell_json_comes_from_timing_csv(tiny_run, tmp_path):
+    # a cell still running (no cell.json yet) reports the training time so far from timing.csv
+    import shutil
+
+    from dmdcore.runs import RunDir
+
+    out, _, _ = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    first = sorted((copy / "cells").iterdir())[0]
+    (first / "cell.json").unlink()
+    t = sw.results_table(copy)
+    row = t[t["cell"] == first.name].iloc[0]
+    assert row["wall_s"] == pytest.approx(float(RunDir(first).read_timing()[-1]["wall_s"]))
+    assert row["wall_s"] > 0
+
+
 def test_tiny_sweep_end_to_end(tiny_run):
     from dmdcore.pairing import pairing_inefficiency
     from dmdcore.runs import RunDir, RunIndex
