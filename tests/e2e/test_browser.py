@@ -97,3 +97,89 @@ def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
         assert "tn=8gaussians" in page.url and "ss=20" in page.url
         assert page.locator('[data-testid="stException"]').count() == 0
         assert not errors, errors
+
+
+# A sweep small enough for the browser test (2 cells, seconds each): same shape as the page's
+# AppTest spec, typed into the custom-spec box as a user would paste it.
+TINY_SWEEP = {
+    "name": "e2e-tiny",
+    "base": {
+        "data": {"dataset": "mixture", "n_modes": 4, "n_samples": 500},
+        "teacher": {"width": 16, "depth": 2, "emb_dim": 8, "steps": 20, "batch": 64, "ema": 0.9},
+        "sampler": {"steps": 4},
+        "distill": {"steps": 6, "ratio": 2, "batch": 32},
+        "eval": {"every": 2, "n": 48, "bootstrap": 10},
+    },
+    "grid": {"data.dim": [2, 3]},
+}
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(400)
+def test_experiments_sweep_survives_navigation_in_a_real_browser(tmp_path):
+    import json
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with streamlit_server(tmp_path) as (url, _proc), browser_page() as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{url}/experiments", wait_until="domcontentloaded")
+        page.get_by_text("Claim tested").first.wait_for(timeout=60000)
+        wait_app_idle(page, timeout_ms=60000)
+        page.screenshot(path=str(ARTIFACTS / "experiments_preset.png"), full_page=True)
+        # custom spec, pasted into the text area
+        page.get_by_text("Preset", exact=True).first.wait_for()
+        page.locator('[data-testid="stSelectbox"]').first.click()
+        page.get_by_role("option", name="custom (JSON spec)").click()
+        box = page.get_by_role("textbox", name="Spec (JSON)")
+        box.wait_for(timeout=30000)
+        box.fill(json.dumps(TINY_SWEEP))
+        box.press("Control+Enter")
+        wait_app_idle(page, timeout_ms=30000)
+        page.get_by_role("button", name="Launch sweep").click()
+        page.get_by_text("Sweep e2e-tiny", exact=False).first.wait_for(timeout=60000)
+        page.screenshot(path=str(ARTIFACTS / "experiments_running.png"), full_page=True)
+        # leave for Home and come back through the navigation: the sweep's progress is kept
+        page.locator('[data-testid="stSidebarNav"]').get_by_text("Home").first.click()
+        page.get_by_text("DMD Copying Lab").first.wait_for(timeout=30000)
+        page.locator('[data-testid="stSidebarNav"]').get_by_text("Experiments").first.click()
+        page.get_by_text("Sweep e2e-tiny", exact=False).first.wait_for(timeout=60000)
+        page.get_by_text("2 of 2 cells finished", exact=False).first.wait_for(timeout=240000)
+        wait_app_idle(page, timeout_ms=60000)
+        page.locator(".js-plotly-plot").first.wait_for(timeout=30000)
+        page.screenshot(path=str(ARTIFACTS / "experiments_done.png"), full_page=True)
+        charts = page.locator('[data-testid="stPlotlyChart"]')
+        assert charts.count() >= 3  # ΔE vs d with CIs, ΔE over training, ΔE vs W₂²
+        for i in range(charts.count()):
+            charts.nth(i).scroll_into_view_if_needed()
+            charts.nth(i).screenshot(path=str(ARTIFACTS / f"experiments_done_chart{i}.png"))
+        assert "2 of 2 cells finished" in page.locator('[data-testid="stMain"]').inner_text()
+        assert page.locator('[data-testid="stException"]').count() == 0
+        assert not errors, errors
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(400)
+def test_images_demo_pair_in_a_real_browser(tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with streamlit_server(tmp_path) as (url, _proc), browser_page() as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{url}/images", wait_until="domcontentloaded")
+        page.get_by_role("button", name="Generate").wait_for(timeout=60000)
+        wait_app_idle(page, timeout_ms=60000)
+        page.get_by_role("button", name="Generate").click()
+        # images appear as they finish; the job is done when every teacher image is
+        page.get_by_text("Teacher 20/20", exact=False).first.wait_for(timeout=240000)
+        page.get_by_role("button", name="Stop").wait_for(state="detached", timeout=60000)
+        page.get_by_text("Download grid PNG", exact=False).first.wait_for(timeout=60000)
+        wait_app_idle(page, timeout_ms=60000)
+        page.screenshot(path=str(ARTIFACTS / "images_demo.png"), full_page=True)
+        main = page.locator('[data-testid="stMain"]')
+        for i, el in enumerate(main.locator('[data-testid="stImage"]').all()[:3]):
+            el.scroll_into_view_if_needed()
+            el.screenshot(path=str(ARTIFACTS / f"images_demo_grid{i}.png"))
+        text = page.locator('[data-testid="stMain"]').inner_text()
+        assert "ΔE" in text and "retrieval" in text.lower()
+        assert page.locator('[data-testid="stException"]').count() == 0
+        assert not errors, errors
