@@ -14,6 +14,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 st.set_page_config(page_title="DMD Copying Lab", page_icon=":material/science:", layout="wide")
 
+from ui.session import keep_page_controls  # noqa: E402
+
+keep_page_controls()  # Experiments / Image models controls outlive a visit to another page
+
 nav = st.navigation(
     [
         st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),

@@ -110,3 +110,24 @@ def test_home_schematic_is_what_it_claims():
         off_t = (t[mt == j] - centres[j]).mean(0)
         off_r = (r[mr == j] - centres[j]).mean(0)
         np.testing.assert_allclose(off_r, off_t, atol=0.01)
+
+
+def test_experiment_and_image_controls_outlive_a_visit_to_another_page():
+    at = _app()
+    at.switch_page("pages/experiments.py")
+    at.run()
+    at.selectbox(key="exp_preset").set_value("freedom").run()
+    at.radio(key="exp_variant").set_value("full").run()
+    at.switch_page("pages/images.py")
+    at.run()
+    at.radio(key="img_student_src").set_value("Path on disk").run()
+    at.switch_page("pages/home.py")  # neither page draws its widgets in this run
+    at.run()
+    at.switch_page("pages/experiments.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="exp_preset").value == "freedom"
+    assert at.radio(key="exp_variant").value == "full"
+    at.switch_page("pages/images.py")
+    at.run()
+    assert at.radio(key="img_student_src").value == "Path on disk"

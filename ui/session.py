@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -77,3 +78,26 @@ def warm_up_process() -> threading.Thread:
     t = threading.Thread(target=_warm, name="dmd-warmup", daemon=True)
     t.start()
     return t
+
+
+# Page controls that survive a visit to another page. Streamlit forgets the value of a widget
+# that a run does not draw, so going Experiments → Home → Experiments reset the chosen preset
+# and an edited spec. Re-assigning the value in every run keeps it. Only value widgets are
+# listed: buttons, uploads and downloads cannot be set, and selections whose options change
+# with the data (past sweeps, the image pair shown large) start fresh on purpose.
+KEPT_CONTROLS = re.compile(
+    r"^(exp_(preset|variant|quick|custom|workers|axis_.+|extra_.+|base_.+)"
+    r"|img_((teacher|student)_(src|entry|path)|classes|per_class|seed0|steps|churn|batch|boot))$"
+)
+
+
+def keep_page_controls(state=None) -> int:
+    """Re-assign the kept page controls in ``state`` (default ``st.session_state``) so they
+    outlive runs of other pages; called by app.py on every run. Returns how many were kept."""
+    state = st.session_state if state is None else state
+    kept = 0
+    for key in list(state.keys()):
+        if KEPT_CONTROLS.match(str(key)):
+            state[key] = state[key]
+            kept += 1
+    return kept
