@@ -1,0 +1,92 @@
+"""Markdown report of finished sweeps, as printed in docs/experiments.md.
+
+    python scripts/preset_report.py runs/sweeps/dim [more sweep dirs ...]
+
+For each sweep directory: a table with one row per grid point over the non-seed axes (ΔE mean
+with a Student-t 95% CI over replicate seeds and n; ΔE at the student's step 0 (the teacher copy
+before any DMD step); W₂²(S,T), W₂²(S,data), W₂²(T,data) (the teacher's last evaluation against
+held-out data); η(S); copy rate; mean cell wall time), then the summary that
+``dmdcore.sweep.summarize`` writes. Every number is read from the sweep's own run directories.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dmdcore import sweep as sw  # noqa: E402
+from dmdcore.runs import RunDir  # noqa: E402
+
+
+
+
+def _float(v):
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return np.nan
+    return f if np.isfinite(f) else np.nan
+
+
+def cell_frame(out: Path) -> pd.DataFrame:
+    man = json.loads((out / "sweep.json").read_text())
+    table = sw.results_table(out)
+    step0, w2_teacher = [], []
+    for c in man["cells"]:
+        rows = [r for r in RunDir(out / "cells" / c["key"]).read_metrics() if r.get("phase") == "student"]
+        first = next((r for r in rows if int(r["step"]) == 0), None)
+        step0.append(_float(first.get("delta_e")) if first else np.nan)
+        trows = [r for r in RunDir(out / "teachers" / c["teacher_key"]).read_metrics() if r.get("phase") == "teacher"]
+        w2_teacher.append(_float(trows[-1].get("w2_data")) if trows else np.nan)
+    table["delta_e_step0"] = step0
+    table["w2_teacher_data"] = w2_teacher
+    return table
+
+
+def report(out: Path) -> str:
+    man = json.loads((out / "sweep.json").read_text())
+    spec = man["spec"]
+    axes = [a for a in spec["grid"] if not sw.is_replicate_axis(a)]
+    t = cell_frame(out)
+    t = t[t["status"] == "finished"]
+    lines = [f"### `{spec['name']}` — {len(man['cells'])} cells, "
+             f"{len({c['teacher_key'] for c in man['cells']})} teachers", ""]
+    if spec.get("claim"):
+        lines += [f"*Claim tested:* {spec['claim']}", ""]
+    lines += ["Grid: " + "; ".join(f"`{k}` ∈ {json.dumps(v)}" for k, v in spec["grid"].items()), ""]
+    head = [*axes, "ΔE mean", "CI low", "CI high", "n", "ΔE at step 0", "W₂²(S,T)", "W₂²(S,data)",
+            "W₂²(T,data)", "η(S)", "copy rate", "cell s"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    groups = t.groupby(axes, sort=False, dropna=False) if axes else [((), t)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        m, lo, hi, n = sw.mean_ci(g["delta_e"].to_numpy(float), g["delta_e_lo"].to_numpy(float),
+                                  g["delta_e_hi"].to_numpy(float))
+        vals = [*(str(k) for k in key), f"{m:.3f}", f"{lo:.3f}", f"{hi:.3f}", str(n)]
+        for col in ("delta_e_step0", "w2", "w2_data", "w2_teacher_data", "eta_student", "copy_rate", "wall_s"):
+            vals.append(f"{np.nanmean(g[col].to_numpy(float)):.3f}")
+        lines.append("| " + " | ".join(vals) + " |")
+    lines += ["", "Summary written by `dmdcore.sweep.summarize` from these runs:", ""]
+    summary = sw.summarize(sw.results_table(out), list(spec["grid"]))
+    lines += ["> " + line if line else ">" for line in summary.splitlines()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__)
+        return 2
+    for d in argv:
+        print(report(Path(d)))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
