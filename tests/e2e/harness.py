@@ -90,3 +90,15 @@ def wait_app_idle(page, timeout_ms: int = 30000) -> None:
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
         timeout=timeout_ms,
     )
+
+
+@contextlib.contextmanager
+def app_in_browser(runs_dir: Path):
+    """A fresh server (runs under ``runs_dir``) and a chromium page on it; yields
+    (base_url, page, errors) where ``errors`` collects uncaught page errors. Also makes sure
+    the screenshot folder exists."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    with streamlit_server(runs_dir) as (url, _proc), browser_page() as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        yield url, page, errors

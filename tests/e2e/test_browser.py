@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.harness import ARTIFACTS, browser_page, streamlit_server, wait_app_idle
+from tests.e2e.harness import ARTIFACTS, app_in_browser, wait_app_idle
+from tests.test_experiments_page import TINY
 
 
 @pytest.mark.e2e
 @pytest.mark.timeout(150)
 def test_pages_render_in_a_real_browser(tmp_path):
-    ARTIFACTS.mkdir(exist_ok=True)
-    with streamlit_server(tmp_path) as (url, _proc), browser_page() as page:
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+    with app_in_browser(tmp_path) as (url, page, errors):
         # A fresh server's first visitor opening a deep link is still routed by app.py
         # (wide layout, titled navigation) — see ui/router.py.
         page.goto(f"{url}/docs", wait_until="domcontentloaded")
@@ -68,10 +66,7 @@ QUICK = "tn=8gaussians&ss=20&ee=5&en=200&boot=20"
 @pytest.mark.e2e
 @pytest.mark.timeout(400)
 def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
-    ARTIFACTS.mkdir(exist_ok=True)
-    with streamlit_server(tmp_path) as (url, _proc), browser_page() as page:
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+    with app_in_browser(tmp_path) as (url, page, errors):
         page.goto(f"{url}/toy_lab?{QUICK}", wait_until="domcontentloaded")
         # first render: noise and the shipped teacher's samples, before any training
         page.get_by_text("Teacher samples T(z)").first.wait_for(timeout=60000)
@@ -99,19 +94,9 @@ def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
         assert not errors, errors
 
 
-# A sweep small enough for the browser test (2 cells, seconds each): same shape as the page's
-# AppTest spec, typed into the custom-spec box as a user would paste it.
-TINY_SWEEP = {
-    "name": "e2e-tiny",
-    "base": {
-        "data": {"dataset": "mixture", "n_modes": 4, "n_samples": 500},
-        "teacher": {"width": 16, "depth": 2, "emb_dim": 8, "steps": 20, "batch": 64, "ema": 0.9},
-        "sampler": {"steps": 4},
-        "distill": {"steps": 6, "ratio": 2, "batch": 32},
-        "eval": {"every": 2, "n": 48, "bootstrap": 10},
-    },
-    "grid": {"data.dim": [2, 3]},
-}
+# A sweep small enough for the browser test (2 cells, seconds each): the page AppTest's spec,
+# typed into the custom-spec box as a user would paste it.
+TINY_SWEEP = {**TINY, "name": "e2e-tiny"}
 
 
 @pytest.mark.e2e
@@ -119,10 +104,7 @@ TINY_SWEEP = {
 def test_experiments_sweep_survives_navigation_in_a_real_browser(tmp_path):
     import json
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    with streamlit_server(tmp_path) as (url, _proc), browser_page() as page:
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+    with app_in_browser(tmp_path) as (url, page, errors):
         page.goto(f"{url}/experiments", wait_until="domcontentloaded")
         page.get_by_text("Claim tested").first.wait_for(timeout=60000)
         wait_app_idle(page, timeout_ms=60000)
@@ -144,6 +126,11 @@ def test_experiments_sweep_survives_navigation_in_a_real_browser(tmp_path):
         page.get_by_text("DMD Copying Lab").first.wait_for(timeout=30000)
         page.locator('[data-testid="stSidebarNav"]').get_by_text("Experiments").first.click()
         page.get_by_text("Sweep e2e-tiny", exact=False).first.wait_for(timeout=60000)
+        # ... and so is the chosen preset with the pasted spec
+        # (the spec box is drawn only while "custom (JSON spec)" is the chosen preset)
+        spec_box = page.get_by_role("textbox", name="Spec (JSON)")
+        spec_box.wait_for(timeout=30000)
+        assert "e2e-tiny" in spec_box.input_value()
         page.get_by_text("2 of 2 cells finished", exact=False).first.wait_for(timeout=240000)
         wait_app_idle(page, timeout_ms=60000)
         page.locator(".js-plotly-plot").first.wait_for(timeout=30000)
@@ -161,10 +148,7 @@ def test_experiments_sweep_survives_navigation_in_a_real_browser(tmp_path):
 @pytest.mark.e2e
 @pytest.mark.timeout(400)
 def test_images_demo_pair_in_a_real_browser(tmp_path):
-    ARTIFACTS.mkdir(exist_ok=True)
-    with streamlit_server(tmp_path) as (url, _proc), browser_page() as page:
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+    with app_in_browser(tmp_path) as (url, page, errors):
         page.goto(f"{url}/images", wait_until="domcontentloaded")
         page.get_by_role("button", name="Generate").wait_for(timeout=60000)
         wait_app_idle(page, timeout_ms=60000)
