@@ -196,7 +196,8 @@ try:
                               user_path=(S.get(UPLOAD) or (None,))[0])
     S[toylab.GOOD_KEY] = (dict(values), cfg)
 except ValueError as exc:
-    st.error(f"Invalid setting — {exc}. The last valid configuration is kept.")
+    st.error(f"Invalid setting — {exc}. The last valid configuration is kept: Distill and the "
+             "figures use it until the setting is fixed.")
     cfg = S[toylab.GOOD_KEY][1] if toylab.GOOD_KEY in S else None
 
 

@@ -445,3 +445,18 @@ def test_unknown_shipped_teacher_in_the_url_is_named(runs_dir):
     errs = " ".join(e.value for e in at.error)
     assert "'no-such-teacher'" in errs and "8gaussians" in errs
     assert at.selectbox(key="ctl_shipped_name").value == toylab.shipped_teachers()[0]["name"]
+
+
+def test_invalid_setting_keeps_the_last_valid_configuration(runs_dir):
+    at = _toy_lab(TINY)  # valid: a small teacher trained on 8 gaussians
+    at.selectbox(key="ctl_dataset").set_value("user")  # no upload yet: invalid
+    at.run()
+    errs = " ".join(e.value for e in at.error)
+    assert "Invalid setting" in errs and "last valid configuration is kept" in errs
+    assert not at.button(key="btn_distill").disabled  # runs the kept configuration
+    at.button(key="btn_distill").click()
+    at.run()
+    job = at.session_state["toylab_job"]
+    assert job.experiment.cfg.data.dataset == "8gaussians"
+    job.stop()
+    assert job.wait(60)
