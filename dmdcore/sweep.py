@@ -1241,6 +1241,7 @@ class SweepSnapshot:
     progress: SweepProgress | None
     error: str | None = None             # reason when state == "failed" (the sweep itself failed)
     result: SweepResult | None = None
+    message: str = ""                    # e.g. why a started sweep is still queued
 
 
 class SweepJob:
@@ -1251,8 +1252,12 @@ class SweepJob:
     """
 
     def __init__(self, spec, out_dir: str | os.PathLike, *, workers: int | None = None, quick: bool = False,
-                 device: str | None = "cpu"):
+                 device: str | None = "cpu", slots: threading.Semaphore | None = None):
+        """``slots``: an optional semaphore shared by every SweepJob of a server (each sweep's pool
+        already uses every core): a started job stays ``queued`` until it holds a slot."""
         self.spec = load_spec(spec)
+        self._slots = slots
+        self._message = ""
         expand(self.spec, quick=quick)
         self.out_dir = str(out_dir)
         self._kw = dict(workers=workers, quick=quick, device=device)
@@ -1269,12 +1274,23 @@ class SweepJob:
             self._progress = p
 
     def _main(self) -> None:
+        if self._slots is not None:
+            while not self._slots.acquire(timeout=0.2):
+                if self._stop.is_set():
+                    with self._lock:
+                        self._state, self._message = "stopped", "stopped while queued"
+                    return
+            with self._lock:
+                self._state, self._message = "running", ""
         try:
             res = run_sweep(self.spec, self.out_dir, callback=self._on_progress, stop_event=self._stop, **self._kw)
         except Exception as exc:  # reported through snapshot().error, not swallowed
             with self._lock:
                 self._state, self._error = "failed", f"{type(exc).__name__}: {exc}"
             return
+        finally:
+            if self._slots is not None:
+                self._slots.release()
         with self._lock:
             self._result = res
             self._state = "stopped" if res.stopped else "finished"
@@ -1283,7 +1299,10 @@ class SweepJob:
         with self._lock:
             if self._thread is not None:
                 raise ValueError("SweepJob.start: already started")
-            self._state = "running"
+            if self._slots is None:
+                self._state = "running"
+            else:
+                self._state, self._message = "queued", "waiting for a free sweep slot (another sweep is running)"
             self._thread = threading.Thread(target=self._main, name=f"sweep-{self.spec.name}", daemon=True)
             self._thread.start()
         return self
@@ -1303,7 +1322,7 @@ class SweepJob:
     def snapshot(self) -> SweepSnapshot:
         with self._lock:
             return SweepSnapshot(state=self._state, out_dir=self.out_dir, progress=copy.deepcopy(self._progress),
-                                 error=self._error, result=self._result)
+                                 error=self._error, result=self._result, message=self._message)
 
 
 def register_cli(subparsers) -> None:

@@ -21,7 +21,7 @@ ensure_router()
 
 from dmdcore import sweep as sw  # noqa: E402
 from ui import experiments_plots as xp  # noqa: E402
-from ui.session import runs_root  # noqa: E402
+from ui.session import max_sweeps, runs_root, sweep_slots  # noqa: E402
 
 JOB_KEY = "exp_sweep_job"
 VIEW_KEY = "exp_view_dirs"
@@ -51,7 +51,7 @@ def _parse_json(text: str, what: str):
 
 
 def _launch(spec, out_dir: Path, *, quick: bool, workers: int) -> None:
-    job = sw.SweepJob(spec, out_dir, workers=workers, quick=quick)
+    job = sw.SweepJob(spec, out_dir, workers=workers, quick=quick, slots=sweep_slots())
     job.start()
     st.session_state[JOB_KEY] = job
     st.session_state[VIEW_KEY] = [str(out_dir)]
@@ -123,7 +123,7 @@ def define_panel() -> None:
                               value=os.cpu_count() or 1, key="exp_workers")
     c2.metric("Cells", spec.n_cells, help=f"{n_teachers} distinct teachers, each trained once and shared")
     job = st.session_state.get(JOB_KEY)
-    busy = job is not None and job.snapshot().state == "running"
+    busy = job is not None and job.snapshot().state in ("queued", "running")
     if c3.button("Launch sweep", type="primary", disabled=busy, key="exp_launch",
                  help="Runs in the background; you can leave the page and come back."):
         out_dir = sweeps_root() / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -153,6 +153,9 @@ def progress_panel() -> None:
     if (snap.state in ACTIVE) != live:
         st.rerun(scope="app")
     st.subheader(f"Sweep {Path(snap.out_dir).name}: {snap.state}")
+    if snap.state == "queued":
+        st.info(f"Queued: {snap.message}. At most {max_sweeps()} sweep(s) run at once on this server "
+                "(each uses every core); it starts when the running one ends.")
     if snap.error:
         st.error(f"The sweep stopped with an error: {snap.error}")
     if p is not None:
@@ -171,7 +174,7 @@ def progress_panel() -> None:
         if st.session_state.get(SEEN_KEY) != mark:
             st.session_state[SEEN_KEY] = mark
             st.rerun(scope="app")
-    if snap.state == "running" and st.button("Stop sweep", key="exp_stop"):
+    if snap.state in ("queued", "running") and st.button("Stop sweep", key="exp_stop"):
         job.stop()
 
 
@@ -260,7 +263,7 @@ def past_panel() -> None:
         st.session_state[VIEW_KEY] = paths
         st.rerun()
     job = st.session_state.get(JOB_KEY)
-    busy = job is not None and job.snapshot().state == "running"
+    busy = job is not None and job.snapshot().state in ("queued", "running")
     if c2.button("Resume (re-run unfinished cells)", disabled=len(pick) != 1 or busy, key="exp_resume"):
         man = json.loads((Path(paths[0]) / "sweep.json").read_text())
         try:

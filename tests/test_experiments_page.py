@@ -109,3 +109,27 @@ def test_launch_tiny_sweep_and_show_results(app, tmp_path, auto_reruns):
     past = at.dataframe[0].value
     assert past["finished"].tolist() == [2] and past["name"].tolist() == ["page-tiny"]
     assert list(Path(tmp_path, "sweeps").glob("page-tiny-*/results.csv"))
+
+
+def test_second_sweep_waits_for_the_server_wide_slot(app, tmp_path):
+    # another session's sweep holds the only slot (DMD_MAX_SWEEPS=1): this one is queued, says
+    # so, can be stopped, and never starts its cells
+    from ui.session import sweep_slots
+
+    at = app.run()
+    slots = sweep_slots()  # the same process-wide semaphore the page uses
+    assert slots.acquire(blocking=False)
+    try:
+        at.selectbox(key="exp_preset").set_value("custom (JSON spec)").run()
+        at.text_area(key="exp_custom").set_value(json.dumps(TINY)).run()
+        at.button(key="exp_launch").click().run()
+        job = at.session_state["exp_sweep_job"]
+        assert job.snapshot().state == "queued"
+        info = " ".join(i.value for i in at.info)
+        assert "Queued" in info and "At most 1 sweep" in info
+        assert at.button(key="exp_launch").disabled
+        at.button(key="exp_stop").click().run()
+        assert job.wait(timeout=30) and job.snapshot().state == "stopped"
+        assert not list(Path(tmp_path, "sweeps").glob("page-tiny-*/cells/*"))
+    finally:
+        slots.release()

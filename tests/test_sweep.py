@@ -422,6 +422,27 @@ def test_sweep_job_stop_then_resume(tmp_path):
         sw.SweepJob({"name": "x", "grid": {"data.dim": [0]}}, tmp_path / "bad")
 
 
+def test_sweep_jobs_sharing_a_slot_run_one_at_a_time(tmp_path):
+    import threading
+
+    slots = threading.BoundedSemaphore(1)
+    first = sw.SweepJob(tiny_spec(), tmp_path / "a", workers=0, quick=True, slots=slots).start()
+    second = sw.SweepJob(tiny_spec(), tmp_path / "b", workers=0, quick=True, slots=slots).start()
+    third = sw.SweepJob(tiny_spec(), tmp_path / "c", workers=0, quick=True, slots=slots).start()
+    snap = second.snapshot()
+    assert snap.state == "queued" and "sweep slot" in snap.message and snap.progress is None
+    third.stop()  # stopping a queued sweep ends it without running anything
+    assert third.wait(timeout=30) and third.snapshot().state == "stopped"
+    assert not (tmp_path / "c").exists()
+    assert first.wait(timeout=300) and first.snapshot().state == "finished"
+    assert second.wait(timeout=300) and second.snapshot().state == "finished"
+    # the second ran after the first: its cells started after the first sweep had ended
+    t_first_end = max(p.stat().st_mtime for p in (tmp_path / "a").rglob("status.json"))
+    t_second_start = min(p.stat().st_mtime for p in (tmp_path / "b").rglob("config.json"))
+    assert t_second_start >= t_first_end - 1e-3
+    assert slots.acquire(blocking=False)  # every slot was given back
+
+
 # ---------------------------------------------------------------------------- command line
 
 def _cli(argv):

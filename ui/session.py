@@ -49,6 +49,29 @@ def get_manager():
     return _manager(max_jobs())
 
 
+def max_sweeps() -> int:
+    """Concurrent sweeps across all sessions, from env DMD_MAX_SWEEPS (default 1: a sweep's
+    worker pool already uses every core)."""
+    raw = os.environ.get("DMD_MAX_SWEEPS", "1")
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ValueError(f"DMD_MAX_SWEEPS: {raw!r} is not an integer >= 1") from None
+    if n < 1:
+        raise ValueError(f"DMD_MAX_SWEEPS: {n} not in [1, inf)")
+    return n
+
+
+@st.cache_resource(show_spinner=False)
+def _sweep_slots(cap: int) -> threading.BoundedSemaphore:
+    return threading.BoundedSemaphore(cap)
+
+
+def sweep_slots() -> threading.BoundedSemaphore:
+    """The server-wide semaphore every Experiments-page sweep holds while it runs."""
+    return _sweep_slots(max_sweeps())
+
+
 @st.cache_resource(show_spinner=False)
 def warm_up_process() -> threading.Thread:
     """Once per server process, off the request path: import the heavy lazily loaded modules,
