@@ -131,3 +131,15 @@ def test_experiment_and_image_controls_outlive_a_visit_to_another_page():
     at.switch_page("pages/images.py")
     at.run()
     assert at.radio(key="img_student_src").value == "Path on disk"
+
+
+@pytest.mark.parametrize("name, fn", [("DMD_MAX_JOBS", "max_jobs"), ("DMD_MAX_SWEEPS", "max_sweeps")])
+def test_server_caps_come_from_the_environment_and_bad_values_are_named(monkeypatch, name, fn):
+    from ui import session
+
+    monkeypatch.setenv(name, "3")
+    assert getattr(session, fn)() == 3
+    for bad in ("0", "two"):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ValueError, match=name):
+            getattr(session, fn)()

@@ -25,16 +25,21 @@ def runs_root() -> Path:
     return root
 
 
-def max_jobs() -> int:
-    """Global cap on concurrently running jobs, from env DMD_MAX_JOBS (default 2)."""
-    raw = os.environ.get("DMD_MAX_JOBS", "2")
+def _positive_int_env(name: str, default: int) -> int:
+    """An integer >= 1 from environment variable ``name`` (``default`` when unset)."""
+    raw = os.environ.get(name, str(default))
     try:
         n = int(raw)
     except ValueError:
-        raise ValueError(f"DMD_MAX_JOBS: {raw!r} is not an integer >= 1") from None
+        raise ValueError(f"{name}: {raw!r} is not an integer >= 1") from None
     if n < 1:
-        raise ValueError(f"DMD_MAX_JOBS: {n} not in [1, inf)")
+        raise ValueError(f"{name}: {n} not in [1, inf)")
     return n
+
+
+def max_jobs() -> int:
+    """Global cap on concurrently running jobs, from env DMD_MAX_JOBS (default 2)."""
+    return _positive_int_env("DMD_MAX_JOBS", 2)
 
 
 @st.cache_resource(show_spinner=False)
@@ -52,14 +57,7 @@ def get_manager():
 def max_sweeps() -> int:
     """Concurrent sweeps across all sessions, from env DMD_MAX_SWEEPS (default 1: a sweep's
     worker pool already uses every core)."""
-    raw = os.environ.get("DMD_MAX_SWEEPS", "1")
-    try:
-        n = int(raw)
-    except ValueError:
-        raise ValueError(f"DMD_MAX_SWEEPS: {raw!r} is not an integer >= 1") from None
-    if n < 1:
-        raise ValueError(f"DMD_MAX_SWEEPS: {n} not in [1, inf)")
-    return n
+    return _positive_int_env("DMD_MAX_SWEEPS", 1)
 
 
 @st.cache_resource(show_spinner=False)
