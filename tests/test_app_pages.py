@@ -143,3 +143,29 @@ def test_server_caps_come_from_the_environment_and_bad_values_are_named(monkeypa
         monkeypatch.setenv(name, bad)
         with pytest.raises(ValueError, match=name):
             getattr(session, fn)()
+
+
+def test_keep_page_controls_writes_widget_keys_only_to_restore_them():
+    # a write to a live widget's key is pushed to the browser and can overwrite an edit in
+    # progress: live values are only copied to shadows; dropped ones are restored once
+    from ui.session import keep_page_controls
+
+    class Recording(dict):
+        def __init__(self, *a):
+            super().__init__(*a)
+            self.writes = []
+
+        def __setitem__(self, k, v):
+            self.writes.append(k)
+            super().__setitem__(k, v)
+
+    state = Recording({"exp_preset": "freedom", "exp_launch": True, "other": 1})
+    assert keep_page_controls(state) == 0
+    assert state.writes == ["_kept::exp_preset"]  # no widget key written, buttons not kept
+    del state["exp_preset"]  # Streamlit dropped it: the page was not drawn in the last run
+    state.writes.clear()
+    assert keep_page_controls(state) == 1
+    assert state["exp_preset"] == "freedom" and "exp_preset" in state.writes
+    state.writes.clear()
+    keep_page_controls(state)
+    assert "exp_preset" not in state.writes

@@ -103,22 +103,33 @@ def warm_up_process() -> threading.Thread:
 
 # Page controls that survive a visit to another page. Streamlit forgets the value of a widget
 # that a run does not draw, so going Experiments → Home → Experiments reset the chosen preset
-# and an edited spec. Re-assigning the value in every run keeps it. Only value widgets are
-# listed: buttons, uploads and downloads cannot be set, and selections whose options change
-# with the data (past sweeps, the image pair shown large) start fresh on purpose.
+# and an edited spec. Every run copies the live values of the listed widgets to shadow keys;
+# when a widget's own key has been dropped (its page was not drawn), the first run back restores
+# it from the shadow. Values are written to widget keys only then, never while the widget is on
+# screen (a write would be pushed to the browser and could overwrite an edit in progress). Only
+# value widgets are listed: buttons, uploads and downloads cannot be set, and selections whose
+# options change with the data (past sweeps, the image pair shown large) start fresh on purpose.
 KEPT_CONTROLS = re.compile(
     r"^(exp_(preset|variant|quick|custom|workers|axis_.+|extra_.+|base_.+)"
     r"|img_((teacher|student)_(src|entry|path)|classes|per_class|seed0|steps|churn|batch|boot))$"
 )
+_SHADOW = "_kept::"
 
 
 def keep_page_controls(state=None) -> int:
-    """Re-assign the kept page controls in ``state`` (default ``st.session_state``) so they
-    outlive runs of other pages; called by app.py on every run. Returns how many were kept."""
+    """Remember the kept page controls of ``state`` (default ``st.session_state``) and restore
+    the ones Streamlit dropped; called by app.py at the start of every run. Returns how many
+    values were restored."""
     state = st.session_state if state is None else state
-    kept = 0
-    for key in list(state.keys()):
-        if KEPT_CONTROLS.match(str(key)):
-            state[key] = state[key]
-            kept += 1
-    return kept
+    restored = 0
+    keys = [str(k) for k in state.keys()]
+    live = {k for k in keys if KEPT_CONTROLS.match(k)}
+    for k in keys:
+        if k.startswith(_SHADOW):
+            name = k[len(_SHADOW):]
+            if name not in live:
+                state[name] = state[k]
+                restored += 1
+    for name in live:
+        state[_SHADOW + name] = state[name]
+    return restored
