@@ -718,6 +718,8 @@ def run_sweep(
 
         def handle(kind: str, obj, res: dict) -> None:
             record(key_of(kind, obj), res, kind)
+            if res.get("status") == FINISHED:
+                state["idle_breaks"] = 0  # progress since the last break: breaks are not "in a row"
             if kind == "teacher":
                 for c in by_teacher[obj]:
                     if res.get("status") == FINISHED and not state["stopped"]:

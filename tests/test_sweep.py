@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -427,6 +428,10 @@ def test_sweep_jobs_sharing_a_slot_run_one_at_a_time(tmp_path):
 
     slots = threading.BoundedSemaphore(1)
     first = sw.SweepJob(tiny_spec(), tmp_path / "a", workers=0, quick=True, slots=slots).start()
+    t0 = time.monotonic()
+    while first.snapshot().state == "queued" and time.monotonic() - t0 < 30:
+        time.sleep(0.01)  # the first job's thread holds the slot before the second one starts
+    assert first.snapshot().state in ("running", "finished")
     second = sw.SweepJob(tiny_spec(), tmp_path / "b", workers=0, quick=True, slots=slots).start()
     third = sw.SweepJob(tiny_spec(), tmp_path / "c", workers=0, quick=True, slots=slots).start()
     snap = second.snapshot()
@@ -585,9 +590,14 @@ def _thread_report() -> dict:
                       for d in threadpoolctl.threadpool_info()]}
 
 
-def test_worker_processes_use_one_thread_in_every_pool():
+def test_worker_processes_use_one_thread_in_every_pool(monkeypatch):
     here = _thread_report()
     assert any(n > 1 for *_, n in here["pools"]), "this machine's default pools have 1 thread: test cannot fail"
+    # Spawned workers inherit the environment: without these the pools could start at one thread
+    # because of a variable set elsewhere in the test process (app.py sets OMP_NUM_THREADS=1),
+    # and the test would pass without the initializer doing anything.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
     with sw._make_pool(1) as pool:
         report = pool.submit(_thread_report).result(timeout=300)
     assert report["torch"] == 1

@@ -379,11 +379,17 @@ def test_gan_head_sees_real_and_generated_samples_at_the_same_noise_levels(fake_
     dmd.fake.forward_and_features, dmd.fake.features = rec_fwd, rec_feats
     for _ in range(6):
         dmd.step()
-    gen_s, other_s = torch.cat(seen["generated"]), torch.cat(seen["real_or_generator"])
-    assert gen_s.numel() == 6 * 2 * 64 and other_s.numel() == 6 * (2 * 64 + 64)
+    gen_s = torch.cat(seen["generated"])
+    # features() calls per step: one per fake-score step (real samples), then the generator's
+    calls = seen["real_or_generator"]
+    assert len(calls) == 6 * 3
+    real_s = torch.cat([c for i, c in enumerate(calls) if i % 3 != 2])
+    gen_gan_s = torch.cat([c for i, c in enumerate(calls) if i % 3 == 2])
+    other_s = torch.cat([real_s, gen_gan_s])
+    assert gen_s.numel() == 6 * 2 * 64 and real_s.numel() == 6 * 2 * 64 and gen_gan_s.numel() == 6 * 64
     if fake_sigma == "karras":
         grid = karras_sigmas(1000, 0.002, 80.0, 7.0, dtype=torch.float32)
-        for s in (gen_s, other_s):
+        for s in (gen_s, real_s, gen_gan_s):
             assert torch.isin(s, grid).all()
             # the whole grid, not only the DM loss's indices [20, 980)
             assert (s < torch.sort(grid).values[20]).any()
