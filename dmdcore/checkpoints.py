@@ -621,7 +621,11 @@ def fetch(name: str, dest_dir: str | Path | None = None, *, manifest: str | Path
         try:
             resp = urllib.request.urlopen(req, timeout=timeout)
         except urllib.error.HTTPError as exc:
-            if exc.code == 416 and want_size and have == want_size:
+            # 416 (range not satisfiable) for a .part that is already complete: with a known size,
+            # or when the server's "Content-Range: bytes */N" says N == what we have (a previous
+            # fetch was interrupted between the last byte and the rename)
+            m = re.match(r"\s*bytes\s+\*/(\d+)", (exc.headers or {}).get("Content-Range") or "") if exc.code == 416 else None
+            if exc.code == 416 and have and ((want_size and have == want_size) or (m and int(m[1]) == have)):
                 resp = None
             else:
                 raise CheckpointError(f"fetch {name}: HTTP {exc.code} from {url}") from exc

@@ -241,6 +241,12 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
         type(self).requests.append(rng)
         if rng and self.honour_range:
             start = int(rng.split("=")[1].split("-")[0])
+            if start >= len(data):  # RFC 9110: range not satisfiable, with the full length
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             body = data[start:]
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -297,6 +303,25 @@ def test_fetch_resumes_with_range(tmp_path, server):
     assert out.read_bytes() == payload
     assert _RangeHandler.requests == ["bytes=123456-"]
     assert not (dest / "model.bin.part").exists()
+
+
+def test_fetch_accepts_a_complete_part_file_the_server_answers_416_for(tmp_path, server):
+    # a fetch killed after the last byte but before the rename leaves a complete .part; with no
+    # size/sha256 in the manifest (as for the real entries) the next Range request gets 416
+    url, payload = server
+    entry = _manifest(url, payload)
+    entry["entries"][0].update(size=None, sha256=None)
+    dest = tmp_path / "dest" / "dl"
+    dest.mkdir(parents=True)
+    (dest / "model.bin.part").write_bytes(payload)
+    out, sha = fetch("remote", tmp_path / "dest", manifest=entry, with_sha256=True)
+    assert out.read_bytes() == payload and sha == hashlib.sha256(payload).hexdigest()
+    assert _RangeHandler.requests == [f"bytes={len(payload)}-"]
+    # a .part longer than the file is not "complete": the 416 is an error
+    (dest / "model.bin").unlink()
+    (dest / "model.bin.part").write_bytes(payload + b"extra")
+    with pytest.raises(CheckpointError, match="HTTP 416"):
+        fetch("remote", tmp_path / "dest", manifest=entry)
 
 
 def test_fetch_restarts_when_server_ignores_range(tmp_path, server, monkeypatch):
