@@ -109,16 +109,27 @@ def _pick(role: str, col) -> tuple[str, str, dict | None] | None:
                               key=f"img_{role}_upload")
         if up is None:
             return None
-        dest = _upload_dir() / f"{role}-{Path(up.name).name}"
         data = up.getvalue()
-        sha = hashlib.sha256(data).hexdigest()
-        # compare content, not name and size: a different file of the same size must replace it
-        if not dest.exists() or dest.stat().st_size != len(data) or ckpts.file_sha256(dest) != sha:
+        sha = _upload_sha(up.file_id, data)
+        # named by content: sessions share the upload folder, and two different files with the
+        # same name must never overwrite each other (the loaded model is cached by this key)
+        dest = _upload_dir() / f"{role}-{sha[:16]}-{Path(up.name).name}"
+        if not dest.exists():
             fd, tmp = tempfile.mkstemp(dir=dest.parent)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, dest)
         return f"upload:{up.name}:{sha}", str(dest), None
+
+
+def _upload_sha(file_id: str, data: bytes) -> str:
+    """sha256 of an uploaded file, computed once per upload (the page reruns often)."""
+    memo = S.setdefault("img_upload_sha", {})
+    if file_id not in memo:
+        while len(memo) >= 8:  # teacher and student uploads and a few replaced ones
+            memo.pop(next(iter(memo)))
+        memo[file_id] = hashlib.sha256(data).hexdigest()
+    return memo[file_id]
 
 
 def _resolve(role: str, choice) -> object | None:

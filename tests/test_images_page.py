@@ -179,3 +179,9 @@ def test_upload_with_same_name_and_size_but_new_content_is_replaced(tmp_path):
         sha = hashlib.sha256(data).hexdigest()
         assert any("same-name.pt" in c.value and f"sha256 {sha[:12]}" in c.value for c in at.caption), \
             [c.value for c in at.caption]
+    # both files are kept, named by content: sessions share the upload folder, so a same-named
+    # upload from another session can never overwrite a model this one loaded
+    import os
+
+    kept = sorted(p.name for p in (Path(os.environ["DMD_RUNS_DIR"]) / "uploads").glob("teacher-*-same-name.pt"))
+    assert kept == sorted(f"teacher-{hashlib.sha256(b).hexdigest()[:16]}-same-name.pt" for b in blobs)
