@@ -314,10 +314,12 @@ class Experiment:
 
         Raises ValueError when already done; ``dmdcore.distill.DivergenceError`` on a non-finite
         loss (weights stay at the last good state; checkpoints at the last evaluation)."""
+        # timed from before the lock: a wait for another thread holding it (e.g. a page drawing
+        # basin maps) is time this step lost, and timing.csv's throughput must show it
+        t0 = time.perf_counter()
         with self._lock:
             if self.done:
                 raise ValueError("step: the experiment is already done")
-            t0 = time.perf_counter()
             try:
                 if not self._started:
                     self._started = True
@@ -626,28 +628,32 @@ class Experiment:
             raise ValueError(f"extent: {extent!r} not in (0, 10]")
         if self.dataset.dim != 2:
             raise ValueError(f"basin_maps: data dimension {self.dataset.dim} not in {{2}} (2-D data only)")
+        xs = np.linspace(-extent, extent, grid_n, dtype=np.float32)
+        gx, gy = np.meshgrid(xs, xs)  # gx[i, j] = xs[j], gy[i, j] = xs[i]
+        zg = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], axis=1)).to(self.device)
+        labels = None
+        if self.eval_labels is not None:
+            labels = torch.zeros(zg.shape[0], dtype=torch.long, device=self.device)
         with self._lock:
             teacher = self.teacher
+            fixed = teacher is not None  # loaded, or the finished teacher phase's EMA copy
             if teacher is None and self._teacher_trainer is not None:
                 teacher = self._current_teacher()
             if teacher is None:
                 raise ValueError("basin_maps: no teacher yet (start the teacher phase first)")
-            xs = np.linspace(-extent, extent, grid_n, dtype=np.float32)
-            gx, gy = np.meshgrid(xs, xs)  # gx[i, j] = xs[j], gy[i, j] = xs[i]
-            zg = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], axis=1)).to(self.device)
-            labels = None
-            if self.eval_labels is not None:
-                labels = torch.zeros(zg.shape[0], dtype=torch.long, device=self.device)
-            # A fixed (loaded or finished) teacher's grid map is computed once; the student's
-            # side is one forward pass, cheap enough to redraw at every evaluation.
+            # A fixed teacher's grid map is computed once per grid; the student's side is one
+            # forward pass, cheap enough to redraw at every evaluation.
             tkey = (grid_n, float(extent), id(teacher))
-            cached = self._teacher_grid if teacher is self.teacher else None
-            if cached is not None and cached[0] == tkey:
-                t = cached[1]
-            else:
+            cached = self._teacher_grid if fixed else None
+            t = cached[1] if cached is not None and cached[0] == tkey else None
+            if t is None and not fixed:  # a teacher still training: sample it under the lock
                 t = teacher.sample(zg, self.cfg.sampler, labels=labels).detach().cpu().numpy().astype(np.float64)
-                if teacher is self.teacher:
-                    self._teacher_grid = (tkey, t)
+        if t is None:
+            # a fixed teacher is never written to: sample its grid without holding up training
+            t = teacher.sample(zg, self.cfg.sampler, labels=labels).detach().cpu().numpy().astype(np.float64)
+        with self._lock:
+            if fixed and teacher is self.teacher:
+                self._teacher_grid = (tkey, t)
             centers = self._centers
             if centers is None:
                 if self.dataset.centers is not None:
