@@ -208,11 +208,15 @@ def _release(old) -> None:
     if not old.done:
         old.stop()
         old.wait(timeout=10)
-    if old.done:
-        try:
-            get_manager().remove(old.job_id)
-        except (KeyError, ValueError):
-            pass
+    pending = S.setdefault("toylab_to_release", [])
+    pending.append(old)
+    for j in list(pending):  # jobs still stopping are dropped on a later click, once ended
+        if j.done:
+            try:
+                get_manager().remove(j.job_id)
+            except (KeyError, ValueError):
+                pass
+            pending.remove(j)
 
 
 def _start(phases: tuple[str, ...]) -> None:
