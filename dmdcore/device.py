@@ -33,7 +33,9 @@ def tune_allocator() -> bool:
     heap top after frees, so each step pays page faults on memory it just released; on the
     2-core reference machine that is 10-20% of a toy training step. Raising the mmap threshold
     to 256 MiB and the trim threshold to 1 GiB (``mallopt``) makes steady-state steps reuse warm
-    heap memory. The cost is that up to ~1 GiB of freed memory stays mapped in the process.
+    heap memory. The cost is that the process keeps more freed memory mapped: glibc applies the
+    1 GiB trim threshold per malloc arena (and only to the top of each heap), so it is not a bound
+    on the whole process; large blocks (> 256 MiB) still come from and go back to mmap.
 
     Idempotent; does nothing (returns False) off glibc or when ``DMD_MALLOC_TUNING=0``.
     """
