@@ -12,11 +12,9 @@ import streamlit as st
 # An explicit OMP_NUM_THREADS in the environment wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from ui.session import keep_page_controls  # noqa: E402  (no torch import at module level)
+
 st.set_page_config(page_title="DMD Copying Lab", page_icon=":material/science:", layout="wide")
-
-from ui.session import keep_page_controls  # noqa: E402
-
-keep_page_controls()  # Experiments / Image models controls outlive a visit to another page
 
 nav = st.navigation(
     [
@@ -27,4 +25,5 @@ nav = st.navigation(
         st.Page("pages/docs.py", title="Docs", icon=":material/menu_book:"),
     ]
 )
+keep_page_controls(nav.url_path)  # Experiments / Image models controls outlive a visit elsewhere
 nav.run()

@@ -145,9 +145,10 @@ def test_server_caps_come_from_the_environment_and_bad_values_are_named(monkeypa
             getattr(session, fn)()
 
 
-def test_keep_page_controls_writes_widget_keys_only_to_restore_them():
+def test_keep_page_controls_writes_widget_keys_only_on_entering_a_page():
     # a write to a live widget's key is pushed to the browser and can overwrite an edit in
-    # progress: live values are only copied to shadows; dropped ones are restored once
+    # progress: within a page, live values are only copied to shadows; entering a page (or a
+    # widget dropped by Streamlit) writes the kept values back once
     from ui.session import keep_page_controls
 
     class Recording(dict):
@@ -160,12 +161,12 @@ def test_keep_page_controls_writes_widget_keys_only_to_restore_them():
             super().__setitem__(k, v)
 
     state = Recording({"exp_preset": "freedom", "exp_launch": True, "other": 1})
-    assert keep_page_controls(state) == 0
-    assert state.writes == ["_kept::exp_preset"]  # no widget key written, buttons not kept
+    keep_page_controls("experiments", state)
+    state.writes.clear()
+    assert keep_page_controls("experiments", state) == 0  # a rerun of the same page
+    assert [k for k in state.writes if not k.startswith("_kept")] == []  # buttons never kept
+    assert keep_page_controls("home", state) == 1  # entering another page: written back once
+    state.writes.clear()
+    assert keep_page_controls("home", state) == 0 and "exp_preset" not in state.writes
     del state["exp_preset"]  # Streamlit dropped it: the page was not drawn in the last run
-    state.writes.clear()
-    assert keep_page_controls(state) == 1
-    assert state["exp_preset"] == "freedom" and "exp_preset" in state.writes
-    state.writes.clear()
-    keep_page_controls(state)
-    assert "exp_preset" not in state.writes
+    assert keep_page_controls("home", state) == 1 and state["exp_preset"] == "freedom"

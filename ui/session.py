@@ -103,33 +103,39 @@ def warm_up_process() -> threading.Thread:
 
 # Page controls that survive a visit to another page. Streamlit forgets the value of a widget
 # that a run does not draw, so going Experiments → Home → Experiments reset the chosen preset
-# and an edited spec. Every run copies the live values of the listed widgets to shadow keys;
-# when a widget's own key has been dropped (its page was not drawn), the first run back restores
-# it from the shadow. Values are written to widget keys only then, never while the widget is on
-# screen (a write would be pushed to the browser and could overwrite an edit in progress). Only
-# value widgets are listed: buttons, uploads and downloads cannot be set, and selections whose
-# options change with the data (past sweeps, the image pair shown large) start fresh on purpose.
+# and an edited spec. Every run copies the live values of the listed widgets to shadow keys. On
+# the first run of a page after another page was shown, the kept values are written back to
+# their widget keys: those widgets are being created in the browser then, and a value written
+# through the session state is what makes the browser show it (a value Streamlit merely kept is
+# returned by the script but not displayed). Within a page nothing is written to widget keys, so a
+# rerun (e.g. a sweep's progress) never overwrites an edit in progress. Only value widgets are
+# listed: buttons, uploads and downloads cannot be set, and selections whose options change with
+# the data (past sweeps, the image pair shown large) start fresh on purpose.
 KEPT_CONTROLS = re.compile(
     r"^(exp_(preset|variant|quick|custom|workers|axis_.+|extra_.+|base_.+)"
     r"|img_((teacher|student)_(src|entry|path)|classes|per_class|seed0|steps|churn|batch|boot))$"
 )
 _SHADOW = "_kept::"
+_PAGE = "_kept_page"
 
 
-def keep_page_controls(state=None) -> int:
-    """Remember the kept page controls of ``state`` (default ``st.session_state``) and restore
-    the ones Streamlit dropped; called by app.py at the start of every run. Returns how many
-    values were restored."""
+def keep_page_controls(page: str | None = None, state=None) -> int:
+    """Remember the kept page controls of ``state`` (default ``st.session_state``) and, when
+    ``page`` differs from the previous run's, write them back to their widget keys; called by
+    app.py on every run with the page about to run. Returns how many values were written."""
     state = st.session_state if state is None else state
-    restored = 0
+    entering = page is not None and state.get(_PAGE) != page
+    if page is not None:
+        state[_PAGE] = page
+    written = 0
     keys = [str(k) for k in state.keys()]
     live = {k for k in keys if KEPT_CONTROLS.match(k)}
     for k in keys:
         if k.startswith(_SHADOW):
             name = k[len(_SHADOW):]
-            if name not in live:
+            if name not in live or entering:
                 state[name] = state[k]
-                restored += 1
+                written += 1
     for name in live:
         state[_SHADOW + name] = state[name]
-    return restored
+    return written
