@@ -162,7 +162,10 @@ class ModeTransition:
 
 
 MAX_ABS_VALUE = 1e150  # beyond this, squared Euclidean distances overflow float64
-_TORCH_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+_TORCH_INT_DTYPES = tuple(
+    getattr(torch, n) for n in ("uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64")
+    if hasattr(torch, n)
+)
 
 
 def _as_points(x: Any, name: str, min_n: int = 2) -> tuple[np.ndarray, torch.device | None]:
@@ -532,7 +535,8 @@ def pairing_inefficiency(
         raise ValueError(f"bootstrap: {bootstrap} not in {{0}} ∪ [10, ∞) (too few resamples for a percentile CI)")
     seed = _check_int(seed, "seed", 0)
     max_exact = _check_int(max_exact, "max_exact", 2)
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
+    if isinstance(level, (bool, np.bool_)) or not isinstance(level, (int, float, np.integer, np.floating)) \
+            or not 0.0 < float(level) < 1.0:
         raise ValueError(f"level: {level!r} not in (0, 1)")
     solver = _check_solver(solver)
     for arr, name in ((s, "student"), (t, "teacher")):

@@ -464,3 +464,17 @@ def test_metric_help_covers_metrics_csv_columns():
     for key in ("delta_e", "e_pair", "e_ot", "e_ind", "w2", "w2_data", "eta_teacher", "eta_student", "copy_rate", "retrieval"):
         assert isinstance(P.METRIC_HELP[key], str) and len(P.METRIC_HELP[key]) > 20
     assert "Li et al. 2026" in P.METRIC_HELP["delta_e"]
+
+
+def test_unsigned_torch_integers_and_numpy_scalar_level_are_accepted():
+    x = torch.arange(40, dtype=torch.int64).reshape(20, 2)
+    ref = P.pairing_inefficiency(x, x.flip(0)).delta_e
+    for name in ("uint16", "uint32", "uint64"):
+        if hasattr(torch, name):  # torch >= 2.3 has them
+            t = x.to(getattr(torch, name))
+            assert P.pairing_inefficiency(t, t.flip(0)).delta_e == ref
+    a = P.pairing_inefficiency(_GOOD, _GOOD[::-1], bootstrap=20, level=np.float32(0.9))
+    b = P.pairing_inefficiency(_GOOD, _GOOD[::-1], bootstrap=20, level=0.9)
+    assert (a.ci_low, a.ci_high) == pytest.approx((b.ci_low, b.ci_high))
+    with pytest.raises(ValueError, match="level"):
+        P.pairing_inefficiency(_GOOD, _GOOD[::-1], bootstrap=20, level=np.bool_(True))
