@@ -7,9 +7,10 @@
 Both runs start from empty directories (teachers included) and must finish every cell. The
 serial baseline is ``run_sweep(..., workers=0)``: every teacher and cell in this process, in grid
 order. Its torch thread count is ``--serial-threads`` (default 1, the same per-process setting as the
-pool's workers): with torch's default (one thread per core) on a machine shared with other jobs,
-intra-op threads oversubscribe the cores and the serial run slows down by an order of magnitude,
-which would inflate the speed-up. Last line:
+pool's workers), applied to torch and to every BLAS/OpenMP pool (numpy, POT, scikit-learn) while
+its cells run, so both sides do the same per-process work and the ratio measures the process
+pool. ``--also-free-serial`` additionally times the serial run with the library pools left at
+their defaults (they may then use the second core between torch steps). Last line:
 ``RESULT cells=<int> wall_s=<float> serial_s=<float> speedup=<float>``.
 """
 
@@ -41,7 +42,10 @@ def main() -> None:
     ap.add_argument("--preset", default="dimension")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--serial-threads", type=int, default=1, help="torch threads of the serial baseline")
+    ap.add_argument("--serial-threads", type=int, default=1,
+                    help="threads of torch and of every BLAS/OpenMP pool in the serial baseline (workers use 1)")
+    ap.add_argument("--also-free-serial", action="store_true",
+                    help="also time the serial run with the library thread pools unrestricted (reference)")
     ap.add_argument("--keep", default=None, help="directory to keep the parallel sweep in (default: temporary)")
     args = ap.parse_args()
     spec = load_preset(args.preset)
@@ -59,17 +63,29 @@ def main() -> None:
         wall = time.perf_counter() - t0
         par_cpu = _cpu_s(resource.RUSAGE_CHILDREN) - c0  # the pool's workers, reaped at shutdown
         print(f"parallel ({args.workers} workers): {wall:.1f} s, {len(par.failures)} failures")
-        threads = torch.get_num_threads()
-        torch.set_num_threads(args.serial_threads)
-        try:
-            c0 = _cpu_s(resource.RUSAGE_SELF)
-            t0 = time.perf_counter()
-            ser = run_sweep(spec, Path(tmp) / "serial", workers=0, quick=args.quick)
-            serial = time.perf_counter() - t0
-            ser_cpu = _cpu_s(resource.RUSAGE_SELF) - c0
-        finally:
-            torch.set_num_threads(threads)
-        print(f"serial (one process): {serial:.1f} s, {len(ser.failures)} failures")
+        # Serial baseline with the workers' per-process setting: torch and every BLAS/OpenMP pool
+        # (numpy, POT, scikit-learn) limited to --serial-threads while its cells run.
+        c0 = _cpu_s(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        ser = run_sweep(spec, Path(tmp) / "serial", workers=0, quick=args.quick,
+                        threads_per_process=args.serial_threads)
+        serial = time.perf_counter() - t0
+        ser_cpu = _cpu_s(resource.RUSAGE_SELF) - c0
+        print(f"serial (one process, {args.serial_threads} thread(s) in every pool): {serial:.1f} s, "
+              f"{len(ser.failures)} failures")
+        if args.also_free_serial:
+            # for reference: the same serial run with the library thread pools left at their
+            # defaults (numpy/POT/scikit-learn may then use the second core between torch steps)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(args.serial_threads)
+            try:
+                t1 = time.perf_counter()
+                run_sweep(spec, Path(tmp) / "serial-free", workers=0, quick=args.quick)
+                free = time.perf_counter() - t1
+            finally:
+                torch.set_num_threads(threads)
+            print(f"serial, library pools unrestricted (torch {args.serial_threads} thread): {free:.1f} s "
+                  f"→ parallel speed-up over it {free / wall:.2f}x")
         if par.failures or ser.failures:
             raise SystemExit(f"failures: parallel {par.failures} serial {ser.failures}")
         d = np.abs(par.table["delta_e"].to_numpy() - ser.table["delta_e"].to_numpy())
