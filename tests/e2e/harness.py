@@ -102,3 +102,23 @@ def app_in_browser(runs_dir: Path):
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         yield url, page, errors
+
+
+def open_page(page, url: str, ready_text: str, screenshot: str | None = None, timeout_ms: int = 60000) -> None:
+    """Go to ``url``, wait until ``ready_text`` is shown and the app is idle, and optionally save a
+    full-page screenshot as ``test-artifacts/<screenshot>.png``."""
+    page.goto(url, wait_until="domcontentloaded")
+    page.get_by_text(ready_text).first.wait_for(timeout=timeout_ms)
+    wait_app_idle(page, timeout_ms=timeout_ms)
+    if screenshot:
+        page.screenshot(path=str(ARTIFACTS / f"{screenshot}.png"), full_page=True)
+
+
+def screenshot_charts(page, prefix: str) -> int:
+    """Save each Plotly chart on the page as ``test-artifacts/<prefix><i>.png`` (Streamlit scrolls
+    inside its main container, so a full-page shot misses the lower ones). Returns the count."""
+    charts = page.locator('[data-testid="stPlotlyChart"]')
+    for i in range(charts.count()):
+        charts.nth(i).scroll_into_view_if_needed()
+        charts.nth(i).screenshot(path=str(ARTIFACTS / f"{prefix}{i}.png"))
+    return charts.count()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.harness import ARTIFACTS, app_in_browser, wait_app_idle
+from tests.e2e.harness import ARTIFACTS, app_in_browser, open_page, screenshot_charts, wait_app_idle
 from tests.test_experiments_page import TINY
 
 
@@ -67,11 +67,8 @@ QUICK = "tn=8gaussians&ss=20&ee=5&en=200&boot=20"
 @pytest.mark.timeout(400)
 def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
     with app_in_browser(tmp_path) as (url, page, errors):
-        page.goto(f"{url}/toy_lab?{QUICK}", wait_until="domcontentloaded")
         # first render: noise and the shipped teacher's samples, before any training
-        page.get_by_text("Teacher samples T(z)").first.wait_for(timeout=60000)
-        wait_app_idle(page, timeout_ms=60000)
-        page.screenshot(path=str(ARTIFACTS / "toy_lab_preview.png"), full_page=True)
+        open_page(page, f"{url}/toy_lab?{QUICK}", "Teacher samples T(z)", "toy_lab_preview")
         assert page.evaluate(DELTA_E_POINTS_JS) == 0
 
         page.get_by_role("button", name="Distill").click()
@@ -83,11 +80,7 @@ def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
         n_points = page.evaluate(DELTA_E_POINTS_JS)
         assert n_points == 20 // 5 + 1, n_points  # evaluations at student steps 0, 5, ..., 20
         page.screenshot(path=str(ARTIFACTS / "toy_lab_done.png"), full_page=True)
-        # Streamlit scrolls inside its main container: also capture each chart on its own
-        charts = page.locator('[data-testid="stPlotlyChart"]')
-        for i in range(charts.count()):
-            charts.nth(i).scroll_into_view_if_needed()
-            charts.nth(i).screenshot(path=str(ARTIFACTS / f"toy_lab_done_chart{i}.png"))
+        screenshot_charts(page, "toy_lab_done_chart")
         # the configuration lives in the URL
         assert "tn=8gaussians" in page.url and "ss=20" in page.url
         assert page.locator('[data-testid="stException"]').count() == 0
@@ -105,10 +98,7 @@ def test_experiments_sweep_survives_navigation_in_a_real_browser(tmp_path):
     import json
 
     with app_in_browser(tmp_path) as (url, page, errors):
-        page.goto(f"{url}/experiments", wait_until="domcontentloaded")
-        page.get_by_text("Claim tested").first.wait_for(timeout=60000)
-        wait_app_idle(page, timeout_ms=60000)
-        page.screenshot(path=str(ARTIFACTS / "experiments_preset.png"), full_page=True)
+        open_page(page, f"{url}/experiments", "Claim tested", "experiments_preset")
         # custom spec, pasted into the text area
         page.get_by_text("Preset", exact=True).first.wait_for()
         page.locator('[data-testid="stSelectbox"]').first.click()
@@ -135,11 +125,7 @@ def test_experiments_sweep_survives_navigation_in_a_real_browser(tmp_path):
         wait_app_idle(page, timeout_ms=60000)
         page.locator(".js-plotly-plot").first.wait_for(timeout=30000)
         page.screenshot(path=str(ARTIFACTS / "experiments_done.png"), full_page=True)
-        charts = page.locator('[data-testid="stPlotlyChart"]')
-        assert charts.count() >= 3  # ΔE vs d with CIs, ΔE over training, ΔE vs W₂²
-        for i in range(charts.count()):
-            charts.nth(i).scroll_into_view_if_needed()
-            charts.nth(i).screenshot(path=str(ARTIFACTS / f"experiments_done_chart{i}.png"))
+        assert screenshot_charts(page, "experiments_done_chart") >= 3  # ΔE vs d, over training, vs W₂²
         assert "2 of 2 cells finished" in page.locator('[data-testid="stMain"]').inner_text()
         assert page.locator('[data-testid="stException"]').count() == 0
         assert not errors, errors
