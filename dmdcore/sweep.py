@@ -474,12 +474,33 @@ def _worker_init() -> None:
     import torch
 
     torch.set_num_threads(1)
+    _start_orphan_watchdog()
     _load_numeric_libraries()
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         return
     threadpool_limits(limits=1)  # process-wide for the worker's lifetime
+
+
+_JOB_RUNNING = threading.Event()  # set while a worker runs a job (_drive)
+
+
+def _start_orphan_watchdog(poll_s: float = 1.0, grace_s: float = 60.0) -> None:
+    """Exit the worker when the sweep process is gone (killed: its pool cannot shut us down, and
+    an idle worker would otherwise wait for work forever). A job in progress notices first and
+    stops at its next step, saving its status; the watchdog waits for it (at most ``grace_s``)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        deadline = time.monotonic() + grace_s
+        while _JOB_RUNNING.is_set() and time.monotonic() < deadline:
+            time.sleep(poll_s / 4)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="sweep-orphan-watchdog", daemon=True).start()
 
 
 def _make_pool(n_workers: int) -> cf.ProcessPoolExecutor:
@@ -1386,9 +1407,18 @@ def cli_main(args) -> int:
 def _drive(exp, stop_file: str | None) -> tuple[str, str]:
     """Step an Experiment (stepper protocol of dmdcore.jobs) to the end; returns (status, message).
 
-    Stops at the next step when ``stop_file`` exists; a DivergenceError ends it as "diverged".
-    The experiment's ``finalize`` writes status.json, checkpoints and the index row.
+    Stops at the next step when ``stop_file`` exists or the sweep process is gone; a
+    DivergenceError ends it as "diverged". The experiment's ``finalize`` writes status.json,
+    checkpoints and the index row.
     """
+    _JOB_RUNNING.set()  # the orphan watchdog waits for this job to save its status
+    try:
+        return _drive_steps(exp, stop_file)
+    finally:
+        _JOB_RUNNING.clear()
+
+
+def _drive_steps(exp, stop_file: str | None) -> tuple[str, str]:
     from dmdcore.distill import DivergenceError
 
     steps = 0

@@ -483,6 +483,19 @@ def test_cli_runs_through_python_m(tmp_path):
     assert bad.returncode == 2 and "no-such-preset" in bad.stderr
 
 
+def _children(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (from /proc; Linux)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
 def test_killed_sweep_leaves_finished_cells_intact(tmp_path):
     import time
 
@@ -496,9 +509,23 @@ def test_killed_sweep_leaves_finished_cells_intact(tmp_path):
     while not finished and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
         finished = [p.parent for p in out.glob("cells/*/cell.json")]
+    workers = _children(proc.pid)
     proc.kill()  # SIGKILL: no cleanup in the sweep process
     proc.wait()
     assert finished, "no cell finished before the deadline"
+    assert workers, "the sweep process had no worker processes"
+
+    def alive(pid: int) -> bool:  # an orphaned zombie counts as ended
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+        except (FileNotFoundError, IndexError):
+            return False
+
+    # its orphaned workers (an idle one would wait for work forever) exit by themselves
+    t_kill = time.monotonic()
+    while any(alive(p) for p in workers) and time.monotonic() - t_kill < 90:
+        time.sleep(0.2)
+    assert not [p for p in workers if alive(p)], "orphaned sweep workers are still running"
     before = {p: (p / "metrics.csv").stat().st_mtime_ns for p in finished}
     res = sw.run_sweep(tiny_spec(), out, workers=1, quick=True)
     assert res.failures == [] and set(res.table["status"]) == {"finished"}
