@@ -12,7 +12,11 @@ import streamlit as st
 # An explicit OMP_NUM_THREADS in the environment wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from ui.session import keep_page_controls  # noqa: E402  (no torch import at module level)
+from ui.session import keep_page_controls, serialize_ast_parse  # noqa: E402  (no torch import here)
+
+# Before any page starts a background thread: CPython 3.11's ast.parse is not safe to run in two
+# threads at once (see ui.session.serialize_ast_parse).
+serialize_ast_parse()
 
 st.set_page_config(page_title="DMD Copying Lab", page_icon=":material/science:", layout="wide")
 

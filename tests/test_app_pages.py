@@ -170,3 +170,51 @@ def test_keep_page_controls_writes_widget_keys_only_on_entering_a_page():
     assert keep_page_controls("home", state) == 0 and "exp_preset" not in state.writes
     del state["exp_preset"]  # Streamlit dropped it: the page was not drawn in the last run
     assert keep_page_controls("home", state) == 1 and state["exp_preset"] == "freedom"
+
+
+def test_ast_parse_is_serialized_against_the_cpython_thread_race():
+    # CPython 3.11: ast.parse in two threads at once, with a GC finalizer switching threads
+    # mid-parse, raises "SystemError: AST constructor recursion depth mismatch" (cpython#106905);
+    # the server parses page scripts while its warm-up thread's imports parse too. Without the
+    # lock this stress raised in 3 of 4 runs here; with it, never.
+    import ast
+    import gc
+    import threading
+
+    from ui.session import serialize_ast_parse
+
+    serialize_ast_parse()
+    assert getattr(ast.parse, "_dmd_serialized", False)
+    assert serialize_ast_parse() is False  # idempotent
+    src = (Path(__file__).resolve().parent.parent / "dmdcore" / "sweep.py").read_text()
+    errors: list[str] = []
+
+    class Cyclic:
+        def __init__(self):
+            self.me = self
+
+        def __del__(self):
+            sum(range(50))  # Python code in a finalizer: a point where threads switch
+
+    def parse_many():
+        for _ in range(40):
+            try:
+                ast.parse(src)
+            except SystemError as exc:
+                errors.append(str(exc))
+
+    def garbage():
+        for _ in range(200_000):
+            Cyclic()
+
+    old = gc.get_threshold()
+    gc.set_threshold(100)
+    try:
+        threads = [threading.Thread(target=parse_many) for _ in range(3)] + [threading.Thread(target=garbage)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        gc.set_threshold(*old)
+    assert errors == []

@@ -18,6 +18,35 @@ import streamlit as st
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def serialize_ast_parse() -> bool:
+    """Make ``ast.parse`` run one call at a time in this process (idempotent; True when installed
+    by this call).
+
+    CPython 3.11 keeps the AST constructor's recursion depth in interpreter-wide state
+    (cpython#106905): two threads inside ``ast.parse`` at once — a thread switch can happen mid
+    parse through a garbage-collector finalizer — end one of them with ``SystemError: AST
+    constructor recursion depth mismatch``. In this server two threads do parse at once:
+    Streamlit parses each page script on its first run (``magic.add_magic``), while the warm-up
+    thread's imports (``torch._dynamo`` …) call ``ast.parse`` ~90 times through ``inspect``. A
+    page then failed to render, at random. One re-entrant lock around ``ast.parse`` removes it.
+    """
+    import ast
+
+    if getattr(ast.parse, "_dmd_serialized", False):
+        return False
+    original, lock = ast.parse, threading.RLock()
+
+    def parse(*args, **kwargs):
+        with lock:
+            return original(*args, **kwargs)
+
+    parse.__wrapped__ = original
+    parse.__doc__ = original.__doc__
+    parse._dmd_serialized = True
+    ast.parse = parse
+    return True
+
+
 def runs_root() -> Path:
     """Directory that holds the UI's run directories and the run index (created if missing)."""
     root = Path(os.environ.get("DMD_RUNS_DIR") or REPO_ROOT / "runs")
