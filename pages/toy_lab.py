@@ -149,6 +149,9 @@ if upload is not None:
             S.pop("toylab_upload_error", None)
         except ValueError as exc:
             S["toylab_upload_error"] = f"Upload rejected: {exc}"
+else:  # the file was removed from the uploader: its error goes (the last good upload stays)
+    S.pop("toylab_upload_error", None)
+    S.pop("toylab_upload_sig", None)
 if S.get("toylab_upload_error"):
     st.error(S["toylab_upload_error"])
 if S.get(UPLOAD):

@@ -284,6 +284,10 @@ def test_toy_lab_upload_validation(runs_dir):
     at.run()
     errs = " ".join(e.value for e in at.error)
     assert "Upload rejected" in errs and "bad.csv" in errs and "abc" in errs
+    # removing the file from the uploader removes its error
+    at.file_uploader(key="toylab_upload_widget").set_value(None)
+    at.run()
+    assert not any("Upload rejected" in e.value for e in at.error)
     # a valid one is accepted and enables Distill with its dimension
     rng = np.random.default_rng(0)
     good = "\n".join(",".join(f"{v:.4f}" for v in r) for r in rng.standard_normal((200, 3)))
