@@ -450,18 +450,22 @@ def _threads_limited(n: int | None):
     import torch
 
     old = torch.get_num_threads()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        limiter = contextlib.nullcontext()
-    else:
-        limiter = threadpool_limits(limits=n)
     torch.set_num_threads(n)
     try:
-        with limiter:
+        with _library_thread_limit(n):
             yield
     finally:
         torch.set_num_threads(old)
+
+
+def _library_thread_limit(n: int):
+    """threadpoolctl's limit of every loaded BLAS/OpenMP pool to ``n`` threads (a context
+    manager; applied at once, restored on exit), or a no-op when threadpoolctl is missing."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=n)
 
 
 def _worker_init() -> None:
@@ -476,11 +480,7 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
     _start_orphan_watchdog()
     _load_numeric_libraries()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    threadpool_limits(limits=1)  # process-wide for the worker's lifetime
+    _library_thread_limit(1)  # applied now, kept for the worker's lifetime (never exited)
 
 
 _JOB_RUNNING = threading.Event()  # set while a worker runs a job (_drive)
@@ -976,7 +976,7 @@ def results_table(out_dir: str | os.PathLike) -> pd.DataFrame:
             "n_eval": n_eval,
             # finished cells: the worker's wall time (cell.json); running ones: the time spent
             # in training steps so far (the last row of the run's timing.csv)
-            "wall_s": info.get("wall_s", _last_wall(run) if run.path.is_dir() else None),
+            "wall_s": info["wall_s"] if "wall_s" in info else (_last_wall(run) if run.path.is_dir() else None),
         })
         row.update({m: final.get(m) for m in METRIC_COLUMNS})
         row["run_dir"] = str(run.path)
