@@ -41,9 +41,9 @@ st.caption("Teacher (EDM sampler) vs one-step DMD student (σ = 80) on the same 
 
 # ----------------------------------------------------------------------------------- helpers
 @st.cache_resource(show_spinner="Loading checkpoint…", max_entries=4)
-def _load(path: str, mtime: float, config_json: str | None, source_key: str = ""):
-    """``source_key`` is part of the cache key: for uploads it holds the content's sha256, so a
-    replaced file with the same name, size (and possibly mtime) is loaded afresh."""
+def _load(path: str, mtime: float, config_json: str | None):
+    """Cached by path, mtime and config (an upload's path holds its content hash, so a different
+    file under the same name is a different key)."""
     import json
 
     cfg = json.loads(config_json) if config_json else None
@@ -144,8 +144,7 @@ def _resolve(role: str, choice) -> object | None:
         p = Path(path)
         if not p.is_file():
             raise ckpts.CheckpointError(f"path: {path!r} is not an existing file")
-        ck = _load(str(p.resolve()), p.stat().st_mtime, json.dumps(cfg) if cfg else None,
-                   key if key.startswith("upload:") else "")
+        ck = _load(str(p.resolve()), p.stat().st_mtime, json.dumps(cfg) if cfg else None)
     except ValueError as exc:
         st.error(f"{role}: {exc}")
         prev = loaded.get(role)
