@@ -30,6 +30,12 @@ DATASETS = DATASETS_2D + DATASETS_HD
 
 MAX_DIM = 4096
 
+TEACHER_FAMILIES = ("edm", "fm", "otcfm")
+# dmd: DMD/DMD2 (default); cd: consistency distillation; fdistill-*: f-distill with the reverse-KL
+# (= DMD), Jensen-Shannon or forward-KL weight; sid: score identity distillation; gan: adversarial
+# only; phased: Phased-DMD style few-step student
+STUDENT_METHODS = ("dmd", "cd", "fdistill-rkl", "fdistill-js", "fdistill-fkl", "sid", "gan", "phased")
+
 
 # ----------------------------------------------------------------------------------------------
 # Generic helpers: range checks and dict <-> dataclass conversion.
@@ -126,6 +132,12 @@ def _coerce(cls_name: str, name: str, annotation: Any, value: Any) -> Any:
     return value
 
 
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return f.default
+
+
 class _ConfigMixin:
     """to_dict/from_dict shared by all config dataclasses."""
 
@@ -135,9 +147,21 @@ class _ConfigMixin:
     def validate(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    # Fields added after runs, checkpoints and sweep keys were first written: left out of
+    # ``to_dict`` while they hold their default, so a config that does not use them serialises
+    # (and hashes) exactly as before they existed; ``from_dict`` fills the default back in.
+    _OMIT_DEFAULT: tuple[str, ...] = ()
+
     def to_dict(self) -> dict:
-        """JSON-able dict of all fields (nested configs as dicts, inf as "inf")."""
-        return {f.name: _encode(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """JSON-able dict of all fields (nested configs as dicts, inf as "inf"); fields named in
+        ``_OMIT_DEFAULT`` are left out while they equal their default."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in self._OMIT_DEFAULT and value == _field_default(f):
+                continue
+            out[f.name] = _encode(value)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict):
@@ -220,8 +244,12 @@ class TeacherConfig(_ConfigMixin):
     P_std: float = 1.2                   # EDM: std of ln(sigma) during training
     conditional: bool = False            # condition on the data set's integer labels
     seed: int = 0                        # init + training seed
+    family: str = "edm"                  # teacher family: "edm" (denoiser), "fm" (flow matching / rectified flow), "otcfm" (minibatch-OT CFM)
+
+    _OMIT_DEFAULT = ("family",)
 
     def validate(self) -> None:
+        _check_choice(self, "family", TEACHER_FAMILIES)
         _check_int(self, "width", 1, 8192)
         _check_int(self, "depth", 1, 64)
         _check_int(self, "emb_dim", 2, 4096)
@@ -251,8 +279,12 @@ class SamplerConfig(_ConfigMixin):
     S_min: float = 0.0                   # churn only for sigma in [S_min, S_max]
     S_max: float = math.inf              # (see above)
     S_noise: float = 1.0                 # noise inflation of the churn
+    solver: str = "heun"                 # ODE solver of a flow teacher: "heun" or "euler" (EDM teachers: heun only)
+
+    _OMIT_DEFAULT = ("solver",)
 
     def validate(self) -> None:
+        _check_choice(self, "solver", ("heun", "euler"))
         _check_int(self, "steps", 1, 10_000)
         _check_float(self, "sigma_min", 0.0, 1e5, lo_open=True)
         _check_float(self, "sigma_max", 0.0, 1e5, lo_open=True)
@@ -291,8 +323,12 @@ class DistillConfig(_ConfigMixin):
     student_width: int | None = None     # student width if different from the teacher (init must be "random")
     student_depth: int | None = None     # student depth if different from the teacher (init must be "random")
     seed: int = 0                        # noise / sigma seed of the distillation
+    method: str = "dmd"                  # student method (STUDENT_METHODS); its own section holds its settings
+
+    _OMIT_DEFAULT = ("method",)
 
     def validate(self) -> None:
+        _check_choice(self, "method", STUDENT_METHODS)
         _check_choice(self, "init", ("teacher", "random"))
         _check_int(self, "ratio", 1, 1000)
         _check_int(self, "steps", 1, 10_000_000)
@@ -333,6 +369,67 @@ class DistillConfig(_ConfigMixin):
 
 
 @dataclass(frozen=True)
+class ConsistencyConfig(_ConfigMixin):
+    """Consistency distillation (Song et al. 2023, EDM-teacher variant; ``method="cd"``)."""
+
+    n_levels: int = 18                   # N: Karras levels of the CD discretisation (sigma_min..sigma_max, rho 7)
+    ema_target: float = 0.95             # mu: EMA decay of the target network theta^- (CD paper, EDM CIFAR-10)
+    solver: str = "heun"                 # one teacher ODE step from t_{n+1} to t_n: "heun" or "euler"
+
+    def validate(self) -> None:
+        _check_int(self, "n_levels", 2, 10_000)
+        _check_float(self, "ema_target", 0.0, 1.0, hi_open=True)
+        _check_choice(self, "solver", ("heun", "euler"))
+
+
+@dataclass(frozen=True)
+class FDistillConfig(_ConfigMixin):
+    """f-distill (Xu et al. 2025; ``method="fdistill-{rkl,js,fkl}"``): DMD's gradient weighted per
+    sample by h(r) = f''(r) r^2 with r = p/q from a discriminator on the fake score's features."""
+
+    d_weight: float = 1.0                # weight of the discriminator loss in each fake-score step
+    gan_g_weight: float = 0.0            # optional generator GAN loss (f-distill adds one; 0 isolates the weighting)
+    max_weight: float = 10.0             # clip h(r) / mean h(r) to [0, max_weight] (0 = no clip)
+
+    def validate(self) -> None:
+        _check_float(self, "d_weight", 0.0, 1e6, lo_open=True)
+        _check_float(self, "gan_g_weight", 0.0, 1e6)
+        _check_float(self, "max_weight", 0.0, 1e6)
+
+
+@dataclass(frozen=True)
+class SiDConfig(_ConfigMixin):
+    """Score identity distillation (Zhou et al. 2024; ``method="sid"``)."""
+
+    alpha: float = 1.2                   # alpha of the SiD generator loss (paper default 1.2)
+
+    def validate(self) -> None:
+        _check_float(self, "alpha", -100.0, 100.0)
+
+
+@dataclass(frozen=True)
+class AdversarialConfig(_ConfigMixin):
+    """Pure adversarial distillation (``method="gan"``): non-saturating GAN loss only, the
+    discriminator a teacher-initialised feature network + head on noised samples."""
+
+    lr_disc: float = 1e-4                # AdamW learning rate of the discriminator
+
+    def validate(self) -> None:
+        _check_float(self, "lr_disc", 0.0, 10.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class PhasedConfig(_ConfigMixin):
+    """Phased DMD (``method="phased"``): a k-step student; the noise range is split into k phases
+    and step j's distribution matching (and fake score) uses sigma only within phase j."""
+
+    phases: int = 2                      # k: sampling steps = phases (2..4)
+
+    def validate(self) -> None:
+        _check_int(self, "phases", 2, 4)
+
+
+@dataclass(frozen=True)
 class EvalConfig(_ConfigMixin):
     """How often and on how many fixed noises an experiment is evaluated."""
 
@@ -358,6 +455,13 @@ class ExperimentConfig(_ConfigMixin):
     distill: DistillConfig = field(default_factory=DistillConfig)   # DMD student
     eval: EvalConfig = field(default_factory=EvalConfig)            # evaluation schedule
     name: str = ""                                                   # free-text run name
+    cd: ConsistencyConfig = field(default_factory=ConsistencyConfig)  # method "cd"
+    fdistill: FDistillConfig = field(default_factory=FDistillConfig)  # methods "fdistill-*"
+    sid: SiDConfig = field(default_factory=SiDConfig)                 # method "sid"
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)  # method "gan"
+    phased: PhasedConfig = field(default_factory=PhasedConfig)        # method "phased"
+
+    _OMIT_DEFAULT = ("cd", "fdistill", "sid", "adversarial", "phased")
 
     def validate(self) -> None:
         for name, cls in (
@@ -366,6 +470,11 @@ class ExperimentConfig(_ConfigMixin):
             ("sampler", SamplerConfig),
             ("distill", DistillConfig),
             ("eval", EvalConfig),
+            ("cd", ConsistencyConfig),
+            ("fdistill", FDistillConfig),
+            ("sid", SiDConfig),
+            ("adversarial", AdversarialConfig),
+            ("phased", PhasedConfig),
         ):
             if not isinstance(getattr(self, name), cls):
                 _fail(self, name, getattr(self, name), f"{cls.__name__} instances")

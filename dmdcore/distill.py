@@ -93,6 +93,8 @@ class TeacherTrainer:
     labels.max() + 1.
     """
 
+    FAMILIES = ("edm",)  # teacher families this trainer's loss is for (flows: teachers.training)
+
     def __init__(
         self,
         cfg: TeacherConfig,
@@ -106,6 +108,11 @@ class TeacherTrainer:
         if not isinstance(cfg, TeacherConfig):
             raise ValueError(f"cfg: expected a TeacherConfig, got {type(cfg).__name__}")
         cfg.validate()
+        if cfg.family not in self.FAMILIES:
+            raise ValueError(
+                f"TeacherConfig.family: {cfg.family!r} not in {self.FAMILIES} for {type(self).__name__} "
+                "(use dmdcore.teachers.training.make_teacher_trainer)"
+            )
         data = torch.as_tensor(data)
         if data.ndim != 2 or data.shape[0] < 2 or data.shape[1] < 1:
             raise ValueError(f"data: shape {tuple(data.shape)} not (n >= 2, d >= 1)")
@@ -137,7 +144,7 @@ class TeacherTrainer:
         self.sigma_data = float(sigma_data)
         self.dim = dim
         self.net = _seeded(
-            cfg.seed, lambda: build_denoiser(dim, cfg.width, cfg.depth, cfg.emb_dim, self.label_dim, self.sigma_data)
+            cfg.seed, lambda: build_denoiser(dim, cfg.width, cfg.depth, cfg.emb_dim, self.label_dim, self.sigma_data, cfg.family)
         ).to(self.device)
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.params = list(self.net.parameters())
@@ -152,13 +159,9 @@ class TeacherTrainer:
         n, d = self.data.shape
         b = cfg.batch
         idx = torch.randint(0, n, (b,), generator=self.gen, device=self.device)
-        rnd = torch.randn(b, generator=self.gen, device=self.device)
-        eps = torch.randn(b, d, generator=self.gen, device=self.device)
         x = self.data[idx]
         labels = _one_hot(self.labels[idx], self.label_dim) if self.labels is not None else None
-        # EDM Table 1: ln(sigma) ~ N(P_mean, P_std^2); loss weight lambda(sigma)
-        sigma = edm_sigma(rnd, cfg.P_mean, cfg.P_std)
-        loss = denoising_loss(self.net, x, sigma, eps, self.sigma_data, labels)
+        loss = self._loss(x, labels)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = _grad_norm_and_clip(self.params, 0.0)
@@ -169,6 +172,16 @@ class TeacherTrainer:
         torch._foreach_lerp_(self.ema_params, self.params, 1.0 - decay)
         self.step_count += 1
         return {"step": self.step_count, "loss": loss_v, "grad_norm": gnorm_v}
+
+    def _loss(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The family's training loss on a data batch x (B, d) (draws its noise from ``self.gen``)."""
+        cfg = self.config
+        b, d = x.shape
+        rnd = torch.randn(b, generator=self.gen, device=self.device)
+        eps = torch.randn(b, d, generator=self.gen, device=self.device)
+        # EDM Table 1: ln(sigma) ~ N(P_mean, P_std^2); loss weight lambda(sigma)
+        sigma = edm_sigma(rnd, cfg.P_mean, cfg.P_std)
+        return denoising_loss(self.net, x, sigma, eps, self.sigma_data, labels)
 
     def teacher(self) -> ToyTeacher:
         """A ``ToyTeacher`` holding a copy of the EMA weights (frozen, eval mode)."""

@@ -786,3 +786,13 @@ def sliced_wasserstein2(a: Any, b: Any, *, n_projections: int = 256, seed: int =
         ib = np.minimum((mid * m).astype(np.int64), m - 1)
         sq = lengths @ (px[ia] - py[ib]) ** 2
     return float(math.sqrt(float(np.mean(sq))))
+
+
+def minibatch_ot_permutation(x: Any, y: Any, *, solver: str = "emd") -> np.ndarray:
+    """Exact squared-Euclidean OT coupling of two equal-size minibatches (OT-CFM's minibatch OT,
+    Tong et al. 2024; torchcfm's ``OTPlanSampler(method="exact")`` uses ``ot.emd`` the same way):
+    perm (n,) int64 with x[i] coupled to y[perm[i]], minimising sum_i ||x_i - y_perm[i]||^2.
+    x, y: arrays or tensors of shape (n, ...) (flattened per sample)."""
+    xa, ya, device = _as_pair(x, y, "x", "y")
+    cost = _cost_matrix(xa, ya, device)
+    return _assignment(cost, _check_solver(solver), xa.shape[1])

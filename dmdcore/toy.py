@@ -17,15 +17,17 @@ from .config import DataConfig, DistillConfig, SamplerConfig, TeacherConfig
 from .device import pick_device
 from .nets import MLPBackbone
 from .precond import EDMDenoiser
-from .samplers import edm_sampler
+from .teachers import FlowDenoiser, ode_map
+from .teachers import build_denoiser as _build_family
 
 FORMAT = "dmdcore.toy.v1"
 ROLES = ("teacher", "student", "fake")
 
 
-def build_denoiser(dim: int, width: int, depth: int, emb_dim: int, label_dim: int, sigma_data: float) -> EDMDenoiser:
-    """EDMDenoiser over a fresh MLPBackbone (initialised from torch's global RNG; seed around it)."""
-    return EDMDenoiser(MLPBackbone(dim, width, depth, emb_dim, label_dim), sigma_data)
+def build_denoiser(dim: int, width: int, depth: int, emb_dim: int, label_dim: int, sigma_data: float, family: str = "edm"):
+    """EDMDenoiser (family "edm") or FlowDenoiser ("fm", "otcfm") over a fresh MLPBackbone
+    (initialised from torch's global RNG; seed around it)."""
+    return _build_family(dim, width, depth, emb_dim, label_dim, sigma_data, family)
 
 
 def save_toy_model(
@@ -43,8 +45,8 @@ def save_toy_model(
     the new one, never a partial one; concurrent writers never share a temp file)."""
     if role not in ROLES:
         raise ValueError(f"role: {role!r} not in {ROLES}")
-    if not isinstance(denoiser, EDMDenoiser) or not isinstance(denoiser.model, MLPBackbone):
-        raise ValueError("denoiser: the toy format holds EDMDenoiser(MLPBackbone) models only")
+    if not isinstance(denoiser, (EDMDenoiser, FlowDenoiser)) or not isinstance(denoiser.model, MLPBackbone):
+        raise ValueError("denoiser: the toy format holds EDMDenoiser / FlowDenoiser (MLPBackbone) models only")
     arch = denoiser.model.arch()
     payload = {
         "format": FORMAT,
@@ -60,6 +62,8 @@ def save_toy_model(
     }
     if distill_config is not None:
         payload["distill_config"] = distill_config.to_dict()
+    if isinstance(denoiser, FlowDenoiser):  # EDM files keep the v1 layout without this key
+        payload["family"] = teacher_config.family if teacher_config.family != "edm" else "fm"
     # unique temporary file in the same directory, fsync, os.replace (dmdcore.runs._atomic_path)
     from .runs import atomic_torch_save
 
@@ -79,7 +83,10 @@ def load_toy_model(path: str | os.PathLike, device=None) -> tuple[EDMDenoiser, d
         fmt = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{os.path.basename(path)}: format {fmt!r} not in {{{FORMAT!r}}}")
     arch = payload["arch"]
-    den = build_denoiser(arch["dim"], arch["width"], arch["depth"], arch["emb_dim"], arch["label_dim"], payload["sigma_data"])
+    den = build_denoiser(
+        arch["dim"], arch["width"], arch["depth"], arch["emb_dim"], arch["label_dim"], payload["sigma_data"],
+        payload.get("family", "edm"),
+    )
     den.load_state_dict(payload["state_dict"], strict=True)
     den.requires_grad_(False).eval()
     den.to(pick_device(device or "auto"))
@@ -124,26 +131,20 @@ class ToyTeacher:
         generator: torch.Generator | None = None,
         callback=None,
     ):
-        """T(z): z (B, dim) -> samples (B, dim) float32 (and the (steps+1, B, dim) trajectory)."""
+        """T(z): z (B, dim) -> samples (B, dim) float32 (and the (steps+1, B, dim) trajectory);
+        the family's ODE map (``dmdcore.teachers.ode_map``)."""
         if z.ndim != 2 or z.shape[1] != self.dim:
             raise ValueError(f"z: shape {tuple(z.shape)} not (B, {self.dim})")
-        c = sampler_cfg
-        return edm_sampler(
-            self.denoiser,
-            z.to(self.device),
+        return ode_map(
+            self.denoiser, self.family, z.to(self.device), sampler_cfg,
             labels.to(self.device) if labels is not None else None,
-            steps=c.steps,
-            sigma_min=c.sigma_min,
-            sigma_max=c.sigma_max,
-            rho=c.rho,
-            S_churn=c.S_churn,
-            S_min=c.S_min,
-            S_max=c.S_max,
-            S_noise=c.S_noise,
-            generator=generator,
-            return_trajectory=return_trajectory,
-            callback=callback,
+            return_trajectory=return_trajectory, generator=generator, callback=callback,
         )
+
+    @property
+    def family(self) -> str:
+        """Teacher family: "edm", "fm" or "otcfm" (from the teacher config)."""
+        return getattr(self.teacher_config, "family", "edm")
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``{"format": "dmdcore.toy.v1", "role": "teacher", ...}`` to ``path``."""
