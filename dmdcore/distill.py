@@ -384,6 +384,28 @@ class DMDTrainer:
             finally:
                 self.generator.train(was_training)
 
+    def per_step_samples(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The clean estimate after each sampling step of S(z) (the last one is ``student(z)``),
+        with the same seeded re-noising as ``student``: a list of ``len(student_levels)`` tensors."""
+        z = z.to(self.device)
+        labels = _one_hot(labels.to(self.device), self.label_dim) if labels is not None else None
+        levels = self.student_levels
+        g = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+        b, out = z.shape[0], []
+        with torch.no_grad():
+            was_training = self.generator.training
+            self.generator.eval()
+            try:
+                x = self.generator(z * float(levels[0]), z.new_full((b,), float(levels[0])), labels)
+                out.append(x)
+                for s in levels[1:]:
+                    eps = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+                    x = self.generator(x + float(s) * eps, x.new_full((b,), float(s)), labels)
+                    out.append(x)
+            finally:
+                self.generator.train(was_training)
+        return out
+
     # -- snapshot for atomic steps -------------------------------------------------------------
     def _fake_state_tensors(self) -> list[torch.Tensor]:
         out = [p.data for p in self.fake_params]
@@ -432,16 +454,52 @@ class DMDTrainer:
     def step(self) -> dict:
         """One generator step and ``cfg.ratio`` fake-score steps -> {"step", "loss_dm", "loss_fake",
         ["loss_reg"], ["loss_gan_g", "loss_gan_d"], "grad_norm"} (floats; loss_fake and loss_gan_d are
-        means over the fake-score steps; grad_norm is the generator's pre-clipping gradient norm)."""
-        cfg = self.cfg
-        b, r = cfg.batch, cfg.ratio
-        shape = self.sample_shape
+        means over the fake-score steps; grad_norm is the generator's pre-clipping gradient norm).
+
+        Student methods (``dmdcore.students``) subclass this trainer and override the two halves,
+        ``_fake_phase`` and ``_generator_objective``, and ``_after_generator_step``."""
         step_no = self.step_count + 1
         self._set_lr()
         if self._rollback:
             self._snapshot()
+        try:
+            fake_losses, d_losses = self._fake_phase(step_no)
+            total, metrics_t = self._generator_objective(step_no)
+            self.opt_gen.zero_grad(set_to_none=True)
+            total.backward()
+            gnorm = _grad_norm_and_clip(self.gen_params, self.cfg.grad_clip)
+            _check_finite("generator loss / gradient", step_no, total, gnorm)
+        except DivergenceError:
+            if self._rollback:
+                self._restore()
+            self.opt_gen.zero_grad(set_to_none=True)
+            raise
+        self.opt_gen.step()
+        self._after_generator_step()
+        self.step_count = step_no
 
-        # ---- fake-score steps (DMD2 guidance loss: EDM-weighted denoising on generated samples)
+        metrics = {"step": step_no}
+        metrics["loss_dm"] = float(metrics_t["loss_dm"])
+        if fake_losses:
+            metrics["loss_fake"] = float(torch.stack(fake_losses).mean())
+        if "loss_reg" in metrics_t:
+            metrics["loss_reg"] = float(metrics_t["loss_reg"])
+        if "loss_gan_g" in metrics_t:
+            metrics["loss_gan_g"] = float(metrics_t["loss_gan_g"])
+        if d_losses:
+            metrics["loss_gan_d"] = float(torch.stack(d_losses).mean())
+        metrics["grad_norm"] = float(gnorm)
+        return metrics
+
+    def _after_generator_step(self) -> None:
+        """Hook after the generator's optimiser step (e.g. a target network's EMA)."""
+
+    def _fake_phase(self, step_no: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``cfg.ratio`` fake-score steps (DMD2 guidance loss: EDM-weighted denoising on generated
+        samples, + the GAN discriminator loss) -> (fake losses, discriminator losses)."""
+        cfg = self.cfg
+        b, r = cfg.batch, cfg.ratio
+        shape = self.sample_shape
         k_fake = int(torch.randint(0, cfg.student_steps, (1,), generator=self.gen, device=self.device)) if cfg.student_steps > 1 else 0
         z_all = torch.randn((r * b, *shape), generator=self.gen, device=self.device)
         lab_all = self._labels(r * b)
@@ -450,88 +508,88 @@ class DMDTrainer:
         sig_all = self._fake_sigmas((r, b))
         eps_all = torch.randn((r, b, *shape), generator=self.gen, device=self.device)
         fake_losses, d_losses = [], []
-        try:
-            for k in range(r):
-                x_k = x_all[k * b : (k + 1) * b]
-                lab_k = lab_all[k * b : (k + 1) * b] if lab_all is not None else None
-                if self.gan_head is not None:
-                    loss_f, h_fake = denoising_loss(self.fake, x_k, sig_all[k], eps_all[k], self.sigma_data, lab_k, return_features=True)
-                    x_real, lab_real = self._real_batch(b)
-                    # real and generated samples are noised from the same σ distribution (DMD2's
-                    # compute_cls_logits), so the head cannot tell them apart by noise level
-                    s_real = self._fake_sigmas((b,))
-                    eps_real = torch.randn(x_real.shape, generator=self.gen, device=self.device)
-                    x_real_noisy = x_real + s_real.view((-1,) + (1,) * len(shape)) * eps_real
-                    h_real = self.fake.features(x_real_noisy, s_real, lab_real)
-                    # DMD2: discriminator loss softplus(fake) + softplus(-real) on noised samples
-                    loss_d = gan_d_loss(self.gan_head(h_fake), self.gan_head(h_real))
-                    loss = loss_f + cfg.gan_d_weight * loss_d
-                    d_losses.append(loss_d.detach())
-                else:
-                    loss_f = denoising_loss(self.fake, x_k, sig_all[k], eps_all[k], self.sigma_data, lab_k)
-                    loss = loss_f
-                self.opt_fake.zero_grad(set_to_none=True)
-                loss.backward()
-                gn = _grad_norm_and_clip(self.fake_params, cfg.grad_clip)
-                _check_finite("fake-score loss / gradient", step_no, loss, gn)
-                self.opt_fake.step()
-                fake_losses.append(loss_f.detach())
-
-            # ---- generator step (DMD distribution matching, dmd.md steps 1-5)
-            k_gen = int(torch.randint(0, cfg.student_steps, (1,), generator=self.gen, device=self.device)) if cfg.student_steps > 1 else 0
-            z = torch.randn((b, *shape), generator=self.gen, device=self.device)
-            lab = self._labels(b)
-            x = self._generate(z, lab, k_gen)
-            idx = torch.randint(DM_INDEX_RANGE[0], DM_INDEX_RANGE[1], (b,), generator=self.gen, device=self.device)
-            sigma = self.karras[idx]
-            eps = torch.randn(x.shape, generator=self.gen, device=self.device)
-            view = (-1,) + (1,) * len(shape)
-            with torch.no_grad():
-                x_noisy = x.detach() + sigma.view(view) * eps
-                D_real = self.real(x_noisy, sigma, lab)
-                D_fake = self.fake(x_noisy, sigma, lab)
-            loss_dm = dmd_loss(x, D_real, D_fake)
-            total = loss_dm
-            metrics_t = {"loss_dm": loss_dm.detach()}
-            if self.reg is not None and cfg.regression:
-                z_r, x_r, l_r = self.reg
-                ridx = torch.randint(0, z_r.shape[0], (min(cfg.reg_batch, z_r.shape[0]),), generator=self.gen, device=self.device)
-                lab_r = _one_hot(l_r[ridx], self.label_dim) if l_r is not None else None
-                pred = self.generator(z_r[ridx] * self.sigma_max, z_r.new_full((ridx.shape[0],), self.sigma_max), lab_r)
-                # DMD: lambda_reg * ||G(z) - T(z)||^2 on precomputed teacher pairs
-                loss_reg = regression_loss(pred, x_r[ridx])
-                total = total + cfg.reg_weight * loss_reg
-                metrics_t["loss_reg"] = loss_reg.detach()
+        for k in range(r):
+            x_k = x_all[k * b : (k + 1) * b]
+            lab_k = lab_all[k * b : (k + 1) * b] if lab_all is not None else None
             if self.gan_head is not None:
-                # DMD2: generator GAN loss softplus(-D(G(z))) through the fake score's features,
-                # at σ drawn like the discriminator's (not the DM loss's [20, 980) range)
-                s_gan = self._fake_sigmas((b,))
-                x_noisy_g = x + s_gan.view(view) * torch.randn(x.shape, generator=self.gen, device=self.device)
-                loss_g = gan_g_loss(self.gan_head(self.fake.features(x_noisy_g, s_gan, lab)))
-                total = total + cfg.gan_g_weight * loss_g
-                metrics_t["loss_gan_g"] = loss_g.detach()
-            self.opt_gen.zero_grad(set_to_none=True)
-            total.backward()
-            gnorm = _grad_norm_and_clip(self.gen_params, cfg.grad_clip)
-            _check_finite("generator loss / gradient", step_no, total, gnorm)
-        except DivergenceError:
-            if self._rollback:
-                self._restore()
-            self.opt_gen.zero_grad(set_to_none=True)
-            raise
-        self.opt_gen.step()
-        self.step_count = step_no
+                loss_f, h_fake = denoising_loss(self.fake, x_k, sig_all[k], eps_all[k], self.sigma_data, lab_k, return_features=True)
+                loss_d = self._disc_loss(h_fake, b)
+                loss = loss_f + self._d_weight() * loss_d
+                d_losses.append(loss_d.detach())
+            else:
+                loss_f = denoising_loss(self.fake, x_k, sig_all[k], eps_all[k], self.sigma_data, lab_k)
+                loss = loss_f
+            self.opt_fake.zero_grad(set_to_none=True)
+            loss.backward()
+            gn = _grad_norm_and_clip(self.fake_params, cfg.grad_clip)
+            _check_finite("fake-score loss / gradient", step_no, loss, gn)
+            self.opt_fake.step()
+            fake_losses.append(loss_f.detach())
+        return fake_losses, d_losses
 
-        metrics = {"step": step_no}
-        metrics["loss_dm"] = float(metrics_t["loss_dm"])
-        metrics["loss_fake"] = float(torch.stack(fake_losses).mean())
-        if "loss_reg" in metrics_t:
-            metrics["loss_reg"] = float(metrics_t["loss_reg"])
+    def _d_weight(self) -> float:
+        return self.cfg.gan_d_weight
+
+    def _disc_loss(self, h_fake: torch.Tensor, b: int) -> torch.Tensor:
+        """DMD2 discriminator loss softplus(fake) + softplus(-real) given the generated samples'
+        features; draws b real samples and noises them like the generated ones."""
+        shape = self.sample_shape
+        x_real, lab_real = self._real_batch(b)
+        # real and generated samples are noised from the same σ distribution (DMD2's
+        # compute_cls_logits), so the head cannot tell them apart by noise level
+        s_real = self._fake_sigmas((b,))
+        eps_real = torch.randn(x_real.shape, generator=self.gen, device=self.device)
+        x_real_noisy = x_real + s_real.view((-1,) + (1,) * len(shape)) * eps_real
+        h_real = self.fake.features(x_real_noisy, s_real, lab_real)
+        return gan_d_loss(self.gan_head(h_fake), self.gan_head(h_real))
+
+    def _dm_batch(self):
+        """A generator batch for the distribution-matching loss: (x with grad, labels, sigma from
+        Karras levels [20, 980), x_sigma = x.detach() + sigma eps)."""
+        cfg = self.cfg
+        b, shape = cfg.batch, self.sample_shape
+        k_gen = int(torch.randint(0, cfg.student_steps, (1,), generator=self.gen, device=self.device)) if cfg.student_steps > 1 else 0
+        z = torch.randn((b, *shape), generator=self.gen, device=self.device)
+        lab = self._labels(b)
+        x = self._generate(z, lab, k_gen)
+        idx = torch.randint(DM_INDEX_RANGE[0], DM_INDEX_RANGE[1], (b,), generator=self.gen, device=self.device)
+        sigma = self.karras[idx]
+        eps = torch.randn(x.shape, generator=self.gen, device=self.device)
+        view = (-1,) + (1,) * len(shape)
+        x_noisy = x.detach() + sigma.view(view) * eps
+        return x, lab, sigma, x_noisy
+
+    def _generator_objective(self, step_no: int) -> tuple[torch.Tensor, dict]:
+        """The generator's total loss (DMD distribution matching, dmd.md steps 1-5, + optional
+        regression / GAN losses) and its parts {"loss_dm", ["loss_reg"], ["loss_gan_g"]}."""
+        cfg = self.cfg
+        b, shape = cfg.batch, self.sample_shape
+        x, lab, sigma, x_noisy = self._dm_batch()
+        view = (-1,) + (1,) * len(shape)
+        with torch.no_grad():
+            D_real = self.real(x_noisy, sigma, lab)
+            D_fake = self.fake(x_noisy, sigma, lab)
+        loss_dm = dmd_loss(x, D_real, D_fake)
+        total = loss_dm
+        metrics_t = {"loss_dm": loss_dm.detach()}
+        if self.reg is not None and cfg.regression:
+            z_r, x_r, l_r = self.reg
+            ridx = torch.randint(0, z_r.shape[0], (min(cfg.reg_batch, z_r.shape[0]),), generator=self.gen, device=self.device)
+            lab_r = _one_hot(l_r[ridx], self.label_dim) if l_r is not None else None
+            pred = self.generator(z_r[ridx] * self.sigma_max, z_r.new_full((ridx.shape[0],), self.sigma_max), lab_r)
+            # DMD: lambda_reg * ||G(z) - T(z)||^2 on precomputed teacher pairs
+            loss_reg = regression_loss(pred, x_r[ridx])
+            total = total + cfg.reg_weight * loss_reg
+            metrics_t["loss_reg"] = loss_reg.detach()
         if self.gan_head is not None:
-            metrics["loss_gan_g"] = float(metrics_t["loss_gan_g"])
-            metrics["loss_gan_d"] = float(torch.stack(d_losses).mean())
-        metrics["grad_norm"] = float(gnorm)
-        return metrics
+            # DMD2: generator GAN loss softplus(-D(G(z))) through the fake score's features,
+            # at σ drawn like the discriminator's (not the DM loss's [20, 980) range)
+            s_gan = self._fake_sigmas((b,))
+            x_noisy_g = x + s_gan.view(view) * torch.randn(x.shape, generator=self.gen, device=self.device)
+            loss_g = gan_g_loss(self.gan_head(self.fake.features(x_noisy_g, s_gan, lab)))
+            total = total + cfg.gan_g_weight * loss_g
+            metrics_t["loss_gan_g"] = loss_g.detach()
+        return total, metrics_t
 
     # -- resuming ------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -244,6 +244,7 @@ class Experiment:
         self.teacher_samples: np.ndarray | None = None
         self.student_samples: np.ndarray | None = None
         self.history: list[tuple[int, np.ndarray]] = []
+        self.per_step: list[dict] = []  # few-step students: ΔE per sampling step (per_step.csv)
         self.modes = None
         self._centers: np.ndarray | None = None
         self._eta_teacher: float | None = None
@@ -412,10 +413,10 @@ class Experiment:
         self.phase_step = 0
         self._loss_acc = {}
         if phase == "teacher":
-            from dmdcore.distill import TeacherTrainer
+            from dmdcore.teachers.training import make_teacher_trainer
 
             conditional = self.cfg.teacher.conditional
-            self._teacher_trainer = TeacherTrainer(
+            self._teacher_trainer = make_teacher_trainer(
                 self.cfg.teacher, self.dataset.x, labels=self.dataset.labels if conditional else None,
                 device=self.device, label_dim=self.dataset.n_classes if conditional else None,
                 data_config=self.cfg.data,
@@ -424,7 +425,7 @@ class Experiment:
             self._begin_student()
 
     def _begin_student(self) -> None:
-        from dmdcore.distill import DMDTrainer
+        from dmdcore.students import make_student, needs_data
 
         teacher = self.teacher
         if teacher is None:
@@ -451,14 +452,15 @@ class Experiment:
                 lr = torch.randint(0, self.dataset.n_classes, (dc.n_reg_pairs,), generator=g).to(self.device)
             reg_pairs = (zr, teacher.sample(zr, self.cfg.sampler, labels=lr), lr)
         data_sampler = None
-        if dc.gan:
+        if dc.gan or needs_data(dc.method):
             # DMD2 GAN head: real samples for the discriminator, own seed
             labels = self.dataset.labels if teacher.label_dim > 0 else None
             data_sampler = make_sampler(
                 self.dataset.x.to(self.device), None if labels is None else labels.to(self.device), seed=dc.seed + 3
             )
-        self._dmd = DMDTrainer(
-            teacher.denoiser, dc, sample_shape=(teacher.dim,), sigma_data=teacher.sigma_data,
+        # the student method's trainer (dmdcore.students; "dmd" is DMDTrainer, as always)
+        self._dmd = make_student(
+            teacher.denoiser, self.cfg, sample_shape=(teacher.dim,), sigma_data=teacher.sigma_data,
             label_dim=teacher.label_dim, reg_pairs=reg_pairs, data_sampler=data_sampler, device=self.device,
         )
         self._evaluate()  # student step 0
@@ -547,6 +549,7 @@ class Experiment:
             self.modes = pairing.mode_transition(s, t, centers=self._centers)
             row["copy_rate"] = self.modes.copy_rate
             row["retrieval"] = pairing.pair_retrieval_accuracy(s, t)
+            self._evaluate_per_step(zeval, labels, t)
             self._add_history(self.phase_step, s)
             if self.rundir is not None:
                 self._save_student()
@@ -562,6 +565,28 @@ class Experiment:
             if self.index is not None:
                 self.index.update(self.rundir, step=self.step_count, delta_e=row.get("delta_e"), w2=row.get("w2"),
                                   summary=row)
+
+    def _evaluate_per_step(self, zeval, labels, t: np.ndarray) -> None:
+        """Few-step students: ΔE (no CI) and W₂² to data of each sampling step's clean estimate
+        against T(z) -> ``self.per_step`` rows and the run's per_step.csv (metrics.csv is unchanged)."""
+        levels = getattr(self._dmd, "student_levels", None)
+        if levels is None or len(levels) < 2:
+            return
+        for k, xk in enumerate(self._dmd.per_step_samples(zeval, labels)):
+            a = self._np(xk)
+            row = {"step": self.phase_step, "sampling_step": k + 1, "sigma_in": float(levels[k]),
+                   "delta_e": None, "w2_data": self._safe(pairing.wasserstein2_squared, a, self.data_eval)}
+            try:
+                row["delta_e"] = pairing.pairing_inefficiency(a, t, seed=self.cfg.eval.seed).delta_e
+            except ValueError:
+                pass
+            self.per_step.append(row)
+        if self.rundir is not None:
+            from dmdcore.runs import atomic_write_text
+
+            cols = ("step", "sampling_step", "sigma_in", "delta_e", "w2_data")
+            lines = [",".join(cols)] + [",".join("" if r[c] is None else repr(r[c]) for c in cols) for r in self.per_step]
+            atomic_write_text(self.rundir.path / "per_step.csv", "\n".join(lines) + "\n")
 
     def _add_history(self, step: int, s: np.ndarray) -> None:
         self.history.append((step, s))
