@@ -55,12 +55,13 @@ _DATA_FLAGS = {
 _TEACHER_FLAGS = {
     "width": "teacher.width", "depth": "teacher.depth", "teacher_batch": "teacher.batch", "lr": "teacher.lr",
     "ema": "teacher.ema", "teacher_seed": "teacher.seed", "teacher_steps": "teacher.steps",
+    "family": "teacher.family", "solver": "sampler.solver",
 }
 _DISTILL_FLAGS = {
     "distill_steps": "distill.steps", "distill_batch": "distill.batch", "ratio": "distill.ratio",
     "lr_gen": "distill.lr_gen", "lr_fake": "distill.lr_fake", "init": "distill.init", "gan": "distill.gan",
     "regression": "distill.regression", "student_steps": "distill.student_steps", "warmup": "distill.warmup",
-    "fake_sigma": "distill.fake_sigma", "distill_seed": "distill.seed",
+    "fake_sigma": "distill.fake_sigma", "distill_seed": "distill.seed", "method": "distill.method",
 }
 _COMMON_FLAGS = {
     "eval_every": "eval.every", "eval_n": "eval.n", "bootstrap": "eval.bootstrap", "eval_seed": "eval.seed",
@@ -145,6 +146,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_teacher_options(p: argparse.ArgumentParser, *, steps_flag: str) -> None:
+    from dmdcore.config import TEACHER_FAMILIES
+
     g = p.add_argument_group("teacher")
     g.add_argument(steps_flag, dest="teacher_steps", type=_positive_int, default=None, help="teacher training steps (default 3000)")
     g.add_argument("--width", type=_positive_int, default=None, help="MLP width (default 256)")
@@ -153,9 +156,14 @@ def _add_teacher_options(p: argparse.ArgumentParser, *, steps_flag: str) -> None
     g.add_argument("--lr", type=_float, default=None, help="Adam learning rate (default 1e-3)")
     g.add_argument("--ema", type=_float, default=None, help="EMA decay (default 0.999)")
     g.add_argument("--teacher-seed", type=int, default=None, help="teacher init/training seed (default 0)")
+    g.add_argument("--family", default=None, choices=TEACHER_FAMILIES,
+                   help="teacher family: edm (default), fm (flow matching / rectified flow), otcfm (minibatch-OT CFM)")
+    g.add_argument("--solver", default=None, choices=("heun", "euler"), help="flow teachers' ODE solver (default heun)")
 
 
 def _add_distill_options(p: argparse.ArgumentParser, *, steps_flag: str) -> None:
+    from dmdcore.config import STUDENT_METHODS
+
     g = p.add_argument_group("distillation (DMD)")
     g.add_argument(steps_flag, dest="distill_steps", type=_positive_int, default=None, help="generator steps (default 1000)")
     g.add_argument("--distill-batch", type=_positive_int, default=None, help="batch size (default 256)")
@@ -169,6 +177,10 @@ def _add_distill_options(p: argparse.ArgumentParser, *, steps_flag: str) -> None
     g.add_argument("--warmup", type=int, default=None, help="learning-rate warm-up steps (default 0)")
     g.add_argument("--fake-sigma", default=None, choices=("karras", "lognormal"), help="fake-score sigma sampling")
     g.add_argument("--distill-seed", type=int, default=None, help="distillation seed (default 0)")
+    g.add_argument("--method", default=None, choices=STUDENT_METHODS,
+                   help="student method (default dmd): cd consistency distillation, fdistill-{rkl,js,fkl} f-distill, "
+                        "sid score identity distillation, gan adversarial only, phased Phased DMD; "
+                        "its settings: the config sections cd/fdistill/sid/adversarial/phased (--config)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("teacher", help="train a toy EDM teacher into a run directory",
+    p = sub.add_parser("teacher", help="train a toy teacher (EDM, flow matching or OT-CFM) into a run directory",
                        description="Train a toy EDM teacher (EDM loss, EMA) and save teacher.pt, "
                                    "metrics.csv (w2_data, eta_teacher) and samples.npz.")
     _add_data_options(p)
@@ -188,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=cmd_teacher)
 
-    p = sub.add_parser("distill", help="distil a one-step DMD student from a teacher",
+    p = sub.add_parser("distill", help="distil a one-step student (DMD or --method) from a teacher",
                        description="Distil a DMD student from --teacher (a run directory, a .pt file, or a shipped "
                                    "teacher name such as 8gaussians / manifest:8gaussians) and evaluate ΔE over steps.")
     p.add_argument("--teacher", default=None, help="run dir, .pt file, or shipped teacher name (see `runs teachers`)")

@@ -128,7 +128,9 @@ with st.sidebar:
         _widget("t_depth", disabled=use_shipped)
         _widget("t_steps", disabled=use_shipped)
         _widget("t_lr", disabled=use_shipped)
-    with st.expander("Student (DMD2)", expanded=False):
+        _widget("family", disabled=use_shipped)
+    with st.expander("Student", expanded=False):
+        _widget("method")
         for name in ("init", "ratio", "lr", "lr_fake", "batch", "s_steps", "gan", "regression",
                      "reg_weight", "student_steps"):
             _widget(name)

@@ -49,6 +49,12 @@ TEACHERS = {
     "mixture-d128": (dict(dataset="mixture", dim=128, n_modes=8), ("8-mode Gaussian mixture in R^128 (means at radius 2, std 0.1); not fully converged: "
                       "median distance of T(z) (18-step Heun) to the nearest mode mean is 1.58 vs 1.13 for data"),
                      {"steps": 24000, "width": 192}),
+    # flow-matching teachers (dmdcore.teachers.flow): velocity prediction on the linear path,
+    # T(z) = 18-step Heun on uniform t; 2000 steps (the flow loss converges faster here)
+    "fm-8gaussians": (dict(dataset="8gaussians", dim=2), "flow matching / rectified-flow teacher on 8 Gaussians, 2-D",
+                      {"family": "fm", "steps": 2000}),
+    "otcfm-8gaussians": (dict(dataset="8gaussians", dim=2), "OT-CFM teacher (minibatch exact OT couplings) on 8 Gaussians, 2-D",
+                         {"family": "otcfm", "steps": 2000}),
 }
 MAX_BYTES = 1_000_000
 

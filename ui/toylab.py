@@ -122,11 +122,12 @@ def build_config(values: Mapping[str, Any], *, teacher=None, user_path: str | No
         data = DataConfig(dataset=ds, dim=dim, n_modes=v["n_modes"], base=v["base"],
                           path=user_path if ds == "user" else None, seed=seed)
         tcfg = TeacherConfig(width=v["t_width"], depth=v["t_depth"], steps=v["t_steps"],
-                             lr=v["t_lr"], seed=seed)
+                             lr=v["t_lr"], seed=seed, family=v.get("family", "edm"))
     distill = DistillConfig(
         init=v["init"], ratio=v["ratio"], steps=v["s_steps"], batch=v["batch"], lr_gen=v["lr"],
         lr_fake=v["lr_fake"], gan=v["gan"], regression=v["regression"],
         reg_weight=v["reg_weight"], student_steps=v["student_steps"], seed=seed,
+        method=v.get("method", "dmd"),
     )
     ev = EvalConfig(every=v["eval_every"], n=v["eval_n"], bootstrap=v["bootstrap"])
     return ExperimentConfig(data=data, teacher=tcfg, distill=distill, eval=ev, name="toylab")

@@ -48,6 +48,15 @@ CONTROLS: tuple[Control, ...] = (
     Control("t_depth", "td", int, 3, 1, 8, label="Teacher depth"),
     Control("t_steps", "ts", int, 1500, 10, 100000, label="Teacher steps"),
     Control("t_lr", "tlr", float, 1e-3, 1e-6, 1e-1, label="Teacher lr"),
+    Control("family", "fam", str, "edm", choices=("edm", "fm", "otcfm"), label="Teacher family",
+            help="edm: EDM denoiser; fm: flow matching / rectified flow; otcfm: minibatch-OT flow matching "
+                 "(a shipped teacher brings its own family)."),
+    Control("method", "m", str, "dmd",
+            choices=("dmd", "cd", "fdistill-rkl", "fdistill-js", "fdistill-fkl", "sid", "gan", "phased"),
+            label="Student method",
+            help="dmd: DMD/DMD2; cd: consistency distillation; fdistill-*: f-distill (reverse KL = DMD, "
+                 "Jensen-Shannon, forward KL); sid: score identity distillation; gan: adversarial only; "
+                 "phased: Phased DMD (2 steps). docs/methods.md"),
     Control("init", "init", str, "teacher", choices=("teacher", "random"),
             label="Student init"),
     Control("ratio", "r", int, 5, 1, 50, label="Fake-score steps per generator step"),
