@@ -28,11 +28,13 @@ import scipy.sparse as sp
 from scipy.optimize import linear_sum_assignment
 
 __all__ = [
+    "CopyReport",
     "METRIC_HELP",
     "ModeTransition",
     "OTSolverError",
     "PairingResult",
     "SOLVERS",
+    "copy_report",
     "mode_transition",
     "pair_retrieval_accuracy",
     "pairing_inefficiency",
@@ -61,6 +63,13 @@ METRIC_HELP: dict[str, str] = {
     "mode_transition": "Mode transition matrix P(student mode j | teacher mode i) over the shared noise batch; rows sum to 1.",
     "retrieval": "Pair retrieval accuracy: fraction of i whose nearest teacher sample to s_i is t_i (chance = 1/n).",
     "sliced_w2": "Sliced W₂: root mean over random directions of the 1-D W₂² between projected samples (fast, for large n).",
+    "n_eval": "n: the number of shared noises ΔE was measured on (ΔE at different n or d is not comparable: its finite-n bias depends on both).",
+    "dim": "d: the dimension of the samples ΔE was measured on.",
+    "delta_e_twin": "ΔE(T′, T): an independent teacher (same data, another seed) against the teacher, same noise and n: what 'the same map' reads.",
+    "delta_e_cross": "ΔE(S, T′): the student against the independent teacher.",
+    "resolution": "Resolution: the largest population ΔE of a noisy copy of T that still reads as 0 at this n and d (0 = every reference rung resolved; inf = even 0.25 reads as 0).",
+    "delta_e_valid": "1 = ΔE can be read; 0 = not meaningful yet (degenerate denominator, distribution not matched, CI too wide, or block approximation).",
+    "verdict": "Copy verdict from ΔE and its controls: copies / same_map / partial / remaps / unresolved / invalid (docs/metrics.md).",
 }
 
 SOLVERS = ("auto", "emd", "lsa", "sparse")
@@ -786,3 +795,13 @@ def sliced_wasserstein2(a: Any, b: Any, *, n_projections: int = 256, seed: int =
         ib = np.minimum((mid * m).astype(np.int64), m - 1)
         sq = lengths @ (px[ia] - py[ib]) ** 2
     return float(math.sqrt(float(np.mean(sq))))
+
+
+def __getattr__(name: str) -> Any:
+    """``copy_report`` and ``CopyReport`` live in dmdcore.verdict (imported on first use: it
+    builds on this module)."""
+    if name in ("copy_report", "CopyReport", "copy_controls", "CopyControls", "VERDICTS"):
+        from dmdcore import verdict
+
+        return getattr(verdict, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
