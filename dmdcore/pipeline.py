@@ -116,11 +116,17 @@ def resolve_teacher(source: str | os.PathLike) -> tuple[Path, str]:
 
 def load_teacher(source: str | os.PathLike, device: str | torch.device | None = None):
     """Load a ``ToyTeacher`` from a run directory, a ``.pt`` file or ``manifest:<name>`` (see
-    ``resolve_teacher``), onto ``device`` (default: ``pick_device("auto")``)."""
+    ``resolve_teacher``), onto ``device`` (default: ``pick_device("auto")``), with its twin
+    (``.twin``: a shipped teacher's twin entry or a run's twin.pt; None when it has none)."""
     from dmdcore.toy import ToyTeacher
+    from dmdcore.twins import twin_path
 
-    path, _ = resolve_teacher(source)
-    return ToyTeacher.load(path, device=pick_device(device if device is not None else "auto"))
+    path, canonical = resolve_teacher(source)
+    dev = pick_device(device if device is not None else "auto")
+    teacher = ToyTeacher.load(path, device=dev)
+    tp = twin_path(path, canonical, checkpoints_dir())
+    teacher.twin = None if tp is None else ToyTeacher.load(tp, device=dev)  # the ΔE controls' T′
+    return teacher
 
 
 # ----------------------------------------------------------------------------- basin maps
@@ -197,20 +203,20 @@ class Experiment:
 
         # Teacher given (object or source) → distillation only.
         self.teacher = None
-        from dmdcore import twins
-
         if teacher is not None:
             if isinstance(teacher, (str, os.PathLike)):
-                tpath, canonical = resolve_teacher(teacher)
+                _, canonical = resolve_teacher(teacher)
                 teacher_source = teacher_source if teacher_source is not None else canonical
                 teacher = load_teacher(teacher, device=self.device)
-                if twin is None:
-                    twin = twins.twin_path(tpath, canonical, checkpoints_dir())
+            if twin is None:
+                twin = getattr(teacher, "twin", None)
             self.teacher = teacher
             self.teacher.denoiser.to(self.device)
         self._teacher_given = self.teacher is not None
         if isinstance(twin, (str, os.PathLike)):
-            twin = twins.load_twin(twin, device=self.device)
+            from dmdcore.twins import load_twin
+
+            twin = load_twin(twin, device=self.device)
         self.twin = twin if twin is not None and twin is not False else None
         self._train_twin = twin is None and not self._teacher_given and cfg.teacher.twin
 
@@ -515,6 +521,7 @@ class Experiment:
             if self._twin_trainer is not None:
                 self.twin = self._twin_trainer.teacher()
                 self.twin.data_config = self.cfg.data
+                self.teacher.twin = self.twin
                 self._twin_trainer = None
                 self._save_teacher(self.twin, role="twin")
         self._phase_idx += 1
