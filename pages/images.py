@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from ui.errors import show_error
+
 from ui.router import ensure_router
 from ui.session import runs_root
 
@@ -145,8 +147,8 @@ def _resolve(role: str, choice) -> object | None:
         if not p.is_file():
             raise ckpts.CheckpointError(f"path: {path!r} is not an existing file")
         ck = _load(str(p.resolve()), p.stat().st_mtime, json.dumps(cfg) if cfg else None)
-    except ValueError as exc:
-        st.error(f"{role}: {exc}")
+    except Exception as exc:  # any failure of a hostile file: one line here, traceback in the log
+        show_error(exc, prefix=f"{role}: ")
         prev = loaded.get(role)
         if prev is not None:
             st.caption(f"Keeping the last good {role}: {Path(prev[1].path).name}")
