@@ -422,6 +422,13 @@ def load_user_array(path_or_bytes: str | os.PathLike | bytes, filename: str | No
     if ext == ".npy":
         return _validate_array(np.asarray(_load_npy(data, filename)), filename)
     if ext in (".csv", ".txt", ".tsv"):
+        from .limits import BudgetError, budget
+
+        max_rows = int(budget("DMD_MAX_UPLOAD_ROWS"))
+        lines = data.count(b"\n") - data.count(b"\n\n")  # fast (C) count of non-blank lines, before parsing
+        if lines > max_rows + 1:
+            raise BudgetError(f"{filename}: {lines:,} lines is above the upload limit of {max_rows:,} rows "
+                              f"(DMD_MAX_UPLOAD_ROWS)")
         try:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:

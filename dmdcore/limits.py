@@ -225,6 +225,13 @@ def check_edm_config(cfg, source: str) -> dict:
         for i, x in enumerate(v):
             if isinstance(x, bool) or not isinstance(x, int) or not lo <= x <= hi:
                 raise BudgetError(f"{source}: config.{key}[{i}]: {x!r} not in integers [{lo}, {hi}]")
+    # A cheap lower bound first (every encoder/decoder block holds a 3x3 conv of C x C, C =
+    # model_channels * mult): an absurd config is refused in microseconds, before the first
+    # meta-device operation (whose one-time torch import costs seconds).
+    mc, mult = int(cfg.get("model_channels", 192)), [int(m) for m in cfg.get("channel_mult", (1, 2, 3, 4))]
+    nb, emb = int(cfg.get("num_blocks", 3)), int(cfg.get("model_channels", 192)) * int(cfg.get("channel_mult_emb", 4))
+    lower = 9 * mc * mc * sum(m * m for m in mult) * (2 * nb + 1) + emb * emb + int(cfg.get("label_dim", 0)) * emb
+    _check_model_budget(4 * lower, source, "the declared architecture")
     try:
         with torch.device("meta"):
             probe = EDMPrecond(**cfg)
@@ -234,13 +241,27 @@ def check_edm_config(cfg, source: str) -> dict:
     return probe.state_dict()
 
 
+def toy_shapes(arch: Mapping) -> dict:
+    """State-dict shapes of EDMDenoiser(MLPBackbone(**arch)) (keys ``model.…``), computed, not built."""
+    d, w, depth, e, lab = (int(arch[k]) for k in ("dim", "width", "depth", "emb_dim", "label_dim"))
+    shapes = {"model.emb0.weight": (e, e), "model.emb0.bias": (e,), "model.emb1.weight": (w, e),
+              "model.emb1.bias": (w,), "model.inp.weight": (w, d), "model.inp.bias": (w,)}
+    if lab:
+        shapes["model.label.weight"] = (w, lab)
+    for i in range(depth - 1):
+        shapes[f"model.hidden.{i}.weight"], shapes[f"model.hidden.{i}.bias"] = (w, w), (w,)
+    shapes["model.out.weight"], shapes["model.out.bias"] = (d, w), (d,)
+    return shapes
+
+
+class _Shape:  # what match_shapes needs of a tensor
+    def __init__(self, shape):
+        self.shape = shape
+
+
 def check_toy_arch(arch, source: str) -> dict:
-    """Validate a toy checkpoint's ``arch`` (MLPBackbone arguments) and budget it; returns the
-    meta probe's state dict."""
-    import torch
-
-    from .nets import MLPBackbone
-
+    """Validate a toy checkpoint's ``arch`` (MLPBackbone arguments: ranges, even emb_dim) and its
+    parameter bytes against ``DMD_MAX_MODEL_BYTES``; returns ``{key: shape}`` of its state dict."""
     if arch is None:
         raise BudgetError(f"{source}: arch: missing (the MLP's dim, width, depth, emb_dim, label_dim)")
     if not isinstance(arch, Mapping):
@@ -250,12 +271,11 @@ def check_toy_arch(arch, source: str) -> dict:
         if key not in arch:
             raise BudgetError(f"{source}: arch.{key}: missing")
         _int_field(arch, key, lo, hi, source, "arch.")
-    if arch["emb_dim"] % 2:
+    if int(arch["emb_dim"]) % 2:
         raise BudgetError(f"{source}: arch.emb_dim: {arch['emb_dim']} is not even")
-    with torch.device("meta"):
-        probe = MLPBackbone(*(int(arch[k]) for k in ("dim", "width", "depth", "emb_dim", "label_dim")))
-    _check_model_budget(_model_bytes(probe), source, "the declared MLP")
-    return probe.state_dict()
+    shapes = toy_shapes(arch)
+    _check_model_budget(4 * sum(math.prod(s) for s in shapes.values()), source, "the declared MLP")
+    return {k: _Shape(v) for k, v in shapes.items()}
 
 
 def match_shapes(want: Mapping, sd: Mapping, source: str, hint: str = "") -> None:

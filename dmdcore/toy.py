@@ -95,8 +95,7 @@ def load_toy_model(path: str | os.PathLike, device=None) -> tuple[EDMDenoiser, d
     if not isinstance(sd, dict):
         raise ValueError(f"{name}: state_dict: missing or not a dict of tensors")
     check_tensors(sd, name)
-    prefixed = {f"model.{k}": v for k, v in want.items()}
-    match_shapes(prefixed, sd, name, hint=f" (arch: {dict(arch)})")
+    match_shapes(want, sd, name, hint=f" (arch: {dict(arch)})")
     for key in ("dim", "label_dim"):
         if key in payload and payload[key] != arch[key]:
             raise ValueError(f"{name}: {key}: {payload[key]!r} differs from arch.{key} {arch[key]!r}")
