@@ -32,8 +32,7 @@ import numpy as np
 import torch
 
 from .device import pick_device
-from .limits import (MAX_NESTING, BudgetError, check_edm_config, check_file_size, check_tensors,
-                     plain_structure)
+from .limits import MAX_NESTING, check_edm_config, check_file_size, check_tensors, plain_structure
 from .networks import EDMPrecond, count_parameters
 
 __all__ = [
@@ -528,7 +527,22 @@ def save_checkpoint(model: EDMPrecond, path: str | Path, *, fmt: str = OUR_FORMA
     path = Path(path)
     cfg = dict(config) if config is not None else model_config(model)
     sd = OrderedDict((k, v.detach().float().cpu().contiguous()) for k, v in model.state_dict().items())
-    tmp = path.with_name(path.name + ".tmp")
+    if fmt not in (OUR_FORMAT, "state-dict", "safetensors"):
+        raise ValueError(f"fmt: {fmt!r} not in {OUR_FORMAT!r}, 'state-dict', 'safetensors'")
+    from .runs import disk_full_as_error
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with disk_full_as_error(path):
+            _write_checkpoint(tmp, path, fmt, cfg, sd, role, meta)
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _write_checkpoint(tmp: Path, path: Path, fmt: str, cfg: dict, sd: dict, role, meta) -> None:
     if fmt == OUR_FORMAT:
         torch.save({"format": OUR_FORMAT, "role": role, "config": cfg, "meta": meta or {}, "state_dict": sd}, tmp)
     elif fmt == "state-dict":
@@ -542,10 +556,6 @@ def save_checkpoint(model: EDMPrecond, path: str | Path, *, fmt: str = OUR_FORMA
         if role:
             md["role"] = role
         save_file(dict(sd), str(tmp), metadata=md)
-    else:
-        raise ValueError(f"fmt: {fmt!r} not in {OUR_FORMAT!r}, 'state-dict', 'safetensors'")
-    os.replace(tmp, path)
-    return path
 
 
 # =============================================================== manifest + fetch

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -116,11 +114,10 @@ def _pick(role: str, col) -> tuple[str, str, dict | None] | None:
         # named by content: sessions share the upload folder, and two different files with the
         # same name must never overwrite each other (the loaded model is cached by this key)
         dest = _upload_dir() / f"{role}-{sha[:16]}-{Path(up.name).name}"
-        if not dest.exists():
-            fd, tmp = tempfile.mkstemp(dir=dest.parent)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, dest)
+        if not dest.exists():  # atomic; a full disk says "disk full at …" and leaves no temp file
+            from dmdcore.runs import atomic_write_bytes
+
+            atomic_write_bytes(dest, data)
         return f"upload:{up.name}:{sha}", str(dest), None
 
 

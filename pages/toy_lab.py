@@ -14,7 +14,7 @@ import streamlit as st
 from ui.errors import md_escape, one_line
 
 from ui import plots, toylab, urlstate
-from ui.session import get_manager, runs_root, warm_up_process
+from ui.session import get_manager, runs_root, session_id, warm_up_process
 from ui.router import ensure_router
 
 ensure_router()
@@ -235,7 +235,7 @@ def _start(phases: tuple[str, ...]) -> None:
     root = runs_root()
     exp = Experiment(cfg, run_dir=toylab.new_run_dir(root, cfg.data.dataset),
                      index=RunIndex(root), teacher=teacher_obj)
-    job = TrainingJob(exp, phases=phases, manager=get_manager())
+    job = TrainingJob(exp, phases=phases, manager=get_manager(), owner=session_id())  # abandoned when the tab closes
     job.start()
     S[JOB] = job
     S.pop("toylab_basins", None)
