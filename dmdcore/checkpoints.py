@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from .device import pick_device
-from .limits import MAX_NESTING, check_edm_config, check_file_size, check_tensors, plain_structure
+from .limits import MAX_NESTING, budget, check_edm_config, check_file_size, check_tensors, plain_structure
+from .runs import disk_full_as_error, is_disk_full
 from .networks import EDMPrecond, count_parameters
 
 __all__ = [
@@ -529,7 +530,7 @@ def save_checkpoint(model: EDMPrecond, path: str | Path, *, fmt: str = OUR_FORMA
     sd = OrderedDict((k, v.detach().float().cpu().contiguous()) for k, v in model.state_dict().items())
     if fmt not in (OUR_FORMAT, "state-dict", "safetensors"):
         raise ValueError(f"fmt: {fmt!r} not in {OUR_FORMAT!r}, 'state-dict', 'safetensors'")
-    from .runs import disk_full_as_error
+    from .runs import disk_full_as_error, is_disk_full
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -671,8 +672,11 @@ def fetch(name: str, dest_dir: str | Path | None = None, *, manifest: str | Path
                                               f"bytes {m[1]}- (partial file kept at {part.name})")
                 expected = _expected_total(resp, have)
                 total = expected if expected is not None else want_size
+                # the stream is cut off as soon as it passes the manifest size (or, without one,
+                # what the server announced, capped by DMD_MAX_CHECKPOINT_BYTES)
+                cap = want_size if want_size else min(expected or float("inf"), budget("DMD_MAX_CHECKPOINT_BYTES"))
                 failure = None
-                with open(part, "ab" if have else "wb") as f:
+                with disk_full_as_error(part), open(part, "ab" if have else "wb") as f:
                     done = have
                     if callback:
                         callback(done, total)
@@ -680,12 +684,24 @@ def fetch(name: str, dest_dir: str | Path | None = None, *, manifest: str | Path
                         # http.client returns b"" (no exception) when the server closes early,
                         # so the byte count is compared with `expected` below
                         while b := resp.read(chunk):
+                            if done + len(b) > cap:
+                                failure = "oversize"
+                                break
                             f.write(b)
                             done += len(b)
                             if callback:
                                 callback(done, total)
                     except (http.client.HTTPException, OSError) as exc:
+                        if is_disk_full(exc):
+                            raise
                         failure = f"{type(exc).__name__}: {exc}"
+                if failure == "oversize":
+                    part.unlink()
+                    what = (f"the manifest size {want_size}" if want_size else
+                            f"the announced size {expected}" if expected is not None and expected <= cap else
+                            f"the download limit {int(cap)} bytes (DMD_MAX_CHECKPOINT_BYTES)")
+                    raise CheckpointError(f"fetch {name}: the server sent more than {what}; download aborted "
+                                          f"and the partial file removed")
                 if expected is not None and done != expected:
                     if done > expected:
                         part.unlink()

@@ -113,8 +113,8 @@ with st.sidebar:
                 key = toylab.WIDGET_PREFIX + "shipped_name"
                 if S.get(key) not in shipped_names:
                     if S.get(key):  # e.g. a shared link naming a teacher this install lacks
-                        st.error(f"Shipped teacher {S[key]!r} not in {shipped_names}; "
-                                 f"showing {shipped_names[0]!r} instead.")
+                        st.error(md_escape(f"Shipped teacher {S[key]!r} not in {shipped_names}; "
+                                           f"showing {shipped_names[0]!r} instead."))
                     S[key] = shipped_names[0]
                 st.selectbox("Shipped teacher", shipped_names, key=key,
                              help=urlstate.BY_NAME["shipped_name"].help)

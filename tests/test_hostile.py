@@ -102,3 +102,66 @@ def test_overlapping_tensors_refused():
     with pytest.raises(BudgetError, match="stride 0"):
         check_tensors({"a": strided}, "f.pt")
     check_tensors({"a": torch.zeros(3, 4), "b": torch.zeros(2)[1:]}, "f.pt")  # honest views pass
+
+
+# ------------------------------------------------------------------ fetch: streamed size caps
+class _Endless:
+    """An HTTP server that streams without Content-Length until the client hangs up."""
+
+    def __enter__(self):
+        import http.server
+        import threading
+
+        class H(http.server.BaseHTTPRequestHandler):
+            sent = [0]
+
+            def do_GET(self):
+                self.send_response(200)
+                self.end_headers()
+                try:
+                    while True:
+                        self.wfile.write(b"x" * 65536)
+                        H.sent[0] += 65536
+                except OSError:
+                    pass
+
+            def log_message(self, *a):
+                pass
+
+        self.handler = H
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/big.bin"
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _entry(url, size=None):
+    e = {"name": "big", "file": "dl/big.bin", "url": url}
+    if size is not None:
+        e["size"] = size
+    return {"version": 1, "entries": [e]}
+
+
+def test_fetch_stops_at_the_manifest_size(tmp_path):
+    from dmdcore.checkpoints import CheckpointError, fetch
+
+    seen = []
+    with _Endless() as srv:
+        with pytest.raises(CheckpointError, match="more than the manifest size 1000"):
+            fetch("big", tmp_path, manifest=_entry(srv.url, 1000), callback=lambda d, t: seen.append(d))
+    assert max(seen) <= 1000
+    assert not list((tmp_path / "dl").iterdir())  # partial file removed
+
+
+def test_fetch_caps_a_download_without_size(tmp_path, monkeypatch):
+    from dmdcore.checkpoints import CheckpointError, fetch
+
+    monkeypatch.setenv("DMD_MAX_CHECKPOINT_BYTES", str(300_000))
+    with _Endless() as srv:
+        with pytest.raises(CheckpointError, match="DMD_MAX_CHECKPOINT_BYTES"):
+            fetch("big", tmp_path, manifest=_entry(srv.url))
+    assert not list((tmp_path / "dl").iterdir())
