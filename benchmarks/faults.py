@@ -41,26 +41,42 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
 
 # A child that runs the CLI with ENOSPC injected after DMD_FAULT_BYTES bytes written under a folder.
 _ENOSPC_CHILD = r"""
-import builtins, errno, io, os, sys
+import builtins, errno, os, sys
 limit, under = int(os.environ["DMD_FAULT_BYTES"]), os.environ["DMD_FAULT_DIR"]
 used = [0]
 real_open = builtins.open
-class Full(io.RawIOBase):
-    pass
+
+
+class Guard:
+    def __init__(self, fh):
+        self._fh = fh
+
+    def write(self, data):
+        used[0] += len(data)
+        if used[0] > limit:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self._fh.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._fh.close()
+
+    def __iter__(self):
+        return iter(self._fh)
+
+
 def guarded(file, mode="r", *a, **k):
     fh = real_open(file, mode, *a, **k)
-    if isinstance(file, (str, os.PathLike)) and str(file).startswith(under) and any(c in mode for c in "wa+"):
-        write = fh.write
-        def w(data):
-            used[0] += len(data)
-            if used[0] > limit:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return write(data)
-        try:
-            fh.write = w
-        except AttributeError:
-            pass
+    if isinstance(file, (str, os.PathLike)) and os.fspath(file).startswith(under) and any(c in mode for c in "wa+"):
+        return Guard(fh)
     return fh
+
+
 builtins.open = guarded
 from dmdcore.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -142,10 +158,11 @@ def _mount_tmpfs(where: Path, size_k: int) -> bool:
     return r.returncode == 0
 
 
-def full_disk(t: Tally, work: Path) -> None:
-    for size_k in (64, 160, 400):
+def full_disk(t: Tally, work: Path, mount: bool = True) -> None:
+    for size_k in (64, 128, 200):
         where = work / f"full{size_k}"
-        mounted = _mount_tmpfs(where, size_k)
+        mounted = mount and _mount_tmpfs(where, size_k)
+        where.mkdir(parents=True, exist_ok=True)
         try:
             out = where / "run"
             args = ["experiment", "--out", out, *FAST, "--teacher-steps", "40", "--distill-steps", "30"]
@@ -250,18 +267,16 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed after)")
+    ap.add_argument("--no-mount", action="store_true", help="inject ENOSPC instead of mounting a tmpfs")
     a = ap.parse_args()
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="dmd-faults-"))
     t = Tally()
     t0 = time.perf_counter()
     try:
         kill9(t, work, a.kills, random.Random(a.seed))
-        full_disk(t, work)
+        full_disk(t, work, mount=not a.no_mount)
         racing(t, work)
         abandoned(t, work)
-        extra = os.environ.get("DMD_FAULTS_EXTRA")  # hook for the sweep scenarios (benchmarks/faults_sweep.py)
-        if extra:
-            __import__(extra).run(t, work)
     finally:
         if not a.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -483,8 +483,11 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise CLIError(f"--root: {args.root!r} is not a directory")
     index = RunIndex(root)
-    index.scan()
-    index.mark_interrupted()
+    try:
+        index.scan()
+        index.mark_interrupted()
+    except OSError as exc:  # disk full: list what the index holds, say why it is not refreshed
+        print(f"warning: {exc}; listing the index without refreshing it", file=sys.stderr)
     recs = index.list(kind=args.kind, status=args.status, dataset=args.dataset, sweep=args.sweep)
     if args.json:
         print(json.dumps([_record_dict(r) for r in recs], indent=2, default=str))

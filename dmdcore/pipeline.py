@@ -404,22 +404,24 @@ class Experiment:
             errors = []
             # best effort: on a full disk status.json or the index row may not be writable; the
             # other still is, and the lock is released either way
-            if self.rundir is not None:
-                try:
-                    self.rundir.write_status(status, message, step=self.step_count)
-                except OSError as exc:
-                    errors.append(exc)
-            if self.index is not None and self.rundir is not None:
-                last = self.metrics[-1] if self.metrics else {}
-                try:
-                    self.index.update(
-                        self.rundir, status=status, message=message, step=self.step_count,
-                        delta_e=last.get("delta_e"), w2=last.get("w2"), summary=last,
-                    )
-                except OSError as exc:
-                    errors.append(exc)
-            if self.rundir is not None:
-                self.rundir.release()
+            try:
+                if self.rundir is not None:
+                    try:
+                        self.rundir.write_status(status, message, step=self.step_count)
+                    except OSError as exc:
+                        errors.append(exc)
+                if self.index is not None and self.rundir is not None:
+                    last = self.metrics[-1] if self.metrics else {}
+                    try:
+                        self.index.update(
+                            self.rundir, status=status, message=message, step=self.step_count,
+                            delta_e=last.get("delta_e"), w2=last.get("w2"), summary=last,
+                        )
+                    except OSError as exc:
+                        errors.append(exc)
+            finally:
+                if self.rundir is not None:
+                    self.rundir.release()
             self._publish()
             if errors and status == "finished":
                 raise errors[0]

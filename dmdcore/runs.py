@@ -86,15 +86,31 @@ class DiskFullError(OSError):
 _FULL_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    """True for ENOSPC/EDQUOT, SQLite's "database or disk is full" and torch's writer failures
-    caused by a full device."""
+def _nearly_full(path: str | os.PathLike | None) -> bool:
+    if path is None:
+        return False
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free < 1 << 20
+    except OSError:
+        return False
+
+
+def is_disk_full(exc: BaseException, path: str | os.PathLike | None = None) -> bool:
+    """True for ENOSPC/EDQUOT, SQLite's "database or disk is full", and an I/O error (SQLite's
+    "disk I/O error" when its WAL cannot grow, torch's writer failures) while the device holding
+    ``path`` has less than 1 MiB free."""
     if isinstance(exc, DiskFullError):
         return True
     if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
         return True
     text = str(exc).lower()
-    return "disk is full" in text or "no space left" in text
+    if "disk is full" in text or "no space left" in text:
+        return True
+    io_error = "i/o error" in text or "file write failed" in text or "inline_container" in text
+    return io_error and _nearly_full(path)
 
 
 @contextmanager
@@ -105,7 +121,7 @@ def disk_full_as_error(path: str | os.PathLike) -> Iterator[None]:
     except DiskFullError:
         raise
     except (OSError, RuntimeError, sqlite3.DatabaseError) as exc:
-        if is_disk_full(exc):
+        if is_disk_full(exc, path):
             raise DiskFullError(path) from exc
         raise
 
@@ -443,7 +459,20 @@ class RunDir:
         }
         if extra:
             data.update(extra)
-        atomic_write_json(self.path / STATUS_FILE, data)
+        p = self.path / STATUS_FILE
+        try:
+            atomic_write_json(p, data)
+        except DiskFullError:
+            # no room for a temporary copy: rewrite the file in place (its blocks are already
+            # allocated), so a run on a full disk can still be marked failed
+            if not p.is_file():
+                raise
+            text = (json.dumps(data, indent=2) + "\n").encode()
+            with disk_full_as_error(p), open(p, "r+b") as fh:
+                fh.write(text)
+                fh.truncate()
+                fh.flush()
+                os.fsync(fh.fileno())
         return data
 
     def read_status(self) -> dict | None:
@@ -669,12 +698,17 @@ class RunIndex:
             raise ValueError(f"root: {str(self.root)!r} exists and is not a directory")
         self.path = self.root / INDEX_FILE
         self.timeout_s = float(timeout_s)
+        self.read_only = False  # True when the disk is full: the existing index is read as it is
         try:
             with disk_full_as_error(self.path):
                 self.root.mkdir(parents=True, exist_ok=True)
                 with closing(self._connect()) as con:
                     con.execute("PRAGMA journal_mode=WAL")
                     con.executescript(_SCHEMA)
+        except DiskFullError:
+            if not self.path.is_file():
+                raise
+            self.read_only = True  # listings still work; every write raises DiskFullError
         except sqlite3.DatabaseError as exc:
             raise ValueError(f"index: {str(self.path)!r} is not a readable SQLite run index ({exc})") from exc
 
@@ -682,6 +716,10 @@ class RunIndex:
         return f"RunIndex({str(self.root)!r})"
 
     def _connect(self) -> sqlite3.Connection:
+        if getattr(self, "read_only", False):
+            con = sqlite3.connect(f"{self.path.resolve().as_uri()}?immutable=1", uri=True, isolation_level=None)
+            con.row_factory = sqlite3.Row
+            return con
         con = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
         con.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
         con.row_factory = sqlite3.Row
@@ -690,6 +728,8 @@ class RunIndex:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         # a full disk rolls the transaction back (the index stays readable) and says so
+        if self.read_only:
+            raise DiskFullError(self.path)
         with disk_full_as_error(self.path), closing(self._connect()) as con:
             con.execute("BEGIN IMMEDIATE")
             try:
