@@ -237,7 +237,7 @@ def abandoned(t: Tally, work: Path) -> None:
     jobs = [TrainingJob(Experiment(cfg, run_dir=root / n, index=index), manager=mgr, owner=f"tab-{n}").start()
             for n in ("a", "b")]
     for j in jobs:
-        j.step_n(3)
+        j.step_n(60)  # past the first evaluation (every 50): metrics.csv exists
         j.wait_paused(120)
     third = TrainingJob(Experiment(cfg, run_dir=root / "c", index=index), manager=mgr, owner="tab-c")
     third.start()

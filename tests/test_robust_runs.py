@@ -307,3 +307,36 @@ def test_rejected_existing_run_keeps_its_files(tmp_path):
     with pytest.raises(RunExistsError):
         RunDir.create(tmp_path / "r", kind="teacher", experiment={})
     assert (tmp_path / "r" / "config.json").exists() and not (tmp_path / "r" / LOCK_FILE).exists()
+
+
+def test_sqlite_io_error_on_a_full_device_is_disk_full_and_index_reads_on(tmp_path, monkeypatch):
+    """SQLite reports a WAL that cannot grow as "disk I/O error": on a device with < 1 MiB free
+    that is disk full; an existing index then opens read-only, so listings keep working."""
+    import collections
+    import shutil
+
+    import dmdcore.runs as runs
+
+    idx = RunIndex(tmp_path)
+    run = RunDir.create(tmp_path / "a", kind="teacher", experiment={})
+    idx.register(run)
+    run.release()
+    real_connect = sqlite3.connect
+
+    def io_error(database, *a, **k):
+        if k.get("uri"):
+            return real_connect(database, *a, **k)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(sqlite3, "connect", io_error)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(100, 100, 0))
+    again = RunIndex(tmp_path)
+    assert again.read_only
+    assert [r.kind for r in again.list()] == ["teacher"]
+    with pytest.raises(DiskFullError, match="disk full at"):
+        again.update(1, step=2)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(1 << 40, 0, 1 << 40))  # plenty free: a real I/O error
+    with pytest.raises(ValueError, match="not a readable SQLite run index"):
+        RunIndex(tmp_path)
+    assert runs.is_disk_full(sqlite3.OperationalError("database or disk is full"))
