@@ -425,16 +425,36 @@ class Experiment:
                         self._evaluate()
                     except DivergenceError as exc:
                         status, message = "diverged", f"diverged: {exc}"
+            if status in ("failed", "abandoned") and self.rundir is not None:
+                kept = [p.name for p in (self.rundir.checkpoint_path(r) for r in ("teacher", "student"))
+                        if p.is_file()]
+                if kept:
+                    message = f"{message}; last good checkpoint kept: {', '.join(kept)}"
             self.status, self.message = status, message
-            if self.rundir is not None:
-                self.rundir.write_status(status, message, step=self.step_count)
-            if self.index is not None and self.rundir is not None:
-                last = self.metrics[-1] if self.metrics else {}
-                self.index.update(
-                    self.rundir, status=status, message=message, step=self.step_count,
-                    delta_e=last.get("delta_e"), w2=last.get("w2"), summary=last,
-                )
+            errors = []
+            # best effort: on a full disk status.json or the index row may not be writable; the
+            # other still is, and the lock is released either way
+            try:
+                if self.rundir is not None:
+                    try:
+                        self.rundir.write_status(status, message, step=self.step_count)
+                    except OSError as exc:
+                        errors.append(exc)
+                if self.index is not None and self.rundir is not None:
+                    last = self.metrics[-1] if self.metrics else {}
+                    try:
+                        self.index.update(
+                            self.rundir, status=status, message=message, step=self.step_count,
+                            delta_e=last.get("delta_e"), w2=last.get("w2"), summary=last,
+                        )
+                    except OSError as exc:
+                        errors.append(exc)
+            finally:
+                if self.rundir is not None:
+                    self.rundir.release()
             self._publish()
+            if errors and status == "finished":
+                raise errors[0]
 
     # ------------------------------------------------------------------ phases
     def _begin_phase(self) -> None:
