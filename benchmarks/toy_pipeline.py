@@ -13,7 +13,11 @@ Quality: W2^2 (exact OT, dmdcore.pairing) between the 1000 student samples and 1
 points, for both. The last line is machine readable:
 ``RESULT teacher_s=<float> distill_s=<float> total_s=<float> w2_data=<float>`` (dmdcore figures).
 
-Usage: python benchmarks/toy_pipeline.py [--threads 2] [--scale 1.0] [--skip-baseline]
+Student methods (``--methods``): one line per method of dmdcore.students, steps/s of the
+dmdcore trainer against a plain eager loop of the same method (benchmarks/methods_baselines.py),
+in this process, on a teacher trained for the occasion (``--method-steps`` generator steps each).
+
+Usage: python benchmarks/toy_pipeline.py [--threads 2] [--scale 1.0] [--skip-baseline] [--methods]
 (--scale multiplies the step counts, for quick checks; the reference figures use 1.0.)
 """
 
@@ -138,12 +142,50 @@ def run_dmdcore(t_cfg, d_cfg, data, z_eval, every):
     return t1 - t0, t2 - t1, x, teacher
 
 
+def bench_methods(steps: int, threads: int) -> list[str]:
+    """One line per student method: steps/s of dmdcore's trainer vs the plain loop (same process)."""
+    from benchmarks.methods_baselines import PlainLoop
+    from dmdcore.config import STUDENT_METHODS, ExperimentConfig
+    from dmdcore.data import make_sampler
+    from dmdcore.students import make_student, needs_data
+
+    data = make_dataset(DataConfig(n_samples=20000)).x
+    t_cfg = TeacherConfig(width=256, depth=3, steps=300, batch=512)
+    lines = []
+    with torch_threads(threads):
+        tt = TeacherTrainer(t_cfg, data)
+        for _ in range(t_cfg.steps):
+            tt.step()
+        real = tt.teacher().denoiser
+        for method in STUDENT_METHODS:
+            cfg = ExperimentConfig(distill=DistillConfig(method=method, batch=256, ratio=5))
+            tr = make_student(real, cfg, sample_shape=(2,), sigma_data=tt.sigma_data, device="cpu",
+                              data_sampler=make_sampler(data, seed=3) if needs_data(method) else None)
+            plain = PlainLoop(method, real, data, batch=256, ratio=5, sigma_data=tt.sigma_data)
+            rates = []
+            for runner in (plain, tr):
+                runner.step()  # warm-up
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    runner.step()
+                rates.append(steps / (time.perf_counter() - t0))
+            lines.append(f"method {method:13s}: dmdcore {rates[1]:7.2f} steps/s, plain loop {rates[0]:7.2f} steps/s, "
+                         f"ratio x{rates[1] / rates[0]:.2f} ({steps} generator steps, batch 256, ratio 5)")
+    return lines
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads for both runs")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply step counts (quick checks)")
     ap.add_argument("--skip-baseline", action="store_true", help="time only the dmdcore trainers")
+    ap.add_argument("--methods", action="store_true", help="only the per-method lines (student methods vs plain loops)")
+    ap.add_argument("--method-steps", type=int, default=20, help="timed generator steps per method (default 20)")
     args = ap.parse_args(argv)
+    if args.methods:
+        for line in bench_methods(args.method_steps, args.threads):
+            print(line, flush=True)
+        return
     # The trainers tune glibc's allocator on construction (dmdcore.device.tune_allocator); do it
     # before the baseline too, so the comparison measures the training code, not the allocator.
     allocator = tune_allocator()
