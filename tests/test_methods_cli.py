@@ -53,3 +53,14 @@ def test_dmd_config_unchanged_by_method_sections(teachers, tmp_path):
     exp = RunDir(out).read_config()["experiment"]
     assert "method" not in exp["distill"] and "family" not in exp["teacher"]
     assert not {"cd", "fdistill", "sid", "adversarial", "phased"} & set(exp)
+
+
+def test_toy_lab_selectors_reach_the_config():
+    from ui import toylab, urlstate
+
+    values = {**urlstate.defaults(), "teacher_source": "train", "method": "phased", "family": "otcfm"}
+    cfg = toylab.build_config(values)
+    assert cfg.distill.method == "phased" and cfg.teacher.family == "otcfm"
+    assert urlstate.encode(values)["m"] == "phased" and urlstate.decode({"fam": "fm"})[0]["family"] == "fm"
+    with pytest.raises(ValueError, match="method"):
+        urlstate.check("method", "nope")
