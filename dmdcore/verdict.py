@@ -379,6 +379,14 @@ def twin_control(teacher_path: Any, twin_path: Any, *, name: str | None = None, 
     """ΔE(T′, T) of a toy teacher and its twin (two ``.pt`` files) on the standard evaluation noise
     (``torch.randn(n, d)`` from ``torch.Generator().manual_seed(eval_seed)``, as the pipeline draws
     it), with W₂²(T′, T) and E_pair/E_ind.  What the shipped manifest stores and a test re-measures."""
+    _, t, tw = twin_samples(teacher_path, twin_path, n=n, eval_seed=eval_seed)
+    pr = _p.pairing_inefficiency(tw, t, seed=0)
+    return {"name": name, "delta_e_twin": pr.delta_e, "w2_twin": pr.e_ot, "bound": _bound(tw, t),
+            "n": n, "d": int(t.shape[1]), "eval_seed": eval_seed}
+
+
+def twin_samples(teacher_path: Any, twin_path: Any, *, n: int = STANDARD_EVAL_N, eval_seed: int = 1234):
+    """(z, T(z), T′(z)) as float64 numpy arrays on the standard evaluation noise (CPU, 18-step Heun)."""
     import torch
 
     from dmdcore.config import SamplerConfig
@@ -392,6 +400,4 @@ def twin_control(teacher_path: Any, twin_path: Any, *, name: str | None = None, 
     with torch.no_grad():
         t = teacher.sample(z, SamplerConfig()).double().numpy()
         tw = twin.sample(z, SamplerConfig()).double().numpy()
-    pr = _p.pairing_inefficiency(tw, t, seed=0)
-    return {"name": name, "delta_e_twin": pr.delta_e, "w2_twin": pr.e_ot, "bound": _bound(tw, t),
-            "n": n, "d": int(teacher.dim), "eval_seed": eval_seed}
+    return z.double().numpy(), t, tw

@@ -149,3 +149,41 @@ def test_old_metrics_without_controls_still_open(tmp_path):
 
     rows = RunDir(run).read_metrics()
     assert rows == [{"step": 5, "phase": "student", "delta_e": 0.25, "delta_e_lo": 0.2, "delta_e_hi": 0.3}]
+
+
+def _shipped_pairs():
+    from dmdcore.checkpoints import read_manifest
+    from dmdcore.pipeline import checkpoints_dir
+
+    entries = read_manifest(checkpoints_dir() / "manifest.json")["entries"]
+    twins = {e["twin_of"]: e for e in entries if e.get("role") == "twin"}
+    return [(e, twins.get(e["name"])) for e in entries if e.get("kind") == "toy" and e.get("role") == "teacher"]
+
+
+def test_every_shipped_teacher_ships_a_twin_with_its_delta_e_remeasured():
+    from dmdcore.pipeline import checkpoints_dir
+
+    pairs = _shipped_pairs()
+    assert len(pairs) == 5
+    for teacher, twin in pairs:
+        assert twin is not None, f"{teacher['name']}: no twin in the manifest"
+        stored = teacher["twin"]
+        assert stored["name"] == twin["name"] and twin["config"]["teacher"]["seed"] != teacher["config"]["teacher"]["seed"]
+        assert twin["config"]["data"] == teacher["config"]["data"]
+        again = V.twin_control(checkpoints_dir() / teacher["file"], checkpoints_dir() / twin["file"], name=twin["name"],
+                               n=stored["n"], eval_seed=stored["eval_seed"])
+        assert again["delta_e_twin"] == pytest.approx(stored["delta_e_twin"], abs=1e-6), teacher["name"]
+        assert again["w2_twin"] == pytest.approx(stored["w2_twin"], rel=1e-6), teacher["name"]
+
+
+@pytest.mark.parametrize("name", ["8gaussians", "mixture-d32"])
+def test_identity_student_is_not_a_copy_of_a_shipped_teacher(name):
+    from dmdcore.pipeline import checkpoints_dir
+
+    teacher, twin = next(p for p in _shipped_pairs() if p[0]["name"] == name)
+    z, t, tw = V.twin_samples(checkpoints_dir() / teacher["file"], checkpoints_dir() / twin["file"], n=512)
+    r = copy_report(z, t, twin=tw, seed=0)
+    # S(z) = z reads ΔE ≈ 0 (the teacher's ODE map is already an OT map on the batch) ...
+    assert r.delta_e < 0.02
+    # ... but it is not a copy: it has not matched the teacher's distribution
+    assert r.verdict != "copies" and r.verdict == "invalid"
