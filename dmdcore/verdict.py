@@ -186,8 +186,7 @@ def copy_controls(teacher: Any, *, twin: Any = None, seed: int = 0, centers: Any
     n, d = t.shape
     seed = _p._check_int(seed, "seed", 0)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
-    cov = np.cov(t, rowvar=False).reshape(d, d)
-    eig = np.linalg.eigvalsh(cov)
+    eig = _cov_eigenvalues(t)
     xi = rng.standard_normal((n, d))
     kw = dict(seed=seed, max_exact=max_exact, solver=solver)
     ladder = []
@@ -214,6 +213,17 @@ def copy_controls(teacher: Any, *, twin: Any = None, seed: int = 0, centers: Any
     return CopyControls(n=n, d=d, seed=seed, eig=eig, xi=xi, ladder=tuple(ladder),
                         resolution=_resolution(ladder), twin=tw, twin_bound=tb, twin_samples=tws,
                         references=refs, populations=pops)
+
+
+def _cov_eigenvalues(t: np.ndarray) -> np.ndarray:
+    """The d eigenvalues of the sample covariance of t (n, d); through the n × n Gram matrix when
+    d > n (images: d = 12288), the other d − n + 1 being 0."""
+    n, d = t.shape
+    xc = t - t.mean(axis=0)
+    if d <= n:
+        return np.linalg.eigvalsh(xc.T @ xc / (n - 1))
+    ev = np.linalg.eigvalsh(xc @ xc.T / (n - 1))
+    return np.concatenate([ev, np.zeros(d - n)])
 
 
 def _resolution(ladder: list) -> float:
