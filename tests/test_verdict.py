@@ -199,7 +199,8 @@ def test_verdict_text_for_old_and_new_rows():
            "delta_e_twin": None, "copy_rate": 0.98, "retrieval": 0.9}
     assert "n = 1024 · d = 64" in vt.headline(new) and vt.verdict_label(new) == "partially remaps"
     lines = vt.control_lines(new)
-    assert "independent teacher: absent" in lines[0] and "> 0.25" in lines[1]
+    assert "independent teacher: absent" in lines[0] and "even a remapping with population ΔE 0.25 reads as 0" in lines[1]
+    assert vt.verdict_label({**new, "verdict": "copies"}).startswith("copies (no twin")
     comp = vt.companion_lines(new, n_modes=8)
     assert comp[0] == "copy rate 0.980 (chance 0.125 with 8 equal modes)"
     assert "chance 0.0010" in comp[1] and "within the mode" in comp[2]  # high copy rate, ΔE not small
