@@ -57,7 +57,7 @@ _DATA_FLAGS = {
 }
 _TEACHER_FLAGS = {
     "width": "teacher.width", "depth": "teacher.depth", "teacher_batch": "teacher.batch", "lr": "teacher.lr",
-    "ema": "teacher.ema", "teacher_seed": "teacher.seed", "teacher_steps": "teacher.steps",
+    "ema": "teacher.ema", "teacher_seed": "teacher.seed", "teacher_steps": "teacher.steps", "twin": "teacher.twin",
 }
 _DISTILL_FLAGS = {
     "distill_steps": "distill.steps", "distill_batch": "distill.batch", "ratio": "distill.ratio",
@@ -156,6 +156,9 @@ def _add_teacher_options(p: argparse.ArgumentParser, *, steps_flag: str) -> None
     g.add_argument("--lr", type=_float, default=None, help="Adam learning rate (default 1e-3)")
     g.add_argument("--ema", type=_float, default=None, help="EMA decay (default 0.999)")
     g.add_argument("--teacher-seed", type=int, default=None, help="teacher init/training seed (default 0)")
+    g.add_argument("--no-twin", dest="twin", action="store_const", const=False, default=None,
+                   help="do not train the independent twin teacher (seed + 1) in the same job: faster, "
+                        "but the ΔE controls ΔE(T′,T) and ΔE(S,T′) are then absent")
 
 
 def _add_distill_options(p: argparse.ArgumentParser, *, steps_flag: str) -> None:
@@ -354,7 +357,9 @@ def _summary_line(row: dict) -> str:
         ci = ""
         if row.get("delta_e_lo") is not None:
             ci = f" [{_fmt(row['delta_e_lo'], '.3f')}, {_fmt(row['delta_e_hi'], '.3f')}]"
-        return (f"student step {row['step']}: delta_e={_fmt(row.get('delta_e'), '.4f')}{ci} "
+        nd = f" n={_fmt(row.get('n_eval'))} d={_fmt(row.get('dim'))}" if row.get("n_eval") is not None else ""
+        verdict = f" verdict={row['verdict']}" if row.get("verdict") else ""
+        return (f"student step {row['step']}: delta_e={_fmt(row.get('delta_e'), '.4f')}{ci}{nd}{verdict} "
                 f"w2={_fmt(row.get('w2'))} w2_data={_fmt(row.get('w2_data'))} "
                 f"eta_T={_fmt(row.get('eta_teacher'))} eta_S={_fmt(row.get('eta_student'))} "
                 f"copy_rate={_fmt(row.get('copy_rate'), '.3f')} retrieval={_fmt(row.get('retrieval'), '.3f')}")
@@ -362,8 +367,18 @@ def _summary_line(row: dict) -> str:
             f"eta_T={_fmt(row.get('eta_teacher'))}")
 
 
+def _verdict_lines(rows: list[dict]) -> list[str]:
+    """The copy verdict of the last student evaluation (dmdcore.verdict_text), [] without one."""
+    from dmdcore.verdict_text import cli_lines
+
+    student = [r for r in rows if r.get("phase") == "student" and r.get("delta_e") is not None]
+    if not student:
+        return []
+    return ["copy verdict (last student evaluation):"] + ["  " + x for x in cli_lines(student[-1])]
+
+
 def _execute(args: argparse.Namespace, cfg, *, kind: str, phases: tuple[str, ...], teacher=None,
-             teacher_source: str | None = None) -> int:
+             teacher_source: str | None = None, twin=None) -> int:
     from tqdm import tqdm
 
     from dmdcore.device import pick_device
@@ -379,7 +394,7 @@ def _execute(args: argparse.Namespace, cfg, *, kind: str, phases: tuple[str, ...
     # ValueError for a bad config before it creates the run directory, and the run index
     # (root/index.sqlite) is only opened once the run exists, so rejected input leaves no files.
     exp = Experiment(cfg, run_dir=out, index=None, teacher=teacher, device=device, phases=phases, kind=kind,
-                     teacher_source=teacher_source, overwrite=args.overwrite)
+                     teacher_source=teacher_source, overwrite=args.overwrite, twin=twin)
     try:
         index = RunIndex(root)
         index.mark_interrupted()
@@ -432,6 +447,8 @@ def _execute(args: argparse.Namespace, cfg, *, kind: str, phases: tuple[str, ...
         return 1
     print(f"{exp.status}: {out} ({kind}, {exp.step_count} steps, {wall:.1f} s, device {device})")
     print(f"  {_summary_line(row)}")
+    for line in _verdict_lines(exp.metrics):
+        print(f"  {line}")
     return 0
 
 
@@ -457,7 +474,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if source is None:
         raise CLIError("--teacher: required (a run directory, a .pt file or a shipped teacher name)")
     _, canonical = resolve_teacher(source)
-    teacher = load_teacher(source, device=pick_device(args.device))
+    teacher = load_teacher(source, device=pick_device(args.device))  # with .twin when it has one
     base = {"teacher": teacher.teacher_config.to_dict()}
     if teacher.data_config is not None:
         base["data"] = teacher.data_config.to_dict()
@@ -557,6 +574,8 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     print(f"metrics    {len(rows)} evaluations; last {min(len(rows), args.rows)}:")
     for r in rows[-args.rows:]:
         print(f"  {_summary_line(r)}")
+    for line in _verdict_lines(rows):
+        print(line)
     return 0
 
 

@@ -55,7 +55,12 @@ METRIC_COLUMNS = (
     "loss", "loss_dm", "loss_fake", "loss_reg", "loss_gan_g", "loss_gan_d",
     "delta_e", "delta_e_lo", "delta_e_hi", "e_pair", "e_ot", "e_ind",
     "w2", "w2_data", "eta_teacher", "eta_student", "copy_rate", "retrieval",
+    # the copy verdict (dmdcore.verdict.report_row): n and d of ΔE, its controls and validity
+    "n_eval", "dim", "delta_e_twin", "delta_e_cross", "resolution", "delta_e_valid", "verdict", "verdict_basis",
 )
+# metrics.csv columns holding text / integers (the rest are floats)
+_TEXT_COLUMNS = ("phase", "verdict", "verdict_basis")
+_INT_COLUMNS = ("step", "n_eval", "dim", "delta_e_valid")
 # Columns of timing.csv: per evaluation, the cumulative seconds spent inside Experiment.step().
 TIMING_COLUMNS = ("step", "phase", "wall_s")
 
@@ -64,7 +69,7 @@ METRICS_FILE = "metrics.csv"
 TIMING_FILE = "timing.csv"
 STATUS_FILE = "status.json"
 SAMPLES_FILE = "samples.npz"
-CHECKPOINT_ROLES = ("teacher", "student", "fake")
+CHECKPOINT_ROLES = ("teacher", "student", "fake", "twin")
 INDEX_FILE = "index.sqlite"
 LOCK_FILE = ".lock"  # O_EXCL claim of a run directory: {"pid", "pid_start", "host", "since"}
 SCAN_DEPTH = 4  # RunIndex.scan: deepest run directory below the root (root/sweeps/<id>/cells/<key>)
@@ -248,9 +253,9 @@ def _format_cell(value: Any) -> str:
 def _parse_cell(column: str, text: str) -> Any:
     if text == "":
         return None
-    if column == "phase":
+    if column in _TEXT_COLUMNS:
         return text
-    if column == "step":
+    if column in _INT_COLUMNS:
         return int(text)
     return float(text)
 

@@ -130,6 +130,7 @@ class ToyTeacher:
         self.teacher_config = teacher_config
         self.data_config = data_config
         self.step = int(step)
+        self.twin: "ToyTeacher | None" = None  # its independent twin (dmdcore.twins), when known
 
     @property
     def device(self) -> torch.device:

@@ -16,6 +16,7 @@ from ui.errors import md_escape, one_line
 from ui import plots, toylab, urlstate
 from ui.session import get_manager, runs_root, session_id, warm_up_process
 from ui.router import ensure_router
+from ui.verdict import render_verdict
 
 ensure_router()
 
@@ -130,6 +131,7 @@ with st.sidebar:
         _widget("t_depth", disabled=use_shipped)
         _widget("t_steps", disabled=use_shipped)
         _widget("t_lr", disabled=use_shipped)
+        _widget("t_twin", disabled=use_shipped)
     with st.expander("Student (DMD2)", expanded=False):
         for name in ("init", "ratio", "lr", "lr_fake", "batch", "s_steps", "gan", "regression",
                      "reg_weight", "student_steps"):
@@ -354,6 +356,8 @@ def _headline(snap) -> None:
         v, _ = _latest(snap.metrics, key)
         col.metric(label, "—" if v is None else f"{v:.3f}")
     st.caption(f"Latest evaluation at step {row.get('step')} · n = {snap.z.shape[0] if snap.z is not None else '—'} · {ci}")
+    # the copy verdict of this evaluation: ΔE with n, d, its controls (ui/verdict.py)
+    render_verdict(row, n_modes=None if snap.modes is None else int(snap.modes.centers.shape[0]))
 
 
 def _colors(z, modes):
