@@ -73,6 +73,9 @@ def _worker_init() -> None:
         os.environ[var] = "1"
     import torch
 
+    from dmdcore.sweep import jobs
+
+    jobs._SWEEP_PARENT = os.getppid()  # every job checks it before it starts (jobs._parent_gone)
     torch.set_num_threads(1)
     _start_orphan_watchdog()
     _load_numeric_libraries()
