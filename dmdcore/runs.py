@@ -730,6 +730,11 @@ class RunIndex:
             if not self.path.is_file():
                 raise
             self.read_only = True  # listings still work; every write raises DiskFullError
+            try:
+                with closing(self._connect()) as con:
+                    con.execute("SELECT 1 FROM runs LIMIT 1").fetchall()
+            except sqlite3.DatabaseError:  # created on the full disk but never got its table
+                raise DiskFullError(self.path) from None
         except sqlite3.DatabaseError as exc:
             raise ValueError(f"index: {str(self.path)!r} is not a readable SQLite run index ({exc})") from exc
 
