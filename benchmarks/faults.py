@@ -97,6 +97,9 @@ class Tally:
         tb = sum("Traceback" in (e or "") for e in stderrs)
         self.tracebacks += tb
         print(f"{'ok  ' if ok and not tb else 'FAIL'} {name}: {detail}", flush=True)
+        for e in stderrs:
+            if "Traceback" in (e or ""):
+                print("     traceback seen: " + " | ".join(e[e.index("Traceback"):].splitlines()[-4:])[:400])
 
 
 def cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
@@ -302,7 +305,8 @@ def orphaned_workers(t: Tally, work: Path) -> None:
     spec.write_text(json.dumps(DRILL_SPEC))
     out = work / "sweep-orphan"
     cmd = [sys.executable, "-m", "dmdcore", "sweep", str(spec), "--out", str(out), "--workers", "2"]
-    p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = (work / "orphan.stderr").open("w+")  # a file, not a pipe: orphans may hold it open
+    p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=err, text=True)
     cells = out / "cells"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and not (cells.is_dir() and any(cells.iterdir())):
@@ -314,8 +318,10 @@ def orphaned_workers(t: Tally, work: Path) -> None:
     later = {c.name for c in cells.iterdir()} if cells.is_dir() else set()
     started_after = sorted(later - at_kill)
     ok = not started_after and len(at_kill) < len(DRILL_SPEC["grid"]["distill.seed"])
+    err.seek(0)
     t.record("sweep process killed (orphaned workers)", ok,
-             f"cells started before the kill {len(at_kill)}, after it {len(started_after)}", p.stderr.read())
+             f"cells started before the kill {len(at_kill)}, after it {len(started_after)}", err.read())
+    err.close()
 
 
 def main() -> int:

@@ -113,3 +113,14 @@ def test_orphaned_worker_takes_no_more_work(monkeypatch, tmp_path):
     monkeypatch.setattr(jobs, "_SWEEP_PARENT", os.getppid())  # parent alive: the job runs
     jobs._call_safely(lambda **kw: called.append(kw) or {"status": "finished"}, {"run_dir": "x"})
     assert called == [{"run_dir": "x"}]
+
+
+def test_worker_started_after_the_sweep_died_exits_at_once():
+    """The sweep's pid reaches a worker from the sweep (initargs), not from os.getppid() at
+    start-up: a worker spawned just before the sweep was killed used to record init's pid,
+    believe its parent alive and wait for work forever."""
+    code = ("from dmdcore.sweep.workers import _worker_init\n"
+            "_worker_init(1)\n"  # 1 stands for a sweep process that is no longer our parent
+            "print('still here')\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "still here" not in p.stdout, (p.returncode, p.stdout, p.stderr[-500:])
