@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from ui.errors import md_escape, short_paths
+
 from ui.router import ensure_router
 
 ensure_router()
@@ -287,6 +289,9 @@ def past_panel() -> None:
     except ValueError as exc:
         st.error(str(exc))
         return
+    for bad in (s for s in sweeps if s.get("state") == "unreadable"):  # listed, never fatal to the others
+        st.warning(md_escape(f"Skipped {Path(bad['path']).name}: {short_paths(bad.get('error', ''))}"))
+    sweeps = [s for s in sweeps if s.get("state") != "unreadable"]
     if not sweeps:
         st.info("No sweeps yet. Launch one in the 'Run a sweep' tab or with `python -m dmdcore sweep`.")
         return
