@@ -120,8 +120,15 @@ def test_transition_and_basin_figures():
         plots.transition_figure(np.zeros((2, 3)), 0.0)
     tm = np.array([[0, 1], [1, 2]])
     bf = plots.basin_figure(tm, tm[::-1], extent=3.0)
-    assert len(bf.data) == 2
-    assert np.array_equal(np.asarray(bf.data[1].customdata), tm[::-1])
+    maps = [tr for tr in bf.data if tr.type == "heatmap"]
+    assert len(maps) == 2
+    assert np.array_equal(np.asarray(maps[1].customdata), tm[::-1])
+    # a legend swatch per mode, in the basin's color from the noise color wheel (hue = angle of
+    # the basin's centroid): mode 0 sits at the bottom-left, mode 2 at the top-right
+    swatches = {tr.name: tr.marker.color for tr in bf.data if tr.type == "scatter"}
+    assert list(swatches) == ["mode 0", "mode 1", "mode 2"]
+    assert swatches["mode 0"] == plots.position_colors(np.array([[-1.0, -1.0]]), scale=1.0)[0]
+    assert swatches["mode 2"] == plots.position_colors(np.array([[1.0, 1.0]]), scale=1.0)[0]
     with pytest.raises(ValueError, match="student_map"):
         plots.basin_figure(tm, np.zeros((3, 3), int), extent=3.0)
 
@@ -173,6 +180,7 @@ def test_urlstate_rejects_bad_values_naming_them():
 
 
 # ------------------------------------------------------------------ the page (AppTest)
+import json
 import time
 from pathlib import Path
 
@@ -389,15 +397,22 @@ def test_transport_pause_step_resume_time_travel_and_reset(runs_dir):
     at.run()
     assert job.wait_paused(60)
     assert job.snapshot().step == step + 3
-    # time travel over the saved evaluations: the student panel is titled with the chosen step
-    _wait_until(at, lambda a: a.toggle(key="toylab_tt") is not None, timeout=30)
-    at.toggle(key="toylab_tt").set_value(True)
-    at.run()
+    # the time cursor over the saved evaluations: the student panel, the tiles, the basin maps
+    # and the cursor line on the curves all show the chosen student step
     hist = job.snapshot().history
-    at.slider(key="toylab_tt_idx").set_value(0)
+    first = hist[0][0]
+    at.select_slider(key="toylab_cursor").set_value(first)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    assert f"(step {hist[0][0]})" in _pairing_spec(at)
+    assert f"(step {first})" in _pairing_spec(at)
+    row = next(r for r in job.snapshot().metrics if r["phase"] == "student" and r["step"] == first)
+    assert _metric(at, "ΔE (pairing inefficiency)") == f"{row['delta_e']:.3f}"
+    assert _metric(at, "pair retrieval") == f"{row['retrieval']:.3f}"
+    assert any(f"Basin maps at student step {first} " in c.value for c in at.caption)
+    assert any(f"Evaluation at student step {first} of 100000" in c.value for c in at.caption)
+    curves = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    cursors = [sh for sh in curves["layout"]["shapes"] if sh.get("name") == "cursor"]
+    assert len(cursors) == 4 and all(sh["x0"] == first for sh in cursors)
     # Resume reads as running at once; Stop ends it
     at.button(key="btn_resume").click()
     at.run()
@@ -421,6 +436,9 @@ def test_time_travel_needs_two_snapshots(runs_dir):
     at.run()
     job = at.session_state["toylab_job"]
     assert job.wait(120) and job.state == "finished", (job.snapshot().message, job.error)
+    at.run()
+    # steps of the phase, not teacher + student steps added up
+    assert "student · step 5/5 (teacher phase done: 60 steps)" in _progress(at), _progress(at)
 
     class OneSnapshot:
         """The finished job, seen as if only one evaluation had been saved (e.g. stopped right
@@ -437,11 +455,11 @@ def test_time_travel_needs_two_snapshots(runs_dir):
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert _metric(at, "ΔE (pairing inefficiency)") not in (None, "—")  # the page still draws
-    assert not [t for t in at.toggle if t.key == "toylab_tt"]
-    # with the real job (two or more evaluations) the time-travel toggle is offered
+    assert not [t for t in at.get("select_slider") if t.key == "toylab_cursor"]
+    # with the real job (two or more evaluations) the time cursor is offered
     at.session_state["toylab_job"] = job
     at.run()
-    assert [t for t in at.toggle if t.key == "toylab_tt"]
+    assert [t for t in at.get("select_slider") if t.key == "toylab_cursor"]
 
 
 def test_unknown_shipped_teacher_in_the_url_is_named(runs_dir):
@@ -464,3 +482,36 @@ def test_invalid_setting_keeps_the_last_valid_configuration(runs_dir):
     assert job.experiment.cfg.data.dataset == "8gaussians"
     job.stop()
     assert job.wait(60)
+
+
+def test_teacher_and_student_curves_have_their_own_step_axes_and_the_cursor():
+    """A run that trains its teacher (steps 0–400) then its student (0–150): the W₂² panel must
+    not join W₂²(T, data) and W₂²(S, data) into one line, and losses use each phase's steps."""
+    from ui import curves
+
+    metrics = pd.DataFrame(
+        [{"step": s, "phase": "teacher", "loss": 1.0 / (s + 1), "w2_data": 0.5, "eta_teacher": 0.1}
+         for s in (0, 200, 400)]
+        + [{"step": s, "phase": "student", "delta_e": 0.3, "delta_e_lo": 0.2, "delta_e_hi": 0.4, "w2": 0.2,
+            "w2_data": 0.3, "eta_student": 0.2, "eta_teacher": 0.1} for s in (0, 50, 100, 150)])
+    log = pd.DataFrame([{"step": i + 1, "phase": "teacher", "phase_step": i + 1, "loss": 1.0} for i in range(400)]
+                       + [{"step": 401 + i, "phase": "student", "phase_step": i + 1, "loss_dm": 0.5}
+                          for i in range(150)])
+    stu = curves.student_curves_figure(metrics, log, cursor=50)
+    xs = {tr.name: list(tr.x) for tr in stu.data}
+    assert xs["W₂²(S, data)"] == [0, 50, 100, 150] and max(xs["loss_dm"]) == 150  # student steps only
+    assert "loss" not in xs
+    assert curves.cursor_positions(stu) == [50.0] * 4
+    assert {stu.layout[f"xaxis{i}"].title.text for i in ("", 2, 3, 4)} == {"student step"}
+    # reference lines: ΔE = 1 (random pairing) and 0 (OT pairing)
+    assert sorted(sh.y0 for sh in stu.layout.shapes if sh.name != curves.CURSOR) == [0.0, 1.0]
+    tea = curves.teacher_curves_figure(metrics, log)
+    txs = {tr.name: list(tr.x) for tr in tea.data}
+    assert txs["W₂²(T, data)"] == [0, 200, 400] and max(txs["loss"]) == 400
+    assert tea.layout.xaxis.title.text == "teacher step" and not curves.cursor_positions(tea)
+
+
+def test_every_student_control_has_a_tooltip():
+    student = ("init", "ratio", "lr", "lr_fake", "batch", "s_steps", "gan", "regression", "reg_weight",
+               "student_steps", "seed", "eval_every", "bootstrap")
+    assert [n for n in student if len(urlstate.BY_NAME[n].help) < 20] == []
