@@ -802,11 +802,14 @@ class Experiment:
     def _save_samples(self) -> None:
         with self._pub_lock:
             history, student = list(self._history), self._student_samples
+            basins = sorted(self._basin_history.items())
         hs = np.array([h[0] for h in history], dtype=np.int64)
         hx = np.stack([h[1] for h in history]) if history else None
         self.rundir.save_samples(
             z=self.z.numpy(), teacher=self.teacher_samples, student=student,
             history_steps=hs if history else None, history_student=hx,
+            basin_steps=np.array([b[0] for b in basins], np.int64) if basins else None,
+            basin_student=np.stack([b[1] for b in basins]) if basins else None,
         )
 
     def _publish(self) -> None:

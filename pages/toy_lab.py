@@ -13,7 +13,7 @@ import streamlit as st
 
 from ui.errors import md_escape, one_line
 
-from ui import curves, plots, timecursor, toylab, urlstate
+from ui import curves, plots, runbrowser, timecursor, toylab, urlstate
 from ui.session import get_manager, runs_root, session_id, warm_up_process
 from ui.router import ensure_router
 
@@ -160,9 +160,34 @@ if S.get("toylab_upload_error"):
 if S.get(UPLOAD):
     st.sidebar.caption(f"Using upload {S[UPLOAD][2]}: {S[UPLOAD][1][0]} × {S[UPLOAD][1][1]}")
 
-# Keep the URL in sync (only non-default values).
+# A run named in the URL (run=<index id>) opens on the session's first visit (no re-run).
+if "toylab_run_seen" not in S:
+    S["toylab_run_seen"] = True
+    if st.query_params.get(runbrowser.RUN_QP):
+        try:
+            S[runbrowser.OPEN_KEY] = runbrowser.parse_run_param(st.query_params.get_all(runbrowser.RUN_QP))
+        except ValueError as exc:
+            st.error(md_escape(f"Link: {exc}"))
+
+
+def _shown_run_id() -> int | None:
+    """The index id of the run on screen: this session's job's run, or the opened saved run."""
+    j = S.get(JOB)
+    if j is None:
+        return S.get(runbrowser.OPEN_KEY)
+    cached = S.get("toylab_job_run_id")
+    if cached is None or cached[0] != j.job_id:
+        run_dir = getattr(getattr(j, "experiment", None), "run_dir", None)
+        cached = (j.job_id, runbrowser.run_id_of(runs_root(), None if run_dir is None else str(run_dir)))
+        S["toylab_job_run_id"] = cached
+    return cached[1]
+
+
+# Keep the URL in sync (only non-default values, and the run on screen).
 try:
     qp = urlstate.encode(values)
+    if _shown_run_id() is not None:
+        qp[runbrowser.RUN_QP] = str(_shown_run_id())
     if {k: v for k, v in st.query_params.items()} != qp:
         st.query_params.from_dict(qp)
 except ValueError as exc:
@@ -239,6 +264,7 @@ def _start(phases: tuple[str, ...]) -> None:
     job = TrainingJob(exp, phases=phases, manager=get_manager(), owner=session_id())  # abandoned when the tab closes
     job.start()
     S[JOB] = job
+    S.pop(runbrowser.OPEN_KEY, None)
     S.pop("toylab_basins", None)
     S.pop("toylab_memo", None)
 
@@ -301,6 +327,14 @@ else:
 job = S.get(JOB)
 snap0 = job.snapshot() if job is not None else None
 live = snap0 is not None and snap0.state in ACTIVE
+saved = None  # (record, view) of a saved run opened from a link or the run browser
+if job is None and S.get(runbrowser.OPEN_KEY):
+    try:
+        rec, snap0, view = runbrowser.open_saved(runs_root(), int(S[runbrowser.OPEN_KEY]))
+        saved = (rec, view)
+    except (ValueError, OSError, KeyError) as exc:
+        st.error(md_escape(f"Cannot open run {S[runbrowser.OPEN_KEY]}: {one_line(exc)}"))
+        S.pop(runbrowser.OPEN_KEY, None)
 
 
 # ------------------------------------------------------------------ views
@@ -471,6 +505,13 @@ def _basins_at(step: int | None) -> dict | None:
     """Basin maps at the cursor's student step (kept by the engine at each evaluation)."""
     j = S.get(JOB)
     exp = getattr(j, "experiment", None)
+    if j is None and saved is not None:  # a saved run: the maps kept in its samples.npz
+        view = saved[1]
+        if step not in view["basins"] or view["basin_teacher"] is None:
+            return None
+        sm, tm = view["basins"][step], view["basin_teacher"]
+        return {"key": ("saved", step), "step": step, "extent": view["basin_extent"], "teacher": tm,
+                "student": sm, "agreement": float((sm == tm).mean())}
     if step is None or exp is None or not hasattr(exp, "basin_maps"):
         return S.get("toylab_basins")
     at = step if step in exp.basin_steps() else None  # None: not kept yet, the current weights
@@ -498,6 +539,12 @@ def live_status() -> None:
     page's own CPU use stays small next to the training thread's."""
     j = S.get(JOB)
     snap = j.snapshot() if j is not None else None
+    if snap is None and saved is not None:
+        rec = saved[0]
+        st.info(f"Saved run {rec.id} ({snap0.state}, {rec.dataset}, d = {rec.dim}) opened from the run index: "
+                f"`{rec.path}`. Its results and time travel come from its saved files; press **Distill** "
+                "to run the configuration in the sidebar.")
+        return
     _status(snap)
     now_live = snap is not None and snap.state in ACTIVE
     if now_live != live or (snap is not None and len(snap.metrics) != drawn_evals):
@@ -514,6 +561,15 @@ def player() -> None:
 live_status()
 _draw(snap0)
 player()
+opened = runbrowser.browser(runs_root(), can_open=not live)
+if opened is not None:
+    if job is not None:
+        _release(job)
+        S.pop(JOB, None)
+    for k in ("toylab_basins", "toylab_memo", timecursor.CURSOR_KEY, timecursor.SHOWN_KEY):
+        S.pop(k, None)
+    S[runbrowser.OPEN_KEY] = opened
+    st.rerun()
 
 # ------------------------------------------------------------------ exports (job idle)
 if job is not None and not live and snap0 is not None and snap0.teacher_samples is not None:

@@ -515,3 +515,32 @@ def test_every_student_control_has_a_tooltip():
     student = ("init", "ratio", "lr", "lr_fake", "batch", "s_steps", "gan", "regression", "reg_weight",
                "student_steps", "seed", "eval_every", "bootstrap")
     assert [n for n in student if len(urlstate.BY_NAME[n].help) < 20] == []
+
+
+def test_a_run_opens_from_its_link_in_a_fresh_session(runs_dir):
+    """run=<index id> in the URL: a new session shows that run's numbers and time travel from
+    its saved files, without a job; a bad or unknown id is reported, not replaced silently."""
+    at = _toy_lab({**TINY, "ss": "10", "ee": "5"})
+    at.button(key="btn_distill").click()
+    at.run()
+    job = at.session_state["toylab_job"]
+    assert job.wait(180) and job.state == "finished", (job.snapshot().message, job.error)
+    at.run()
+    run_id = at.query_params["run"][0] if isinstance(at.query_params["run"], list) else at.query_params["run"]
+    rows = [r for r in job.snapshot().metrics if r["phase"] == "student"]
+
+    fresh = _toy_lab({**TINY, "ss": "10", "ee": "5", "run": str(run_id)})
+    assert "toylab_job" not in fresh.session_state
+    assert _metric(fresh, "ΔE (pairing inefficiency)") == f"{rows[-1]['delta_e']:.3f}"
+    assert any(f"Saved run {run_id} (finished" in i.value for i in fresh.info)
+    fresh.select_slider(key="toylab_cursor").set_value(0)
+    fresh.run()
+    assert not fresh.exception, [e.value for e in fresh.exception]
+    assert _metric(fresh, "ΔE (pairing inefficiency)") == f"{rows[0]['delta_e']:.3f}"
+    assert any("Basin maps at student step 0 " in c.value for c in fresh.caption)
+    assert "(step 0)" in _pairing_spec(fresh)
+
+    bad = _toy_lab({"run": "zzz"})
+    assert any("'zzz' is not a run id" in e.value for e in bad.error)
+    missing = _toy_lab({"run": "999"})
+    assert any("999 is not in the run index" in e.value for e in missing.error)
