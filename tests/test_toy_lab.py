@@ -209,6 +209,11 @@ def _toy_lab(query: dict | None = None) -> AppTest:
     return at
 
 
+def _shown(elements) -> str:
+    """The messages as shown: the page Markdown-escapes them (ui.errors.md_escape)."""
+    return " ".join(e.value.replace("\\", "") for e in elements)
+
+
 def _metric(at: AppTest, label: str):
     for m in at.metric:
         if m.label == label:
@@ -276,7 +281,7 @@ def test_toy_lab_query_params_round_trip(runs_dir):
 
 def test_toy_lab_bad_url_value_shows_error_and_keeps_defaults(runs_dir):
     at = _toy_lab({"t": "train", "d": "100000", "ds": "nonsense"})
-    errs = " ".join(e.value for e in at.error)
+    errs = _shown(at.error)
     assert "'d'" in errs and "[2, 256]" in errs and "'ds'" in errs
     assert at.selectbox(key="ctl_dataset").value == "8gaussians"
 
@@ -290,7 +295,7 @@ def test_toy_lab_upload_validation(runs_dir):
     rows = "\n".join(f"{i * 0.1},{i * 0.2}" for i in range(150)).replace("0.5,1.0", "0.5,abc", 1)
     at.file_uploader(key="toylab_upload_widget").set_value(("bad.csv", rows.encode(), "text/csv"))
     at.run()
-    errs = " ".join(e.value for e in at.error)
+    errs = _shown(at.error)
     assert "Upload rejected" in errs and "bad.csv" in errs and "abc" in errs
     # removing the file from the uploader removes its error
     at.file_uploader(key="toylab_upload_widget").set_value(None)
@@ -464,7 +469,7 @@ def test_time_travel_needs_two_snapshots(runs_dir):
 
 def test_unknown_shipped_teacher_in_the_url_is_named(runs_dir):
     at = _toy_lab({"tn": "no-such-teacher"})
-    errs = " ".join(e.value for e in at.error)
+    errs = _shown(at.error)
     assert "'no-such-teacher'" in errs and "8gaussians" in errs
     assert at.selectbox(key="ctl_shipped_name").value == toylab.shipped_teachers()[0]["name"]
 
