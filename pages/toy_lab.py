@@ -409,15 +409,25 @@ def _views(z, teacher, student, modes, metrics, train_log, *, key: str, step_lab
     # teacher phase T(z) still moves, the student phase's teacher is final.
     proj = _memo("proj", (key, phase, teacher.shape), lambda: plots.fit_projection(teacher))
     colors = _memo("colors", (key, phase, z.shape, modes is None), lambda: _colors(z, modes))
-    fig = _memo("pairing", version, lambda: plots.pairing_figure(
+    selected, how = _selection(student, modes)
+    sel_key = None if selected is None else tuple(selected.tolist())
+    fig = _memo("pairing", (*version, sel_key), lambda: plots.pairing_figure(
         z, teacher, student, colors=colors, projection=proj, uirevision=f"pair-{key}",
-        student_title=f"Student S(z) {step_label}"))
-    st.plotly_chart(fig, key="toylab_pairing", config={"displaylogo": False})
+        student_title=f"Student S(z) {step_label}", selected=selected))
+    st.plotly_chart(fig, key="toylab_pairing", config={"displaylogo": False}, on_select="rerun",
+                    selection_mode=("lasso", "box"))
+    st.caption("Drag a lasso (or pick the box tool) around points in any panel: the same noises z_i are "
+               "highlighted in z, T(z), S(z) and the pair displacements. Double-click to clear."
+               + (f" Highlighted: {how}." if how else ""))
     if d > 2:
         st.caption("d > 2: samples are shown in the PCA plane fitted once on the teacher samples; "
                    "colors = the teacher sample's mode/cluster.")
     left, right = st.columns([1, 2])
     with left:
+        if modes is not None:
+            k = int(np.asarray(modes.centers).shape[0])
+            st.selectbox("Highlight a teacher mode (where did its noise go?)", ["none", *range(k)],
+                         key="toylab_sel_mode")
         if modes is not None and show_matrix and student is not None:
             st.plotly_chart(_memo("modes", version, lambda: plots.transition_figure(
                                 np.asarray(modes.matrix), float(modes.copy_rate),
@@ -457,6 +467,20 @@ def _curves(metrics, train_log, *, key: str, cursor: int | None = None) -> None:
                         key="toylab_curves", config={"displaylogo": False})
         st.caption(plots.DELTA_E_HELP + (f" Dashed vertical line: the time cursor (student step {cursor})."
                                          if cursor is not None else ""))
+
+
+def _selection(student, modes):
+    """(row indices, description) to highlight: a teacher mode picked below, else the last
+    lasso/box selection of the pairing figure (Streamlit's Plotly selection event)."""
+    mode = S.get("toylab_sel_mode", "none")
+    if modes is not None and mode != "none":
+        rows = np.flatnonzero(np.asarray(modes.teacher_modes) == int(mode))
+        return rows, f"teacher mode {mode} ({len(rows)} noises)"
+    traces = ("z", "T(z)") + (("S(z)", "T→S", "S(z) end") if student is not None else ())
+    event = S.get("toylab_pairing")
+    rows = plots.selected_rows(event.get("selection") if isinstance(event, dict) or hasattr(event, "get")
+                               else None, traces) if event is not None else None
+    return rows, (None if rows is None else f"{len(rows)} selected noises")
 
 
 def _draw(snap) -> None:

@@ -549,3 +549,35 @@ def test_a_run_opens_from_its_link_in_a_fresh_session(runs_dir):
     assert any("'zzz' is not a run id" in e.value for e in bad.error)
     missing = _toy_lab({"run": "999"})
     assert any("999 is not in the run index" in e.value for e in missing.error)
+
+
+def test_linked_selection_highlights_the_same_noises_in_every_panel():
+    rng = np.random.default_rng(0)
+    z, t, s = (rng.normal(size=(50, 2)).astype(np.float32) for _ in range(3))
+    colors = plots.position_colors(z)
+    proj = plots.fit_projection(t)
+    # a lasso in the S(z) panel (curve 2) and one in z (curve 0); segment vertices are ignored
+    event = {"points": [{"curve_number": 2, "point_index": 7}, {"curve_number": 0, "point_index": 3},
+                        {"curve_number": 3, "point_index": 40}]}
+    traces = ("z", "T(z)", "S(z)", "T→S", "S(z) end")
+    rows = plots.selected_rows(event, traces)
+    assert rows.tolist() == [3, 7]
+    fig = plots.pairing_figure(z, t, s, colors=colors, projection=proj, selected=rows)
+    by = {tr.name: tr for tr in fig.data}
+    for name in ("z", "T(z)", "S(z)", "S(z) end"):
+        assert list(by[name].selectedpoints) == [3, 7], name
+    seg_x = np.asarray(by["T→S"].x, dtype=float)
+    assert np.isfinite(seg_x).sum() == 4  # only the two selected pairs' segments
+    assert fig.layout.dragmode == "lasso"
+    assert plots.selected_rows({"points": []}, traces) is None
+
+
+def test_a_teacher_mode_highlights_where_its_noise_went(runs_dir):
+    at = _toy_lab({"tn": "8gaussians", "en": "200"})
+    at.selectbox(key="toylab_sel_mode").set_value(2)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    spec = json.loads(_pairing_spec(at))
+    sel = {tr["name"]: tr.get("selectedpoints") for tr in spec["data"]}
+    assert sel["z"] and sel["z"] == sel["T(z)"]
+    assert any("teacher mode 2 (" in c.value for c in at.caption)

@@ -133,13 +133,24 @@ def fit_projection(teacher_samples: np.ndarray, source: str = "teacher samples")
 # ---------------------------------------------------------------------------------------------
 # Panel group 1: noise / teacher / student / displacement (one figure, WebGL)
 # ---------------------------------------------------------------------------------------------
-def _gl_points(xy: np.ndarray, colors, name: str, size: float) -> go.Scattergl:
+def _gl_points(xy: np.ndarray, colors, name: str, size: float, selected=None) -> go.Scattergl:
+    """Point i of the trace is row i (the same noise z_i in every panel). ``selected``: row
+    indices to highlight (the others fade), or None. hoverinfo "none" (not "skip"): no hover
+    label, but lasso/box selections still report the points."""
     xy = np.asarray(xy, dtype=np.float32)
+    extra = {}
+    if selected is not None:
+        keep = [int(i) for i in selected if 0 <= int(i) < len(xy)]
+        extra = dict(selectedpoints=keep, selected=dict(marker=dict(size=size * 1.6)),
+                     unselected=dict(marker=dict(opacity=0.12)))
     return go.Scattergl(
         x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, showlegend=False,
         marker=dict(color=list(colors), size=size, line=dict(width=0)),
-        hoverinfo="skip",
+        hoverinfo="none", **extra,
     )
+
+
+POINT_TRACES = ("z", "T(z)", "S(z)", "S(z) end")  # pairing_figure traces whose point i is row i
 
 
 def segments_xy(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -172,6 +183,7 @@ def pairing_figure(
     marker_size: float = 4.0,
     height: int = 420,
     student_title: str = "Student samples S(z)",
+    selected: np.ndarray | None = None,
 ) -> go.Figure:
     """Four WebGL panels in one figure: noise z | T(z) | S(z) | segments T(z_i) → S(z_i).
 
@@ -180,6 +192,9 @@ def pairing_figure(
     identical and remapping looks scrambled. projection: maps samples to 2-D (fitted once on
     teacher samples); noise_projection: for z (defaults to identity when d == 2, else PCA of z).
     max_segments: at most this many pair segments are drawn (the first ones, deterministic).
+    selected: row indices (a lasso/box selection, a teacher mode) highlighted in every panel —
+    the same noises z_i in z, T(z), S(z) and the displacement panel (only their segments drawn).
+    Lasso is the default drag tool.
     """
     z = np.asarray(z, dtype=np.float32)
     teacher = np.asarray(teacher, dtype=np.float32)
@@ -199,19 +214,20 @@ def pairing_figure(
         subplot_titles=("Noise z", "Teacher samples T(z)", student_title,
                         "Pair displacement T(zᵢ) → S(zᵢ)"),
     )
-    fig.add_trace(_gl_points(z2, colors, "z", marker_size), row=1, col=1)
-    fig.add_trace(_gl_points(t2, colors, "T(z)", marker_size), row=1, col=2)
+    fig.add_trace(_gl_points(z2, colors, "z", marker_size, selected), row=1, col=1)
+    fig.add_trace(_gl_points(t2, colors, "T(z)", marker_size, selected), row=1, col=2)
     if student is not None:
         s2 = projection.transform(student)
-        fig.add_trace(_gl_points(s2, colors, "S(z)", marker_size), row=1, col=3)
+        fig.add_trace(_gl_points(s2, colors, "S(z)", marker_size, selected), row=1, col=3)
         m = min(n, max_segments)
-        sx, sy = segments_xy(t2[:m], s2[:m])
+        rows = np.arange(m) if selected is None else np.asarray([i for i in selected if 0 <= i < m], np.int64)
+        sx, sy = segments_xy(t2[rows], s2[rows])
         fig.add_trace(
             go.Scattergl(x=sx, y=sy, mode="lines", showlegend=False, hoverinfo="skip",
                          line=dict(width=1, color="rgba(80,80,80,0.45)"), name="T→S"),
             row=1, col=4,
         )
-        fig.add_trace(_gl_points(s2[:m], colors[:m], "S(z) end", marker_size * 0.7), row=1, col=4)
+        fig.add_trace(_gl_points(s2[:m], colors[:m], "S(z) end", marker_size * 0.7, selected), row=1, col=4)
     nz = noise_projection.axis_titles("z")
     ns = projection.axis_titles()
     fig.update_xaxes(title_text=nz[0], row=1, col=1)
@@ -226,8 +242,21 @@ def pairing_figure(
     fig.update_yaxes(matches="y2", row=1, col=4)
     fig.update_annotations(font_size=13)  # subplot titles
     # the top margin keeps the Plotly toolbar (drawn in the figure's top-right corner) above the titles
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=TOP_MARGIN, b=10), uirevision=uirevision)
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=TOP_MARGIN, b=10), uirevision=uirevision,
+                      dragmode="lasso")
     return fig
+
+
+def selected_rows(selection: dict | None, fig_traces: tuple[str, ...]) -> np.ndarray | None:
+    """Row indices of a Streamlit Plotly selection event on ``pairing_figure`` (points of any
+    point trace; segment vertices ignored), or None when nothing is selected."""
+    if not selection:
+        return None
+    pts = selection.get("points") or []
+    rows = sorted({int(p["point_index"]) for p in pts
+                   if 0 <= int(p.get("curve_number", -1)) < len(fig_traces)
+                   and fig_traces[int(p["curve_number"])] in POINT_TRACES})
+    return np.asarray(rows, np.int64) if rows else None
 
 
 # ---------------------------------------------------------------------------------------------
