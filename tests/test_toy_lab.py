@@ -581,3 +581,29 @@ def test_a_teacher_mode_highlights_where_its_noise_went(runs_dir):
     sel = {tr["name"]: tr.get("selectedpoints") for tr in spec["data"]}
     assert sel["z"] and sel["z"] == sel["T(z)"]
     assert any("teacher mode 2 (" in c.value for c in at.caption)
+
+
+def test_compare_two_runs_overlays_their_curves_and_differences(runs_dir):
+    from dmdcore.config import DistillConfig, EvalConfig
+    from dmdcore.pipeline import Experiment, load_teacher, teacher_experiment_config
+    from dmdcore.runs import RunIndex
+
+    root = runs_dir
+    root.mkdir(parents=True, exist_ok=True)
+    teacher = load_teacher("8gaussians", device="cpu")
+    ids = []
+    for seed in (0, 1):
+        cfg = teacher_experiment_config(teacher, distill=DistillConfig(steps=4, batch=32, ratio=1, seed=seed),
+                                        eval=EvalConfig(every=2, n=64, bootstrap=0))
+        exp = Experiment(cfg, run_dir=root / f"cmp{seed}", index=RunIndex(root), teacher=teacher, device="cpu")
+        exp.run()
+        ids.append(RunIndex(root).get(exp.run_dir).id)
+    at = _toy_lab({"tn": "8gaussians", "en": "200"})
+    at.multiselect(key="rb_compare").set_value(ids)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    spec = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    names = {tr["name"] for tr in spec["data"]}
+    assert {f"run {ids[0]} · ΔE", f"run {ids[1]} · ΔE", f"run {ids[1]} · W₂²"} <= names
+    diff = next(d.value for d in at.dataframe if "field" in d.value.columns)
+    assert diff["field"].tolist() == ["distill.seed"]

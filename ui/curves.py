@@ -112,3 +112,44 @@ def student_curves_figure(metrics: pd.DataFrame | None, train_log: pd.DataFrame 
 def cursor_positions(fig: go.Figure) -> list[float]:
     """x of every time-cursor line of a figure (for tests)."""
     return [float(s.x0) for s in fig.layout.shapes if s.name == CURSOR]
+
+
+def compare_figure(runs: dict[str, pd.DataFrame], *, height: int = 360) -> go.Figure:
+    """Overlay of several runs' student curves: ΔE | W₂²(S, T) | generator loss, one color per
+    run (``runs``: label → metrics rows as a DataFrame). Each trace is named "<label> · <metric>"."""
+    from plotly.colors import qualitative
+
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.08,
+                        subplot_titles=("ΔE", "W₂² student↔teacher", "Student loss (DMD)"))
+    palette = qualitative.D3
+    for i, (label, df) in enumerate(runs.items()):
+        m = phase_rows(df, "student")
+        color = palette[i % len(palette)]
+        for col, (key, name) in enumerate((("delta_e", "ΔE"), ("w2", "W₂²"), ("loss_dm", "loss_dm")), start=1):
+            step, y = _numeric(m, "step"), _numeric(m, key)
+            ok = step.notna() & y.notna()
+            if ok.any():
+                fig.add_trace(go.Scatter(x=step[ok], y=y[ok], mode="lines+markers", name=f"{label} · {name}",
+                                         legendgroup=label, showlegend=col == 1, line=dict(color=color)),
+                              row=1, col=col)
+    fig.add_hline(y=1.0, line=dict(color="#888", dash="dot", width=1), row=1, col=1,
+                  annotation_text="random pairing", annotation_font_size=11, annotation_position="top left")
+    fig.update_yaxes(type="log", dtick="D2", tickformat=".2~g", row=1, col=3)
+    return _layout(fig, n=3, xtitle="student step", height=height, uirevision="compare")
+
+
+def config_differences(configs: dict[str, dict]) -> pd.DataFrame:
+    """The config fields (dotted keys) whose values differ between runs: one row per field, one
+    column per run (``configs``: label → ExperimentConfig.to_dict())."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
+        return out
+
+    flats = {label: flat(c) for label, c in configs.items()}
+    keys = sorted(set().union(*flats.values())) if flats else []
+    rows = [{"field": k, **{label: str(f.get(k, "—")) for label, f in flats.items()}} for k in keys
+            if len({str(f.get(k, "—")) for f in flats.values()}) > 1]
+    return pd.DataFrame(rows, columns=["field", *configs])

@@ -102,4 +102,34 @@ def browser(root: Path, *, can_open: bool) -> int | None:
             c2.caption("Stop the running job to open another run.")
         if c2.button("Open run", key="rb_open", disabled=not can_open):
             return int(pick)
+        compare(df["id"].tolist(), {r.id: r for r in recs})
     return None
+
+
+def compare(ids: list[int], recs: dict) -> None:
+    """Pick two or more runs (Toy Lab runs and sweep cells) and overlay their ΔE, W₂² and loss
+    curves, with a table of the config fields that differ."""
+    import json
+
+    from dmdcore.runs import RunDir
+    from ui import curves
+
+    pick = st.multiselect("Compare runs (two or more)", ids[::-1], key="rb_compare",
+                          format_func=lambda i: f"run {i}: " + Path(recs[i].path).name)
+    if len(pick) < 2:
+        return
+    frames, configs = {}, {}
+    for i in pick:
+        rd = RunDir(recs[i].path)
+        try:
+            frames[f"run {i}"] = pd.DataFrame(rd.read_metrics())
+            configs[f"run {i}"] = json.loads(json.dumps(rd.read_config()["experiment"]))
+        except (ValueError, OSError, KeyError) as exc:
+            st.warning(f"run {i}: cannot read its files ({exc})")
+    if len(frames) < 2:
+        return
+    st.plotly_chart(curves.compare_figure(frames), key="rb_compare_fig", config={"displaylogo": False})
+    diff = curves.config_differences(configs)
+    st.markdown("**Config fields that differ**" if len(diff) else "The configs are identical.")
+    if len(diff):
+        st.dataframe(diff, hide_index=True, key="rb_compare_diff")
