@@ -414,8 +414,9 @@ def _execute(args: argparse.Namespace, cfg, *, kind: str, phases: tuple[str, ...
         bar.update(1)
         if flag["signal"] is not None:  # a step boundary: safe to stop here
             raise _Terminated() if flag["signal"] == signal.SIGTERM else KeyboardInterrupt()
-        if info.get("evaluated") and exp.metrics:
-            last = exp.metrics[-1]
+        landed = exp.view()["metrics"]  # the latest finished evaluation (computed off this thread)
+        if landed:
+            last = landed[-1]
             post = {"phase": last["phase"]}
             if last.get("delta_e") is not None:
                 post["ΔE"] = f"{last['delta_e']:.3f}"
