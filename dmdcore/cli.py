@@ -19,6 +19,7 @@ import contextlib
 import importlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import signal
@@ -45,6 +46,8 @@ QUICK = {
     "eval.n": 256,
     "eval.bootstrap": 20,
 }
+
+from dmdcore.runs import RunExistsError  # noqa: E402  (light: no torch import)
 
 # flag dest -> dotted config field (only flags the user actually gives override the config)
 _DATA_FLAGS = {
@@ -212,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     rl = rsub.add_parser("list", help="list the runs of an index (marks interrupted runs failed)")
     rl.add_argument("--root", default="runs", help="run index root (default runs)")
     rl.add_argument("--kind", default=None, choices=("teacher", "distill", "experiment"))
-    rl.add_argument("--status", default=None, choices=("running", "finished", "stopped", "diverged", "failed"))
+    rl.add_argument("--status", default=None, choices=("running", "finished", "stopped", "diverged", "failed",
+                                                      "abandoned", "unreadable"))
     rl.add_argument("--dataset", default=None)
     rl.add_argument("--sweep", default=None)
     rl.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -257,6 +261,10 @@ def _read_config_file(path: str) -> tuple[dict, dict]:
         data = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise CLIError(f"--config: {path!r} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise CLIError(f"--config: {path!r} is nested too deeply to be a config") from None
+    except UnicodeDecodeError as exc:
+        raise CLIError(f"--config: {path!r} is not UTF-8 text (byte {exc.start})") from None
     if not isinstance(data, dict):
         raise CLIError(f"--config: {path!r} must hold a JSON object")
     if "experiment" in data:
@@ -288,6 +296,9 @@ def _assemble(args: argparse.Namespace, flags: dict[str, str], base: dict | None
         value = getattr(args, dest, None)
         if value is not None:
             _set_dotted(d, key, value)
+    data = d.get("data")
+    if isinstance(data, dict) and data.get("dataset") == "user" and not data.get("path"):
+        raise CLIError("--data-path: required with --dataset user (a .csv or .npy file of an (n, d) array)")
     return ExperimentConfig.from_dict(d)
 
 
@@ -384,9 +395,14 @@ def _execute(args: argparse.Namespace, cfg, *, kind: str, phases: tuple[str, ...
     # (root/index.sqlite) is only opened once the run exists, so rejected input leaves no files.
     exp = Experiment(cfg, run_dir=out, index=None, teacher=teacher, device=device, phases=phases, kind=kind,
                      teacher_source=teacher_source, overwrite=args.overwrite, twin=twin)
-    index = RunIndex(root)
-    index.mark_interrupted()
-    index.register(exp.rundir, kind=exp.kind, status="running")
+    try:
+        index = RunIndex(root)
+        index.mark_interrupted()
+        index.register(exp.rundir, kind=exp.kind, status="running")
+    except BaseException as exc:
+        # the run never started: leave no "running" orphan behind
+        exp.finalize("failed", f"could not register the run in {root}: {_one_line(exc)}")
+        raise
     exp.index = index  # from here on the run keeps its index row up to date (as Experiment(index=) does)
     show = not args.no_progress and sys.stderr.isatty()
     bar = tqdm(total=exp.total_steps, desc=f"{kind} {out.name}", unit="step", file=sys.stderr, disable=not show)
@@ -398,8 +414,9 @@ def _execute(args: argparse.Namespace, cfg, *, kind: str, phases: tuple[str, ...
         bar.update(1)
         if flag["signal"] is not None:  # a step boundary: safe to stop here
             raise _Terminated() if flag["signal"] == signal.SIGTERM else KeyboardInterrupt()
-        if info.get("evaluated") and exp.metrics:
-            last = exp.metrics[-1]
+        landed = exp.view()["metrics"]  # the latest finished evaluation (computed off this thread)
+        if landed:
+            last = landed[-1]
             post = {"phase": last["phase"]}
             if last.get("delta_e") is not None:
                 post["ΔE"] = f"{last['delta_e']:.3f}"
@@ -484,8 +501,11 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise CLIError(f"--root: {args.root!r} is not a directory")
     index = RunIndex(root)
-    index.scan()
-    index.mark_interrupted()
+    try:
+        index.scan()
+        index.mark_interrupted()
+    except OSError as exc:  # disk full: list what the index holds, say why it is not refreshed
+        print(f"warning: {exc}; listing the index without refreshing it", file=sys.stderr)
     recs = index.list(kind=args.kind, status=args.status, dataset=args.dataset, sweep=args.sweep)
     if args.json:
         print(json.dumps([_record_dict(r) for r in recs], indent=2, default=str))
@@ -575,10 +595,23 @@ def cmd_runs_teachers(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- entry point
 
+_log = logging.getLogger("dmdcore.cli")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return (first[:497] + "…") if len(first) > 500 else first
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code: 2 for bad input (a ValueError raised while the
     arguments, config, data or teacher are checked, before a run starts; argparse usage errors
-    exit 2 through ``_Parser.error``), 1 for a run that diverged or failed after it started."""
+    exit 2 through ``_Parser.error``), 1 for a run that diverged or failed after it started.
+
+    This is the CLI's one error boundary: any other exception is one line on stderr
+    (``error: <Type>: <reason>``, exit 1) and its traceback goes to the log (logger
+    ``dmdcore.cli``, shown with ``DMD_DEBUG=1``), never a Python traceback on the terminal."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
@@ -587,8 +620,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _torch_threads(getattr(args, "threads", None)):
             rc = args.func(args)
-    except ValueError as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {msg}", file=sys.stderr)
+    except RunExistsError as exc:
+        print(f"error: --out: {_one_line(exc).split(': ', 1)[-1].replace('pass overwrite=True (CLI: --overwrite)', 'pass --overwrite')}",
+              file=sys.stderr)
         return 2
+    except (ValueError, RecursionError, MemoryError) as exc:
+        # bad input: our ValueErrors name the field; a RecursionError / MemoryError can only come
+        # from parsing an input before anything started
+        _log.debug("bad input", exc_info=exc)
+        msg = _one_line(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__} while reading the input"
+        print(f"error: {msg or type(exc).__name__}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        _log.debug("OS error", exc_info=exc)
+        print(f"error: {_one_line(exc) or type(exc).__name__}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 — the boundary: one line, traceback in the log
+        _log.error("command failed", exc_info=exc)
+        print(f"error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 1
     return int(rc or 0)

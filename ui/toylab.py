@@ -150,9 +150,12 @@ def save_upload(data: bytes, filename: str, root: Path) -> tuple[str, tuple[int,
     out = Path(root) / "uploads" / f"{digest}.npy"
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists():
-        tmp = out.with_suffix(f".{uuid.uuid4().hex}.tmp.npy")
-        np.save(tmp, arr)
-        tmp.replace(out)
+        # atomic and tidy: a full disk raises "disk full at <path>" and leaves no temp file
+        from dmdcore.runs import atomic_write_bytes
+
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        atomic_write_bytes(out, buf.getvalue())
     return str(out), tuple(arr.shape)
 
 
