@@ -599,10 +599,14 @@ class RunDir:
         student: np.ndarray | None,
         history_steps: np.ndarray | None = None,
         history_student: np.ndarray | None = None,
+        basin_steps: np.ndarray | None = None,
+        basin_student: np.ndarray | None = None,
     ) -> Path:
         """Atomically write samples.npz. ``z``, ``teacher``, ``student``: (n, d); ``history_steps``
-        (K,) int64 and ``history_student`` (K, n, d) float32. Missing arrays are stored empty
-        (shape (0,) / (0, n, d)) so the file always has the same keys."""
+        (K,) int64 and ``history_student`` (K, n, d) float32; ``basin_steps`` (B,) int64 and
+        ``basin_student`` (B, G, G) int16: the student's basin map (mode per noise-grid point) at
+        those student steps (2-D data). Missing arrays are stored empty (shape (0,) / (0, n, d) /
+        (0, 0, 0)) so the file always has the same keys."""
         z = np.asarray(z, dtype=np.float32)
         n, d = z.shape[0], int(np.prod(z.shape[1:])) if z.ndim > 1 else 1
         empty_nd = np.zeros((0, d), dtype=np.float32)
@@ -615,6 +619,9 @@ class RunDir:
                 np.zeros((0, n, d), np.float32) if history_student is None
                 else np.asarray(history_student, np.float32)
             ),
+            "basin_steps": np.zeros((0,), np.int64) if basin_steps is None else np.asarray(basin_steps, np.int64),
+            "basin_student": (np.zeros((0, 0, 0), np.int16) if basin_student is None
+                              else np.asarray(basin_student, np.int16)),
         }
         p = self.path / SAMPLES_FILE
         with _atomic_path(p) as tmp:

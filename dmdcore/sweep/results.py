@@ -18,7 +18,10 @@ from dmdcore.sweep.jobs import FINISHED
 
 # Columns of the results table taken from the last student evaluation row of metrics.csv.
 METRIC_COLUMNS = ("delta_e", "delta_e_lo", "delta_e_hi", "e_pair", "e_ot", "e_ind", "w2", "w2_data",
-                  "eta_teacher", "eta_student", "copy_rate", "retrieval")
+                  "eta_teacher", "eta_student", "copy_rate", "retrieval",
+                  "dim", "delta_e_twin", "delta_e_cross", "resolution", "delta_e_valid")
+# ... and the copy verdict's text columns (empty for runs made before it existed)
+VERDICT_TEXT_COLUMNS = ("verdict", "verdict_basis")
 
 
 def _manifest(out: Path) -> dict:
@@ -59,8 +62,9 @@ def results_table(out_dir: str | os.PathLike) -> pd.DataFrame:
     ``status``, ``message``, ``step``, ``n_eval`` (noises ΔE is computed on), ``wall_s`` (cell
     wall time in its worker, seconds), then the final student evaluation's METRIC_COLUMNS
     (``delta_e`` with its bootstrap CI ``delta_e_lo``/``delta_e_hi``, ``w2``, ``eta_teacher``,
-    ``eta_student``, ``copy_rate`` …; NaN where the cell has not finished an evaluation),
-    and ``run_dir``.
+    ``eta_student``, ``copy_rate`` …, and the copy verdict's ``dim``, ``delta_e_twin``,
+    ``delta_e_cross``, ``resolution``, ``delta_e_valid``, ``verdict``, ``verdict_basis``; NaN /
+    None where the cell has not finished an evaluation or predates the verdict), and ``run_dir``.
     """
     from dmdcore.runs import RunDir
 
@@ -92,6 +96,9 @@ def results_table(out_dir: str | os.PathLike) -> pd.DataFrame:
             "wall_s": info["wall_s"] if "wall_s" in info else (_last_wall(run) if run.path.is_dir() else None),
         })
         row.update({m: final.get(m) for m in METRIC_COLUMNS})
+        row.update({m: final.get(m) for m in VERDICT_TEXT_COLUMNS})
+        if final.get("n_eval") is not None:
+            row["n_eval"] = final["n_eval"]  # what ΔE was actually measured on
         row["run_dir"] = str(run.path)
         rows.append(row)
     df = pd.DataFrame(rows)
