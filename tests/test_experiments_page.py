@@ -109,6 +109,11 @@ def test_launch_tiny_sweep_and_show_results(app, tmp_path, auto_reruns):
     past = at.dataframe[0].value
     assert past["finished"].tolist() == [2] and past["name"].tolist() == ["page-tiny"]
     assert list(Path(tmp_path, "sweeps").glob("page-tiny-*/results.csv"))
+    # a new session opens on the newest sweep's results (not an empty page)
+    fresh = AppTest.from_file(PAGE, default_timeout=120).run()
+    assert _errors(fresh) == []
+    assert any(h.value.startswith("Results") for h in fresh.subheader)
+    assert len(fresh.get("plotly_chart")) >= 3
 
 
 def test_second_sweep_waits_for_the_server_wide_slot(app, tmp_path):
@@ -158,3 +163,12 @@ def test_launch_button_keeps_its_place_when_the_spec_area_changes(app):
     at.selectbox(key="exp_preset").set_value("custom (JSON spec)").run()
     assert _errors(at) == []
     assert _tree_path(at.main, "exp_launch") == preset_path
+
+
+def test_default_preset_is_the_first_option(app):
+    """index=0: Streamlit logs a 'created with a default value but also had its value set via the
+    Session State API' warning for a keyed widget whose default index is not 0 and whose value the
+    app keeps in session state across pages."""
+    at = app.run()
+    sb = at.selectbox(key="exp_preset")
+    assert sb.options[0] == "dimension" and sb.value == "dimension" and sb.index == 0
