@@ -172,3 +172,22 @@ def test_default_preset_is_the_first_option(app):
     at = app.run()
     sb = at.selectbox(key="exp_preset")
     assert sb.options[0] == "dimension" and sb.value == "dimension" and sb.index == 0
+
+
+def test_result_figures_are_readable():
+    """Swept values are categories on the heatmap (data.dim 2, 16, 64 — not a continuous axis
+    from -20 to 80); log axes label 1-2-5 ticks with full values (not '10 9 8 7 …'); legends sit
+    beside the plot, not over the x-axis title."""
+    import pandas as pd
+
+    from ui import experiments_plots as xp
+
+    table = pd.DataFrame({"cell": ["a", "b", "c", "d"], "status": "finished", "data.dim": [2, 2, 64, 64],
+                          "distill.gan": [False, True, False, True], "delta_e": [0.5, 0.4, 0.1, 0.05],
+                          "delta_e_lo": 0.0, "delta_e_hi": 0.6, "w2": [0.1, 0.2, 0.3, 0.4], "seed": 0})
+    heat = xp.heatmap_figure(table, "data.dim", "distill.gan")
+    assert heat.layout.xaxis.type == "category" and heat.layout.yaxis.type == "category"
+    assert heat.data[0].textfont.size >= 12
+    line = xp.delta_e_vs_x_figure(table, "data.dim", ["data.dim", "distill.gan"], log_x=True)
+    assert line.layout.xaxis.type == "log" and line.layout.xaxis.tickformat and line.layout.xaxis.dtick == "D2"
+    assert line.layout.legend.orientation == "v" and line.layout.legend.x > 1

@@ -173,10 +173,12 @@ def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
             other.screenshot(path=str(ARTIFACTS / "toy_lab_share_link.png"), full_page=True)
             # compare runs: the browser's run and the one made beforehand, both curves drawn
             other.get_by_text("Saved runs (run index)", exact=False).first.click()
-            picker = other.locator(".st-key-rb_compare")
-            picker.click()
-            for _ in range(2):
+            box = other.locator(".st-key-rb_compare").get_by_role("combobox")
+            box.scroll_into_view_if_needed()
+            for _ in range(2):  # the two newest runs: this session's and the one made beforehand
+                box.click()
                 other.get_by_role("option").first.click()
+                wait_app_idle(other, timeout_ms=60000)
             other.keyboard.press("Escape")
             other.wait_for_function(COMPARE_JS, timeout=60000, polling=250)
             wait_app_idle(other, timeout_ms=60000)
