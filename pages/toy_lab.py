@@ -318,8 +318,8 @@ try:
             _release(job)
             for k in (JOB, "toylab_basins", "toylab_memo"):
                 S.pop(k, None)
-except ValueError as exc:
-    st.error(f"Could not start: {exc}")
+except (ValueError, OSError) as exc:  # OSError: "disk full at …"
+    st.error(md_escape(f"Could not start: {one_line(exc)}"))
 else:
     if b_teacher or b_distill or autostart or b_pause or b_resume or b_step or b_stop or b_reset:
         st.rerun()  # redraw the transport buttons for the job's new state

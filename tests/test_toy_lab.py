@@ -189,7 +189,7 @@ from streamlit.testing.v1 import AppTest
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TINY = {  # URL keys → a teacher trained in a few seconds and a 20-step distillation
     "t": "train", "tw": "32", "td": "2", "ts": "60", "ss": "20", "bs": "64", "en": "200",
-    "ee": "10", "boot": "20",
+    "ee": "10", "boot": "20", "tt": "0",  # no twin: a faster teacher, the verdict shows the controls as absent
 }
 
 
@@ -248,6 +248,12 @@ def test_toy_lab_distill_shows_delta_e_and_exports(runs_dir):
     rows = [r for r in RunDir(runs[0]).read_metrics() if r.get("delta_e") not in (None, "")]
     assert rows and abs(float(rows[-1]["delta_e"]) - value) < 5e-4
     assert rows[-1]["step"] == 20
+    # the headline shows the copy verdict of that row: n, d, controls (absent: the twin was opted out)
+    assert rows[-1]["n_eval"] == 200 and rows[-1]["verdict"] in ("copies", "same_map", "remaps", "partial",
+                                                                  "unresolved", "invalid")
+    md = " ".join(m.value for m in at.markdown)
+    assert "n = 200 · d = 2" in md
+    assert any("independent teacher: absent" in c.value for c in at.caption)
     # the run is in the index, exports are offered
     from dmdcore.runs import RunIndex
 
