@@ -75,7 +75,7 @@ LAST_DELTA_E_JS = DELTA_E_POINTS_JS.replace(
 # True when a comparison overlay draws two runs' ΔE curves ("run <id> · ΔE", ui/curves.compare_figure).
 COMPARE_JS = """() => {
   for (const gd of document.querySelectorAll('.js-plotly-plot')) {
-    const runs = (gd.data || []).filter(tr => / · ΔE$/.test(tr.name || '') && tr.x && tr.x.length);
+    const runs = (gd.data || []).filter(tr => / · ΔE$/.test(tr.name || '') && tr.x);
     if (runs.length >= 2) return true;
   }
   return false;
