@@ -150,7 +150,7 @@ def bench_methods(steps: int, threads: int) -> list[str]:
     from dmdcore.students import make_student, needs_data
 
     data = make_dataset(DataConfig(n_samples=20000)).x
-    t_cfg = TeacherConfig(width=256, depth=3, steps=300, batch=512)
+    t_cfg = TeacherConfig(width=256, depth=3, steps=100, batch=512)  # speed only: a short teacher
     lines = []
     with torch_threads(threads):
         tt = TeacherTrainer(t_cfg, data)
