@@ -32,5 +32,9 @@ nav = st.navigation(
 keep_page_controls(nav.url_path)  # Experiments / Image models controls outlive a visit elsewhere
 from ui.errors import page_boundary  # noqa: E402
 
-with page_boundary(nav.title):  # one error boundary for every page: one line on screen, traceback in the log
+try:
+    _title = nav.title
+except AttributeError:  # bare mode: a spawn-ed sweep worker re-runs app.py as __main__
+    _title = ""
+with page_boundary(_title):  # one error boundary for every page: one line on screen, traceback in the log
     nav.run()
