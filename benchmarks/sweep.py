@@ -53,15 +53,17 @@ def _start_ray(workers: int, nodes: int):
     import ray
 
     if nodes <= 1:
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1")
         return ray.shutdown
     from ray.cluster_utils import Cluster
 
     per_node = max(1, workers // nodes)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": per_node, "include_dashboard": False,
-                                                             "node_ip_address": "127.0.0.1"})
+    # (the nodes use this machine's own address: with node_ip_address 127.0.0.1 the second node's
+    # GCS client could not reach the head here)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": per_node, "include_dashboard": False})
     for _ in range(nodes - 1):
-        cluster.add_node(num_cpus=per_node, node_ip_address="127.0.0.1")
+        cluster.add_node(num_cpus=per_node)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
 

@@ -76,8 +76,8 @@ def _wait_for(cond, timeout: float = 120.0, what: str = "condition") -> None:
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _node_ip_address="127.0.0.1")  # "local": a new cluster, never another one running here
     try:
         yield ray
     finally:
@@ -114,7 +114,7 @@ def _cell_killed(**kw):
     n = len(list(out.glob(f"attempt-{key}-*")))
     if kw["overrides"]["distill.ratio"] == 2 and n < int((out / "kills").read_text()):
         (out / f"attempt-{key}-{n}").write_text(str(os.getpid()))
-        _wait_for(lambda: False, 120, "this worker to be killed")
+        _wait_for(lambda: False, 500, "this worker to be killed")
     return sw.jobs._run_cell(**kw)
 
 
@@ -122,7 +122,7 @@ def _kill_attempts(out: Path, n: int, killed: list) -> threading.Thread:
     """A thread that kills the worker process of the next ``n`` attempts written under ``out``."""
     def killer():
         for _ in range(n):
-            _wait_for(lambda: any(p.name not in killed for p in out.glob("attempt-*")), 120, "an attempt")
+            _wait_for(lambda: any(p.name not in killed for p in out.glob("attempt-*")), 500, "an attempt")
             p = next(p for p in out.glob("attempt-*") if p.name not in killed)
             os.kill(int(p.read_text()), signal.SIGKILL)
             killed.append(p.name)
@@ -156,7 +156,7 @@ def test_a_killed_worker_task_is_retried_a_bounded_number_of_times(cluster, tmp_
 def _cell_waiting_for_stop(**kw):
     """The first cell to start waits until the sweep's stop file exists, then runs (and stops at
     its first step); no other cell may start before the stop."""
-    _wait_for(lambda: os.path.exists(kw["stop_file"]), 120, "the stop request")
+    _wait_for(lambda: os.path.exists(kw["stop_file"]), 500, "the stop request")
     return sw.jobs._run_cell(**kw)
 
 
@@ -167,7 +167,7 @@ def test_stop_cancels_the_pending_tasks(cluster, tmp_path, monkeypatch, capsys):
     events = []
 
     def stopper():
-        _wait_for(lambda: any((out / sw.RUNNING_DIR).glob("cell-*")), 120, "a cell to start")
+        _wait_for(lambda: any((out / sw.RUNNING_DIR).glob("cell-*")), 500, "a cell to start")
         stop.set()
 
     threading.Thread(target=stopper, daemon=True).start()

@@ -108,8 +108,10 @@ class RayExecutor(Executor):
         if self.address:
             ray.init(address=self.address, **kw)
         else:
-            # a local cluster on loopback only, sized to this machine (or num_cpus)
-            ray.init(num_cpus=self.num_cpus or os.cpu_count() or 1, _node_ip_address="127.0.0.1", **kw)
+            # a new local cluster on loopback, sized to this machine (or num_cpus); "local": never
+            # join another Ray instance found running on this machine (ray.init's default would)
+            ray.init(address="local", num_cpus=self.num_cpus or os.cpu_count() or 1,
+                     _node_ip_address="127.0.0.1", **kw)
         return ray, True
 
     def check_fits(self, ray) -> None:
@@ -195,8 +197,14 @@ class _RayRun:
             self.drop_cells_of(obj)
             self.ctx.fail_cells_of(obj, res)
 
+    def count_running(self) -> None:
+        """progress.running_cells: cell tasks whose job has started (its marker exists)."""
+        self.ctx.progress.running_cells = sum(
+            self.started(kind, obj) for kind, obj in self.pending.values() if kind == "cell")
+
     def collect(self, ref) -> None:
         kind, obj = self.pending.pop(ref)
+        self.count_running()   # before the outcome is reported with the progress
         ex = self.ray.exceptions
         try:
             res = self.ray.get(ref)
@@ -236,8 +244,7 @@ class _RayRun:
 
     def _loop(self) -> bool:
         while self.pending:
-            cells = [ref for ref, (kind, _) in self.pending.items() if kind == "cell"]
-            self.ctx.progress.running_cells = sum(self.started("cell", self.pending[r][1]) for r in cells)
+            self.count_running()
             done, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=0.5)
             if self.ctx.stop_requested() and not self.stopped:
                 self.on_stop()
