@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from ui.errors import md_escape, short_paths
+
 from ui.router import ensure_router
 
 ensure_router()
@@ -22,6 +24,7 @@ ensure_router()
 from dmdcore import sweep as sw  # noqa: E402
 from ui import experiments_plots as xp  # noqa: E402
 from ui.session import max_sweeps, runs_root, sweep_slots  # noqa: E402
+from ui.verdict import render_verdict  # noqa: E402
 
 JOB_KEY = "exp_sweep_job"
 VIEW_KEY = "exp_view_dirs"
@@ -31,7 +34,7 @@ CUSTOM_EXAMPLE = {
     "name": "my-sweep",
     "description": "Dimension × GAN, two seeds, small and fast.",
     "base": {"data": {"dataset": "mixture", "n_modes": 8}, "teacher": {"width": 64, "steps": 400, "ema": 0.99},
-             "distill": {"steps": 100, "batch": 128}, "eval": {"every": 25, "n": 256, "bootstrap": 100}},
+             "distill": {"steps": 100, "batch": 128}, "eval": {"every": 25, "n": 1024, "bootstrap": 100}},
     "grid": {"data.dim": [2, 16, 64], "distill.gan": [False, True], "seed": [0, 1]},
     "quick": {"teacher.steps": 60, "distill.steps": 20, "eval.every": 10, "eval.n": 64},
 }
@@ -95,7 +98,11 @@ def _spec_controls():
     """Preset / custom spec widgets; returns (spec, quick, n_teachers), or None after an error."""
     presets = sw.list_presets()
     c1, c2, c3 = st.columns([2, 1, 1])
-    choice = c1.selectbox("Preset", [*presets, CUSTOM], index=presets.index("dimension") if "dimension" in presets else 0,
+    # The default preset goes first (index 0): a non-zero index is a "default value" that, with the
+    # value kept across pages through session state (ui.session.keep_page_controls), made
+    # Streamlit log a "created with a default value but also set via the Session State API" warning.
+    first = ["dimension"] if "dimension" in presets else []
+    choice = c1.selectbox("Preset", [*first, *(p for p in presets if p not in first), CUSTOM], index=0,
                           key="exp_preset")
     variant = c2.radio("Size", ["default", "full"], horizontal=True, key="exp_variant",
                        disabled=choice == CUSTOM, help="'full' is the larger variant of a preset (slower).")
@@ -252,6 +259,7 @@ def results_panel(dirs: list[str]) -> None:
     summary = sw.summarize(table, axes)
     st.markdown("**What the numbers show** (computed from the finished cells)")
     st.markdown("\n".join(f"- {line}" for line in summary.splitlines()))
+    _cell_verdicts(table)
     choices = [a for a in axes if not sw.is_replicate_axis(a)] or axes
     default_x = plot.get("x") if plot.get("x") in choices else next(
         (a for a in choices if a in table and pd.api.types.is_numeric_dtype(table[a])
@@ -264,6 +272,12 @@ def results_panel(dirs: list[str]) -> None:
     st.plotly_chart(xp.delta_e_vs_x_figure(table, x, axes, log_x=log_x), key="exp_fig_x")
     st.caption(xp.DELTA_E_DEF + " Error bars: 95% CI — Student-t over replicates; a single cell shows its "
                "bootstrap CI over the evaluation noises.")
+    mixed = [name for col, name in (("n_eval", "n"), ("dim", "d"))
+             if col in table and table[col].dropna().nunique() > 1]
+    if mixed:
+        st.caption("⚠ This chart compares ΔE measured at different " + " and ".join(mixed) + ": its finite-sample "
+                   "bias depends on both (in high d remappings below the resolution read as 0), so differences "
+                   "may come from the estimator — read each cell's verdict and resolution above.")
     c1, c2 = st.columns(2)
     c1.plotly_chart(xp.curves_overlay_figure(curves, axes), key="exp_fig_curves")
     c2.plotly_chart(xp.quality_vs_copying_figure(table, axes), key="exp_fig_scatter")
@@ -280,6 +294,19 @@ def results_panel(dirs: list[str]) -> None:
                        mime="text/csv", key="exp_csv")
 
 
+def _cell_verdicts(table: pd.DataFrame) -> None:
+    """The copy verdict of every finished cell: ΔE with n, d, controls (ui/verdict.py)."""
+    done = table[table["status"] == "finished"] if "status" in table else table
+    if not len(done):
+        return
+    with st.expander(f"Copy verdict of each cell ({len(done)} finished)", expanded=len(done) <= 6):
+        for _, r in done.head(60).iterrows():
+            row = {k: (None if isinstance(v, float) and v != v else v) for k, v in r.to_dict().items()}
+            render_verdict(row, compact=True, title=str(row.get("cell")))
+        if len(done) > 60:
+            st.caption(f"… {len(done) - 60} more cells: see the results table (verdict columns).")
+
+
 # ------------------------------------------------------------------------------------------ past
 def past_panel() -> None:
     try:
@@ -287,6 +314,9 @@ def past_panel() -> None:
     except ValueError as exc:
         st.error(str(exc))
         return
+    for bad in (s for s in sweeps if s.get("state") == "unreadable"):  # listed, never fatal to the others
+        st.warning(md_escape(f"Skipped {Path(bad['path']).name}: {short_paths(bad.get('error', ''))}"))
+    sweeps = [s for s in sweeps if s.get("state") != "unreadable"]
     if not sweeps:
         st.info("No sweeps yet. Launch one in the 'Run a sweep' tab or with `python -m dmdcore sweep`.")
         return
@@ -323,6 +353,12 @@ with tab_run:
 with tab_past:
     past_panel()
 progress_panel()
+if VIEW_KEY not in st.session_state:  # a new session shows the newest sweep's results
+    try:
+        _newest = sw.list_sweeps(sweeps_root())
+    except (ValueError, OSError):
+        _newest = []
+    st.session_state[VIEW_KEY] = [_newest[0]["path"]] if _newest else []
 view = st.session_state.get(VIEW_KEY)
 if view:
     results_panel(view)

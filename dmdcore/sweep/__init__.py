@@ -36,6 +36,7 @@ from dmdcore.sweep.pool import RUNNING_DIR, WORKER_DIED, LocalPoolExecutor
 from dmdcore.sweep.ray_backend import RayExecutor, ray_available
 from dmdcore.sweep.results import (
     METRIC_COLUMNS,
+    VERDICT_TEXT_COLUMNS,
     aggregate,
     list_sweeps,
     mean_ci,
@@ -68,7 +69,8 @@ from dmdcore.sweep.workers import THREAD_ENV, _make_pool, _start_orphan_watchdog
 __all__ = [
     "BACKENDS", "RESOURCE_KEYS", "RayExecutor", "available_backends", "check_backend", "make_executor",
     "ray_available",
-    "FINISHED", "METRIC_COLUMNS", "PRESETS_DIR", "RUNNING_DIR", "SEED_AXIS", "SEED_FIELDS", "SPEC_FORMAT",
+    "FINISHED", "METRIC_COLUMNS", "VERDICT_TEXT_COLUMNS", "PRESETS_DIR", "RUNNING_DIR", "SEED_AXIS", "SEED_FIELDS",
+    "SPEC_FORMAT",
     "SPEC_KEYS", "THREAD_ENV", "WORKER_DIED", "Cell", "Executor", "LocalPoolExecutor", "SerialExecutor",
     "SweepContext", "SweepJob", "SweepProgress", "SweepResult", "SweepSnapshot", "SweepSpec", "SweepSpecError",
     "aggregate", "cell_config_dict", "cli_main", "config_fields", "expand", "is_replicate_axis", "list_presets",
