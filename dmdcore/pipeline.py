@@ -613,16 +613,25 @@ class Experiment:
         self._evaluate()  # student step 0
 
     def _begin_controls(self, z: torch.Tensor, labels: torch.Tensor | None) -> None:
-        """T′(z) of the twin and the teacher-side controls of the copy verdict (once per run)."""
-        from dmdcore.verdict import copy_controls
-
+        """T′(z) of the twin (here, with the teacher's samples); the OT-heavy teacher-side controls
+        of the copy verdict are computed once by the first student evaluation (_copy_controls)."""
         if self.twin is not None:
             self.twin_samples = self._np(self.twin.sample(z, self.cfg.sampler, labels=labels))
-        try:
-            self._controls = copy_controls(self.teacher_samples, twin=self.twin_samples, seed=self.cfg.eval.seed,
-                                           centers=self._centers)
-        except ValueError:
-            self._controls = None  # a zero-spread teacher: ΔE is undefined, cells stay empty
+        self._controls = None
+        self._controls_due = True
+
+    def _copy_controls(self):
+        """dmdcore.verdict.CopyControls of this student phase (evaluation worker; once per run)."""
+        if getattr(self, "_controls_due", False):
+            from dmdcore.verdict import copy_controls
+
+            self._controls_due = False
+            try:
+                self._controls = copy_controls(self.teacher_samples, twin=self.twin_samples,
+                                               seed=self.cfg.eval.seed, centers=self._centers)
+            except ValueError:
+                self._controls = None  # a zero-spread teacher: ΔE is undefined, cells stay empty
+        return self._controls
 
     def _end_phase(self) -> None:
         if self.phase == "teacher":
@@ -728,10 +737,11 @@ class Experiment:
             # ΔE = (E_pair − E_OT) / (E_ind − E_OT) with a bootstrap CI, n, d, the twin and
             # reference controls, validity and the copy verdict (dmdcore.verdict, pairing.md)
             rep = None
-            if self._controls is not None:
+            controls = self._copy_controls()
+            if controls is not None:
                 from dmdcore.verdict import copy_report, report_row
 
-                rep = copy_report(s, t, seed=cfg.eval.seed, bootstrap=cfg.eval.bootstrap, controls=self._controls)
+                rep = copy_report(s, t, seed=cfg.eval.seed, bootstrap=cfg.eval.bootstrap, controls=controls)
                 row.update(report_row(rep))
             if rep is not None and rep.delta_e is not None and rep.exact:
                 row["w2"] = rep.e_ot  # W₂²(S, T) is the E_OT of the same exact matching
