@@ -32,5 +32,7 @@ nav = st.navigation(
 keep_page_controls(nav.url_path)  # Experiments / Image models controls outlive a visit elsewhere
 from ui.errors import page_boundary  # noqa: E402
 
-with page_boundary(nav.title):  # one error boundary for every page: one line on screen, traceback in the log
+# getattr: a sweep's spawn-ed worker re-runs this script as __mp_main__ outside Streamlit, where
+# the page object has no title (nav.title raised there and every sweep worker died at start-up)
+with page_boundary(getattr(nav, "title", "page")):  # one error boundary for every page: one line on screen, traceback in the log
     nav.run()
