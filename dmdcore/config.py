@@ -340,12 +340,40 @@ class EvalConfig(_ConfigMixin):
     n: int = 1000                        # number of fixed evaluation noises
     bootstrap: int = 200                 # bootstrap resamples for the Delta-E confidence interval
     seed: int = 1234                     # seed of the fixed evaluation noise
+    # plateau criterion (dmdcore.convergence; docs/metrics.md "Convergence"); left out of
+    # to_dict() at their defaults, so existing configs and sweep cell keys are unchanged
+    stop_when_converged: str = "off"     # end a phase at its first converged evaluation: "off" | "student" | "all"
+    plateau_window: int = 4              # k: evaluations the plateau must hold over
+    plateau_tol_delta_e: float = 0.02    # max - min of Delta-E over the window (absolute)
+    plateau_tol_w2: float = 0.1          # max - min of W2^2 over the window, relative to its mean
+    plateau_floor_tol: float = 0.5       # with a twin floor f: W2^2(S, T) <= f * (1 + tol)
+    twin_floor_w2: float | None = None   # teacher-twin floor W2^2(T', T); None = use W2^2 stability
 
     def validate(self) -> None:
         _check_int(self, "every", 1, 10_000_000)
         _check_int(self, "n", 2, 1_000_000)
         _check_int(self, "bootstrap", 0, 100_000)
         _check_int(self, "seed", 0, 2**63 - 1)
+        _check_choice(self, "stop_when_converged", ("off", "student", "all"))
+        _check_int(self, "plateau_window", 2, 1000)
+        _check_float(self, "plateau_tol_delta_e", 0.0, 10.0)
+        _check_float(self, "plateau_tol_w2", 0.0, 10.0)
+        _check_float(self, "plateau_floor_tol", 0.0, 100.0)
+        if self.twin_floor_w2 is not None:
+            _check_float(self, "twin_floor_w2", 0.0, 1e9)
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        for f in dataclasses.fields(self):
+            if f.name in _EVAL_OPTIONAL and d[f.name] == _encode(f.default):
+                del d[f.name]
+        return d
+
+
+_EVAL_OPTIONAL = (
+    "stop_when_converged", "plateau_window", "plateau_tol_delta_e", "plateau_tol_w2",
+    "plateau_floor_tol", "twin_floor_w2",
+)
 
 
 @dataclass(frozen=True)

@@ -225,6 +225,9 @@ class Experiment:
         sub = rng.choice(n_rows, size=cfg.eval.n, replace=cfg.eval.n > n_rows)
         self.data_eval = self.dataset.x[torch.from_numpy(sub)].numpy().astype(np.float32)
 
+        # σ_data of the preconditioning: the given teacher's, else what the teacher trainer will use
+        self.sigma_data = run_sigma_data(cfg, self.dataset.x, self.teacher if self._teacher_given else None)
+
         # Phases.
         self.phases: tuple[str, ...] = ()
         self._set_phases_unchecked(phases if phases is not None else PHASES)
@@ -248,6 +251,8 @@ class Experiment:
         self._centers: np.ndarray | None = None
         self._eta_teacher: float | None = None
         self._finalized = False
+        self._stopped_at: dict[str, int] = {}   # phase -> step where the plateau criterion ended it
+        self.stop_reasons: dict[str, str] = {}  # phase -> "converged" | "cap" (status.json "stop")
         self.status = "running"
         self.message = ""
         self._published: dict = {}
@@ -258,7 +263,8 @@ class Experiment:
         self.index = index
         if run_dir is not None:
             self.rundir = RunDir.create(
-                run_dir, kind=self.kind, experiment=cfg.to_dict(), teacher_source=teacher_source, overwrite=overwrite
+                run_dir, kind=self.kind, experiment=cfg.to_dict(), teacher_source=teacher_source, overwrite=overwrite,
+                extra={"precond": {"sigma_data": self.sigma_data}},
             )
             if self._teacher_given:
                 self._save_teacher(self.teacher)
@@ -306,6 +312,8 @@ class Experiment:
         self.phases = phases
 
     def _phase_len(self, phase: str) -> int:
+        if phase in self._stopped_at:  # ended early by the plateau criterion
+            return self._stopped_at[phase]
         return self.cfg.teacher.steps if phase == "teacher" else self.cfg.distill.steps
 
     def step(self) -> dict:
@@ -336,6 +344,7 @@ class Experiment:
                 evaluated = end or self.phase_step % self.cfg.eval.every == 0
                 if evaluated:
                     self._evaluate()
+                    end = self._plateau_stop(phase, end)
                 if end:
                     self._end_phase()
             finally:
@@ -397,7 +406,7 @@ class Experiment:
                         status, message = "diverged", f"diverged: {exc}"
             self.status, self.message = status, message
             if self.rundir is not None:
-                self.rundir.write_status(status, message, step=self.step_count)
+                self.rundir.write_status(status, message, step=self.step_count, extra=self._stop_extra())
             if self.index is not None and self.rundir is not None:
                 last = self.metrics[-1] if self.metrics else {}
                 self.index.update(
@@ -550,6 +559,7 @@ class Experiment:
             self._add_history(self.phase_step, s)
             if self.rundir is not None:
                 self._save_student()
+        row["converged"] = self._converged_flag(phase, row)
         # Wall-clock time goes to timing.csv, not metrics.csv (which must be reproducible to the byte).
         timing = {"step": self.phase_step, "phase": phase, "wall_s": self._active_s}
         self.metrics.append(row)
@@ -562,6 +572,39 @@ class Experiment:
             if self.index is not None:
                 self.index.update(self.rundir, step=self.step_count, delta_e=row.get("delta_e"), w2=row.get("w2"),
                                   summary=row)
+
+    # ------------------------------------------------------------------ convergence
+    def _converged_flag(self, phase: str, row: dict) -> int:
+        """1 when this evaluation satisfies the plateau criterion (dmdcore.convergence), else 0."""
+        from dmdcore import convergence
+
+        rows = [r for r in self.metrics if r.get("phase") == phase] + [row]
+        floor = self.cfg.eval.twin_floor_w2
+        if floor is None:
+            floor = row.get("w2_twin")  # a twin floor measured by the run itself, when it has one
+        crit = convergence.Plateau.from_eval(self.cfg.eval)
+        return int(convergence.phase_converged(phase, rows, crit, floor_w2=floor))
+
+    def _plateau_stop(self, phase: str, end: bool) -> bool:
+        """After an evaluation: whether the phase ends now (at its cap, or converged when
+        ``EvalConfig.stop_when_converged`` covers it); records the reason for status.json."""
+        from dmdcore import convergence
+
+        if end:
+            self.stop_reasons[phase] = "cap"
+            return True
+        row = self.metrics[-1]
+        if row.get("converged") == 1 and convergence.should_stop(self.cfg.eval.stop_when_converged, phase):
+            self._stopped_at[phase] = self.phase_step
+            self.stop_reasons[phase] = "converged"
+            return True
+        return False
+
+    def _stop_extra(self) -> dict:
+        """status.json fields: per phase how it ended ("converged" | "cap") and whether the last
+        evaluation of the last phase run was converged."""
+        last = self.metrics[-1] if self.metrics else {}
+        return {"stop": dict(self.stop_reasons), "converged": bool(last.get("converged") == 1)}
 
     def _add_history(self, step: int, s: np.ndarray) -> None:
         self.history.append((step, s))
@@ -675,6 +718,17 @@ class Experiment:
                 step = self.phase_step
         return BasinMaps(xs=xs, ys=xs.copy(), teacher_modes=tm, student_modes=sm, centers=np.asarray(centers),
                          agreement=agreement, step=step)
+
+
+def run_sigma_data(cfg: ExperimentConfig, x: torch.Tensor, teacher=None) -> float:
+    """The σ_data a run uses (recorded in config.json as ``precond.sigma_data``): a given
+    teacher's own, else ``cfg.teacher.sigma_data``, else the std of the training data over all
+    coordinates (``TeacherTrainer``'s estimate)."""
+    if teacher is not None:
+        return float(teacher.sigma_data)
+    if cfg.teacher.sigma_data is not None:
+        return float(cfg.teacher.sigma_data)
+    return float(x.double().std())
 
 
 def teacher_experiment_config(teacher, **overrides: Any) -> ExperimentConfig:
