@@ -251,6 +251,9 @@ class Experiment:
         self._centers: np.ndarray | None = None
         self._eta_teacher: float | None = None
         self._finalized = False
+        self._memo_probe = None                 # ablations.MemorizationProbe (False: no held-out draw)
+        self._memo_student = None               # (teacher samples, their memorization score)
+        self._teacher_quality = None            # (teacher samples, W2^2(T(z), data))
         self._stopped_at: dict[str, int] = {}   # phase -> step where the plateau criterion ended it
         self.stop_reasons: dict[str, str] = {}  # phase -> "converged" | "cap" (status.json "stop")
         self.status = "running"
@@ -559,6 +562,7 @@ class Experiment:
             self._add_history(self.phase_step, s)
             if self.rundir is not None:
                 self._save_student()
+        self._ablation_columns(phase, row)
         row["converged"] = self._converged_flag(phase, row)
         # Wall-clock time goes to timing.csv, not metrics.csv (which must be reproducible to the byte).
         timing = {"step": self.phase_step, "phase": phase, "wall_s": self._active_s}
@@ -572,6 +576,29 @@ class Experiment:
             if self.index is not None:
                 self.index.update(self.rundir, step=self.step_count, delta_e=row.get("delta_e"), w2=row.get("w2"),
                                   summary=row)
+
+    # ------------------------------------------------------------------ ablation power
+    def _ablation_columns(self, phase: str, row: dict) -> None:
+        """gan_dm_ratio (student rows of GAN runs), memorization of the teacher's samples
+        (teacher rows; student rows repeat the fixed teacher's score), dmdcore.ablations, and
+        w2_teacher_data = W2^2(T(z), data) of the fixed teacher in student rows."""
+        from dmdcore import ablations
+
+        if phase == "student" and self._dmd is not None and self.cfg.distill.gan:
+            row["gan_dm_ratio"] = ablations.gan_dm_grad_ratio(self._dmd, seed=self.cfg.eval.seed)
+        if self._memo_probe is None:
+            held = ablations.heldout_data(self.cfg.data, max(1000, self.cfg.eval.n), seed=self.cfg.eval.seed)
+            self._memo_probe = False if held is None else ablations.MemorizationProbe(self.dataset.x.numpy(), held)
+        if self._memo_probe is not False and self.teacher_samples is not None:
+            if self._memo_student is None or self._memo_student[0] is not self.teacher_samples:
+                self._memo_student = (self.teacher_samples, self._memo_probe.score(self.teacher_samples).fraction)
+            row["memorization"] = self._memo_student[1]
+        if phase == "student" and self.teacher_samples is not None:
+            # the teacher's quality beside every student row (sweep cells load their teacher)
+            if self._teacher_quality is None or self._teacher_quality[0] is not self.teacher_samples:
+                w = self._safe(pairing.wasserstein2_squared, self.teacher_samples, self.data_eval)
+                self._teacher_quality = (self.teacher_samples, w)
+            row["w2_teacher_data"] = self._teacher_quality[1]
 
     # ------------------------------------------------------------------ convergence
     def _converged_flag(self, phase: str, row: dict) -> int:

@@ -52,7 +52,7 @@ METRIC_COLUMNS = (
     "delta_e", "delta_e_lo", "delta_e_hi", "e_pair", "e_ot", "e_ind",
     "w2", "w2_data", "eta_teacher", "eta_student", "copy_rate", "retrieval",
     # plateau criterion (dmdcore.convergence) and ablation power (dmdcore.ablations)
-    "converged", "gan_dm_ratio",
+    "converged", "gan_dm_ratio", "memorization", "w2_teacher_data",
 )
 # Columns of timing.csv: per evaluation, the cumulative seconds spent inside Experiment.step().
 TIMING_COLUMNS = ("step", "phase", "wall_s")

@@ -18,7 +18,9 @@ from dmdcore.sweep.jobs import FINISHED
 
 # Columns of the results table taken from the last student evaluation row of metrics.csv.
 METRIC_COLUMNS = ("delta_e", "delta_e_lo", "delta_e_hi", "e_pair", "e_ot", "e_ind", "w2", "w2_data",
-                  "eta_teacher", "eta_student", "copy_rate", "retrieval")
+                  "eta_teacher", "eta_student", "copy_rate", "retrieval",
+                  # plateau criterion at the last evaluation; ablation power (dmdcore.ablations)
+                  "converged", "gan_dm_ratio", "memorization", "w2_teacher_data")
 
 
 def _manifest(out: Path) -> dict:
