@@ -162,7 +162,7 @@ def _add_distill_options(p: argparse.ArgumentParser, *, steps_flag: str) -> None
     g.add_argument("--ratio", type=_positive_int, default=None, help="fake-score steps per generator step (TTUR; default 5)")
     g.add_argument("--lr-gen", type=_float, default=None, help="generator AdamW learning rate (default 1e-4)")
     g.add_argument("--lr-fake", type=_float, default=None, help="fake-score AdamW learning rate (default 1e-3)")
-    g.add_argument("--init", default=None, choices=("teacher", "random"), help="generator init (default teacher)")
+    g.add_argument("--init", default=None, choices=("teacher", "random", "random_full"), help="generator init (default teacher; random_full: output layer not zero-initialised)")
     g.add_argument("--gan", action="store_const", const=True, default=None, help="add the DMD2 GAN head")
     g.add_argument("--regression", action="store_const", const=True, default=None, help="add the DMD regression loss")
     g.add_argument("--student-steps", type=_positive_int, default=None, help="1 = one-step student, 2..4 = few-step")

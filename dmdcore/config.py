@@ -269,7 +269,7 @@ class SamplerConfig(_ConfigMixin):
 class DistillConfig(_ConfigMixin):
     """DMD / DMD2 student training (Yin et al. 2023, 2024)."""
 
-    init: str = "teacher"                # generator init: "teacher" (copy) or "random"
+    init: str = "teacher"                # generator init: "teacher" (copy), "random" (zero output layer: S(z) = c_skip*sigma_max*z at step 0) or "random_full" (output layer randomly initialised too)
     ratio: int = 5                       # fake-score steps per generator step (TTUR 1:ratio)
     steps: int = 1000                    # generator steps
     batch: int = 256                     # batch size (generator and fake score)
@@ -293,7 +293,7 @@ class DistillConfig(_ConfigMixin):
     seed: int = 0                        # noise / sigma seed of the distillation
 
     def validate(self) -> None:
-        _check_choice(self, "init", ("teacher", "random"))
+        _check_choice(self, "init", ("teacher", "random", "random_full"))
         _check_int(self, "ratio", 1, 1000)
         _check_int(self, "steps", 1, 10_000_000)
         _check_int(self, "batch", 1, 1_000_000)
@@ -322,12 +322,12 @@ class DistillConfig(_ConfigMixin):
             _check_int(self, "student_width", 1, 8192)
         if self.student_depth is not None:
             _check_int(self, "student_depth", 1, 64)
-        if (self.student_width is not None or self.student_depth is not None) and self.init != "random":
+        if (self.student_width is not None or self.student_depth is not None) and self.init == "teacher":
             _fail(
                 self,
                 "init",
                 self.init,
-                "{'random'} when student_width/student_depth are set (a teacher copy has the teacher's shape)",
+                "{'random', 'random_full'} when student_width/student_depth are set (a teacher copy has the teacher's shape)",
             )
         _check_int(self, "seed", 0, 2**63 - 1)
 

@@ -215,6 +215,16 @@ def _reinit(module: nn.Module) -> nn.Module:
     return module
 
 
+def _randomize_output(module: nn.Module) -> nn.Module:
+    """Give a toy denoiser's zero-initialised output layer (``nets.MLPBackbone.out``) PyTorch's
+    default random init, so an untrained student is not D = c_skip·x (init "random_full")."""
+    out = getattr(getattr(module, "model", None), "out", None)
+    if not isinstance(out, nn.Linear):
+        raise ValueError("DistillConfig.init: 'random_full' needs a toy denoiser with an MLP output layer (model.out)")
+    out.reset_parameters()
+    return module
+
+
 class DMDTrainer:
     """DMD / DMD2 distillation of a one-step (or few-step) student from a frozen teacher ``real``.
 
@@ -297,6 +307,8 @@ class DMDTrainer:
                 generator = _seeded(cfg.seed + 1, lambda: build_denoiser(a["dim"], a["width"], a["depth"], a["emb_dim"], a["label_dim"], real.sigma_data))
             else:
                 generator = _seeded(cfg.seed + 1, lambda: _reinit(copy.deepcopy(real)))
+            if cfg.init == "random_full":
+                _seeded(cfg.seed + 4, lambda: _randomize_output(generator))
         self.generator = generator.to(self.device).requires_grad_(True).train()
         self.fake = (fake if fake is not None else copy.deepcopy(real)).to(self.device).requires_grad_(True).train()
         self.gan_head = None

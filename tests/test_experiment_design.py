@@ -45,3 +45,33 @@ def test_dimension_preset_holds_mode_distances_and_spread_fixed():
         np.testing.assert_allclose(dists, ref, atol=1e-4, err_msg=f"pairwise mode distances change at d={d}")
         # every coordinate of a mode has std 0.1 (in-plane spread and off-plane noise alike)
         assert np.all(np.abs(stds - 0.1) < 0.01), (d, stds.min(), stds.max())
+
+
+def test_random_full_student_is_not_a_scaled_copy_of_the_noise():
+    import torch
+
+    from dmdcore import pairing
+    from dmdcore.config import DataConfig, DistillConfig, SamplerConfig, TeacherConfig
+    from dmdcore.distill import DMDTrainer, TeacherTrainer
+
+    dc = DataConfig(dataset="8gaussians", n_samples=500)
+    tr = TeacherTrainer(TeacherConfig(width=32, depth=2, emb_dim=16, steps=40, batch=128), make_dataset(dc).x,
+                        data_config=dc, device="cpu")
+    for _ in range(40):
+        tr.step()
+    teacher = tr.teacher()
+    z = torch.randn(256, 2, generator=torch.Generator().manual_seed(3))
+    t = teacher.sample(z, SamplerConfig(steps=6)).detach().numpy()
+    out = {}
+    for init in ("random", "random_full"):
+        dmd = DMDTrainer(teacher.denoiser, DistillConfig(init=init, batch=32), sample_shape=(2,),
+                         sigma_data=teacher.sigma_data, device="cpu")
+        s = dmd.student(z).detach().numpy()
+        out[init] = (s, pairing.pairing_inefficiency(s, t, bootstrap=0).delta_e)
+    s0, de0 = out["random"]
+    # zero output layer: S(z) = c_skip(80)·80·z exactly, and ΔE ≈ 0 (already OT-paired)
+    c_skip = teacher.sigma_data**2 / (80.0**2 + teacher.sigma_data**2)
+    np.testing.assert_allclose(s0, c_skip * 80.0 * z.numpy(), rtol=1e-4, atol=1e-7)
+    assert abs(de0) < 0.1
+    s1, de1 = out["random_full"]
+    assert not np.allclose(s1, c_skip * 80.0 * z.numpy(), atol=1e-3) and de1 > de0 + 0.2
