@@ -30,4 +30,7 @@ nav = st.navigation(
     ]
 )
 keep_page_controls(nav.url_path)  # Experiments / Image models controls outlive a visit elsewhere
-nav.run()
+from ui.errors import page_boundary  # noqa: E402
+
+with page_boundary(nav.title):  # one error boundary for every page: one line on screen, traceback in the log
+    nav.run()

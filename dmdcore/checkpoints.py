@@ -32,6 +32,8 @@ import numpy as np
 import torch
 
 from .device import pick_device
+from .limits import MAX_NESTING, budget, check_edm_config, check_file_size, check_tensors, plain_structure
+from .runs import disk_full_as_error, is_disk_full
 from .networks import EDMPrecond, count_parameters
 
 __all__ = [
@@ -215,20 +217,23 @@ class EDMUnpickler(pickle.Unpickler):
         raise UnsafePickleError("EDM pickle: persistent ids are not allowed")
 
 
-def _to_plain(v):
-    """numpy scalars/containers in pickled constructor args -> plain Python values."""
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, (list, tuple)):
-        return [_to_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _to_plain(x) for k, x in v.items()}
-    return v
+def _to_plain(v, what: str = "EDM pickle"):
+    """numpy scalars/containers in pickled constructor args -> plain Python values; recursive,
+    too deep or exploding ("billion laughs") structures raise BudgetError (dmdcore.limits)."""
+    return plain_structure(v, what)
 
 
-def _collect_tensors(obj, prefix: str, out: dict) -> None:
+def _collect_tensors(obj, prefix: str, out: dict, _seen: set | None = None) -> None:
     """Walk a stub tree (PersistentStub / ModuleDictStub), collecting parameters and persistent
-    buffers under their dotted names, as nn.Module.state_dict() would."""
+    buffers under their dotted names, as nn.Module.state_dict() would. A module tree that
+    contains itself, shares a module, or nests deeper than MAX_NESTING is refused."""
+    _seen = set() if _seen is None else _seen
+    if id(obj) in _seen:
+        raise CheckpointError(f"EDM pickle: module {prefix or '<root>'} appears twice in the module tree "
+                              "(recursive or shared structure); refused")
+    if prefix.count(".") >= MAX_NESTING:
+        raise CheckpointError(f"EDM pickle: module tree deeper than {MAX_NESTING} at {prefix}; refused")
+    _seen.add(id(obj))
     state = obj.state if isinstance(obj, (PersistentStub, ModuleDictStub)) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"EDM pickle: module {prefix or '<root>'} has no readable state")
@@ -240,9 +245,12 @@ def _collect_tensors(obj, prefix: str, out: dict) -> None:
             if not isinstance(t, torch.Tensor):
                 raise CheckpointError(f"EDM pickle: {prefix}{name} is not a tensor")
             out[prefix + name] = t.detach()
-    for name, child in (state.get("_modules") or {}).items():
+    modules = state.get("_modules") or {}
+    if not isinstance(modules, dict):
+        raise CheckpointError(f"EDM pickle: module {prefix or '<root>'} has _modules of type {type(modules).__name__}")
+    for name, child in modules.items():
         if child is not None:
-            _collect_tensors(child, f"{prefix}{name}.", out)
+            _collect_tensors(child, f"{prefix}{name}.", out, _seen)
 
 
 def read_edm_pickle(path: str | Path) -> tuple[dict, dict, dict]:
@@ -258,7 +266,8 @@ def read_edm_pickle(path: str | Path) -> tuple[dict, dict, dict]:
     except UnsafePickleError:
         raise
     except (pickle.UnpicklingError, EOFError, struct.error, ValueError, TypeError, AttributeError,
-            IndexError, KeyError, RuntimeError, UnicodeDecodeError) as exc:
+            IndexError, KeyError, RuntimeError, UnicodeDecodeError, MemoryError, OverflowError) as exc:
+        # RecursionError is a RuntimeError: a pickle nested too deep lands here too
         raise CheckpointError(f"{path.name}: truncated or corrupt EDM pickle ({type(exc).__name__}: {exc})") from exc
     if not isinstance(data, dict) or "ema" not in data:
         raise CheckpointError(f"{path.name}: not an EDM network pickle (expected a dict with an 'ema' entry)")
@@ -266,14 +275,17 @@ def read_edm_pickle(path: str | Path) -> tuple[dict, dict, dict]:
     if not isinstance(ema, PersistentStub) or ema.class_name != "EDMPrecond":
         name = getattr(ema, "class_name", type(ema).__name__)
         raise CheckpointError(f"{path.name}: 'ema' is {name}, only EDMPrecond is supported")
-    args = list(_to_plain(list(ema.state.get("_init_args") or ())))
-    kwargs = _to_plain(dict(ema.state.get("_init_kwargs") or {}))
+    raw_args, raw_kwargs = ema.state.get("_init_args") or (), ema.state.get("_init_kwargs") or {}
+    if not isinstance(raw_args, (list, tuple)) or not isinstance(raw_kwargs, dict):
+        raise CheckpointError(f"{path.name}: EDMPrecond _init_args/_init_kwargs are not a list/dict")
+    args = list(_to_plain(list(raw_args), f"{path.name}: _init_args"))
+    kwargs = _to_plain(dict(raw_kwargs), f"{path.name}: _init_kwargs")
     if len(args) > len(EDMPRECOND_ARGS):
         raise CheckpointError(f"{path.name}: EDMPrecond has {len(args)} positional args (max {len(EDMPRECOND_ARGS)})")
     kwargs.update(dict(zip(EDMPRECOND_ARGS, args)))
     sd: dict = OrderedDict()
     _collect_tensors(ema, "", sd)
-    extra = {"dataset_kwargs": _to_plain(data.get("dataset_kwargs"))
+    extra = {"dataset_kwargs": _to_plain(data.get("dataset_kwargs"), f"{path.name}: dataset_kwargs")
              if isinstance(data.get("dataset_kwargs"), dict) else None,
              "pickle_keys": sorted(str(k) for k in data)}
     return kwargs, sd, extra
@@ -395,6 +407,8 @@ def _detect_format(path: Path) -> str:
 def _unwrap_state_dict(obj, source: str) -> tuple[dict, dict | None, dict]:
     """Find the tensor dict inside a torch.load result; returns (sd, config or None, extra)."""
     if isinstance(obj, dict) and obj.get("format") == OUR_FORMAT:
+        if not isinstance(obj.get("state_dict"), dict):
+            raise CheckpointError(f"{source}: state_dict: missing or not a dict of tensors")
         return obj["state_dict"], obj.get("config"), {k: obj.get(k) for k in ("role", "meta") if k in obj}
     if isinstance(obj, dict) and isinstance(obj.get("format"), str):
         raise CheckpointError(f"{source}: format {obj['format']!r} is not an image checkpoint "
@@ -441,6 +455,7 @@ def load_checkpoint(path: str | Path, *, config: dict | None = None, device: str
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"path: {str(path)!r} is not an existing file")
+    check_file_size(path, path.name, "DMD_MAX_CHECKPOINT_BYTES")
     kind = _detect_format(path)
     extra: dict = {}
     file_cfg = None
@@ -460,7 +475,7 @@ def load_checkpoint(path: str | Path, *, config: dict | None = None, device: str
         if meta.get("config"):
             try:
                 file_cfg = json.loads(meta["config"])
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, RecursionError) as exc:
                 raise CheckpointError(f"{path.name}: safetensors metadata 'config' is not JSON") from exc
         extra = {k: v for k, v in meta.items() if k != "config"}
         fmt, cfg_source = "safetensors", "file"
@@ -476,15 +491,19 @@ def load_checkpoint(path: str | Path, *, config: dict | None = None, device: str
         fmt = OUR_FORMAT if file_cfg is not None and isinstance(obj, dict) and obj.get("format") == OUR_FORMAT \
             else "state-dict"
         cfg_source = "file"
+    check_tensors(sd, path.name)
     sd = strip_prefixes(sd)
     if config is not None:
-        cfg, cfg_source = dict(config), "explicit"
+        cfg, cfg_source = config, "explicit"
     elif file_cfg is not None:
-        cfg = dict(file_cfg)
+        cfg = file_cfg
     elif (side := _sidecar_config(path)) is not None:
         cfg, cfg_source = side, "sidecar"
     else:
         cfg, cfg_source = infer_config(sd), "inferred"
+    # ranges + meta-device parameter count against DMD_MAX_MODEL_BYTES, before anything is built
+    check_edm_config(cfg, f"{path.name} ({cfg_source} config)")
+    cfg = dict(cfg)
     model = _build_and_load(cfg, sd, path.name)
     model = model.to(pick_device(device)).eval().requires_grad_(False)
     # the config actually used (explicit overrides included): part of dmdcore.images' cache key
@@ -509,7 +528,22 @@ def save_checkpoint(model: EDMPrecond, path: str | Path, *, fmt: str = OUR_FORMA
     path = Path(path)
     cfg = dict(config) if config is not None else model_config(model)
     sd = OrderedDict((k, v.detach().float().cpu().contiguous()) for k, v in model.state_dict().items())
-    tmp = path.with_name(path.name + ".tmp")
+    if fmt not in (OUR_FORMAT, "state-dict", "safetensors"):
+        raise ValueError(f"fmt: {fmt!r} not in {OUR_FORMAT!r}, 'state-dict', 'safetensors'")
+    from .runs import disk_full_as_error, is_disk_full
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with disk_full_as_error(path):
+            _write_checkpoint(tmp, path, fmt, cfg, sd, role, meta)
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _write_checkpoint(tmp: Path, path: Path, fmt: str, cfg: dict, sd: dict, role, meta) -> None:
     if fmt == OUR_FORMAT:
         torch.save({"format": OUR_FORMAT, "role": role, "config": cfg, "meta": meta or {}, "state_dict": sd}, tmp)
     elif fmt == "state-dict":
@@ -523,10 +557,6 @@ def save_checkpoint(model: EDMPrecond, path: str | Path, *, fmt: str = OUR_FORMA
         if role:
             md["role"] = role
         save_file(dict(sd), str(tmp), metadata=md)
-    else:
-        raise ValueError(f"fmt: {fmt!r} not in {OUR_FORMAT!r}, 'state-dict', 'safetensors'")
-    os.replace(tmp, path)
-    return path
 
 
 # =============================================================== manifest + fetch
@@ -642,8 +672,11 @@ def fetch(name: str, dest_dir: str | Path | None = None, *, manifest: str | Path
                                               f"bytes {m[1]}- (partial file kept at {part.name})")
                 expected = _expected_total(resp, have)
                 total = expected if expected is not None else want_size
+                # the stream is cut off as soon as it passes the manifest size (or, without one,
+                # what the server announced, capped by DMD_MAX_CHECKPOINT_BYTES)
+                cap = want_size if want_size else min(expected or float("inf"), budget("DMD_MAX_CHECKPOINT_BYTES"))
                 failure = None
-                with open(part, "ab" if have else "wb") as f:
+                with disk_full_as_error(part), open(part, "ab" if have else "wb") as f:
                     done = have
                     if callback:
                         callback(done, total)
@@ -651,12 +684,24 @@ def fetch(name: str, dest_dir: str | Path | None = None, *, manifest: str | Path
                         # http.client returns b"" (no exception) when the server closes early,
                         # so the byte count is compared with `expected` below
                         while b := resp.read(chunk):
+                            if done + len(b) > cap:
+                                failure = "oversize"
+                                break
                             f.write(b)
                             done += len(b)
                             if callback:
                                 callback(done, total)
                     except (http.client.HTTPException, OSError) as exc:
+                        if is_disk_full(exc):
+                            raise
                         failure = f"{type(exc).__name__}: {exc}"
+                if failure == "oversize":
+                    part.unlink()
+                    what = (f"the manifest size {want_size}" if want_size else
+                            f"the announced size {expected}" if expected is not None and expected <= cap else
+                            f"the download limit {int(cap)} bytes (DMD_MAX_CHECKPOINT_BYTES)")
+                    raise CheckpointError(f"fetch {name}: the server sent more than {what}; download aborted "
+                                          f"and the partial file removed")
                 if expected is not None and done != expected:
                     if done > expected:
                         part.unlink()
@@ -697,9 +742,12 @@ def cli_fetch(args) -> int:
 
     from tqdm import tqdm
 
-    bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=args.name, file=sys.stderr)
+    bar = None  # created at the first byte count, so a bad name fails without an empty bar
 
     def cb(done, total):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=args.name, file=sys.stderr)
         if total is not None and bar.total != total:
             bar.total = total
         bar.n = done
@@ -708,10 +756,17 @@ def cli_fetch(args) -> int:
     try:
         out, sha = fetch(args.name, args.dest, manifest=args.manifest, callback=cb, with_sha256=True)
     except ValueError as exc:
-        bar.close()
+        if bar is not None:
+            bar.close()
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    bar.close()
+    except OSError as exc:  # disk full at …, permission denied …
+        if bar is not None:
+            bar.close()
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    if bar is not None:
+        bar.close()
     size = out.stat().st_size
     sys.stdout.write(f"{out}\nsha256 {sha}  size {size}\n")
     entry = manifest_entry(args.name, args.manifest)

@@ -19,6 +19,7 @@ import contextlib
 import importlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import signal
@@ -46,6 +47,8 @@ QUICK = {
     "eval.bootstrap": 20,
 }
 
+from dmdcore.runs import RunExistsError  # noqa: E402  (light: no torch import)
+
 # flag dest -> dotted config field (only flags the user actually gives override the config)
 _DATA_FLAGS = {
     "dataset": "data.dataset", "dim": "data.dim", "n_modes": "data.n_modes", "n_samples": "data.n_samples",
@@ -54,7 +57,7 @@ _DATA_FLAGS = {
 }
 _TEACHER_FLAGS = {
     "width": "teacher.width", "depth": "teacher.depth", "teacher_batch": "teacher.batch", "lr": "teacher.lr",
-    "ema": "teacher.ema", "teacher_seed": "teacher.seed", "teacher_steps": "teacher.steps",
+    "ema": "teacher.ema", "teacher_seed": "teacher.seed", "teacher_steps": "teacher.steps", "twin": "teacher.twin",
 }
 _DISTILL_FLAGS = {
     "distill_steps": "distill.steps", "distill_batch": "distill.batch", "ratio": "distill.ratio",
@@ -153,6 +156,9 @@ def _add_teacher_options(p: argparse.ArgumentParser, *, steps_flag: str) -> None
     g.add_argument("--lr", type=_float, default=None, help="Adam learning rate (default 1e-3)")
     g.add_argument("--ema", type=_float, default=None, help="EMA decay (default 0.999)")
     g.add_argument("--teacher-seed", type=int, default=None, help="teacher init/training seed (default 0)")
+    g.add_argument("--no-twin", dest="twin", action="store_const", const=False, default=None,
+                   help="do not train the independent twin teacher (seed + 1) in the same job: faster, "
+                        "but the ΔE controls ΔE(T′,T) and ΔE(S,T′) are then absent")
 
 
 def _add_distill_options(p: argparse.ArgumentParser, *, steps_flag: str) -> None:
@@ -209,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     rl = rsub.add_parser("list", help="list the runs of an index (marks interrupted runs failed)")
     rl.add_argument("--root", default="runs", help="run index root (default runs)")
     rl.add_argument("--kind", default=None, choices=("teacher", "distill", "experiment"))
-    rl.add_argument("--status", default=None, choices=("running", "finished", "stopped", "diverged", "failed"))
+    rl.add_argument("--status", default=None, choices=("running", "finished", "stopped", "diverged", "failed",
+                                                      "abandoned", "unreadable"))
     rl.add_argument("--dataset", default=None)
     rl.add_argument("--sweep", default=None)
     rl.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -254,6 +261,10 @@ def _read_config_file(path: str) -> tuple[dict, dict]:
         data = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise CLIError(f"--config: {path!r} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise CLIError(f"--config: {path!r} is nested too deeply to be a config") from None
+    except UnicodeDecodeError as exc:
+        raise CLIError(f"--config: {path!r} is not UTF-8 text (byte {exc.start})") from None
     if not isinstance(data, dict):
         raise CLIError(f"--config: {path!r} must hold a JSON object")
     if "experiment" in data:
@@ -285,6 +296,9 @@ def _assemble(args: argparse.Namespace, flags: dict[str, str], base: dict | None
         value = getattr(args, dest, None)
         if value is not None:
             _set_dotted(d, key, value)
+    data = d.get("data")
+    if isinstance(data, dict) and data.get("dataset") == "user" and not data.get("path"):
+        raise CLIError("--data-path: required with --dataset user (a .csv or .npy file of an (n, d) array)")
     return ExperimentConfig.from_dict(d)
 
 
@@ -343,7 +357,9 @@ def _summary_line(row: dict) -> str:
         ci = ""
         if row.get("delta_e_lo") is not None:
             ci = f" [{_fmt(row['delta_e_lo'], '.3f')}, {_fmt(row['delta_e_hi'], '.3f')}]"
-        return (f"student step {row['step']}: delta_e={_fmt(row.get('delta_e'), '.4f')}{ci} "
+        nd = f" n={_fmt(row.get('n_eval'))} d={_fmt(row.get('dim'))}" if row.get("n_eval") is not None else ""
+        verdict = f" verdict={row['verdict']}" if row.get("verdict") else ""
+        return (f"student step {row['step']}: delta_e={_fmt(row.get('delta_e'), '.4f')}{ci}{nd}{verdict} "
                 f"w2={_fmt(row.get('w2'))} w2_data={_fmt(row.get('w2_data'))} "
                 f"eta_T={_fmt(row.get('eta_teacher'))} eta_S={_fmt(row.get('eta_student'))} "
                 f"copy_rate={_fmt(row.get('copy_rate'), '.3f')} retrieval={_fmt(row.get('retrieval'), '.3f')}")
@@ -351,8 +367,18 @@ def _summary_line(row: dict) -> str:
             f"eta_T={_fmt(row.get('eta_teacher'))}")
 
 
+def _verdict_lines(rows: list[dict]) -> list[str]:
+    """The copy verdict of the last student evaluation (dmdcore.verdict_text), [] without one."""
+    from dmdcore.verdict_text import cli_lines
+
+    student = [r for r in rows if r.get("phase") == "student" and r.get("delta_e") is not None]
+    if not student:
+        return []
+    return ["copy verdict (last student evaluation):"] + ["  " + x for x in cli_lines(student[-1])]
+
+
 def _execute(args: argparse.Namespace, cfg, *, kind: str, phases: tuple[str, ...], teacher=None,
-             teacher_source: str | None = None) -> int:
+             teacher_source: str | None = None, twin=None) -> int:
     from tqdm import tqdm
 
     from dmdcore.device import pick_device
@@ -368,10 +394,15 @@ def _execute(args: argparse.Namespace, cfg, *, kind: str, phases: tuple[str, ...
     # ValueError for a bad config before it creates the run directory, and the run index
     # (root/index.sqlite) is only opened once the run exists, so rejected input leaves no files.
     exp = Experiment(cfg, run_dir=out, index=None, teacher=teacher, device=device, phases=phases, kind=kind,
-                     teacher_source=teacher_source, overwrite=args.overwrite)
-    index = RunIndex(root)
-    index.mark_interrupted()
-    index.register(exp.rundir, kind=exp.kind, status="running")
+                     teacher_source=teacher_source, overwrite=args.overwrite, twin=twin)
+    try:
+        index = RunIndex(root)
+        index.mark_interrupted()
+        index.register(exp.rundir, kind=exp.kind, status="running")
+    except BaseException as exc:
+        # the run never started: leave no "running" orphan behind
+        exp.finalize("failed", f"could not register the run in {root}: {_one_line(exc)}")
+        raise
     exp.index = index  # from here on the run keeps its index row up to date (as Experiment(index=) does)
     show = not args.no_progress and sys.stderr.isatty()
     bar = tqdm(total=exp.total_steps, desc=f"{kind} {out.name}", unit="step", file=sys.stderr, disable=not show)
@@ -416,6 +447,8 @@ def _execute(args: argparse.Namespace, cfg, *, kind: str, phases: tuple[str, ...
         return 1
     print(f"{exp.status}: {out} ({kind}, {exp.step_count} steps, {wall:.1f} s, device {device})")
     print(f"  {_summary_line(row)}")
+    for line in _verdict_lines(exp.metrics):
+        print(f"  {line}")
     return 0
 
 
@@ -441,7 +474,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if source is None:
         raise CLIError("--teacher: required (a run directory, a .pt file or a shipped teacher name)")
     _, canonical = resolve_teacher(source)
-    teacher = load_teacher(source, device=pick_device(args.device))
+    teacher = load_teacher(source, device=pick_device(args.device))  # with .twin when it has one
     base = {"teacher": teacher.teacher_config.to_dict()}
     if teacher.data_config is not None:
         base["data"] = teacher.data_config.to_dict()
@@ -467,8 +500,11 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise CLIError(f"--root: {args.root!r} is not a directory")
     index = RunIndex(root)
-    index.scan()
-    index.mark_interrupted()
+    try:
+        index.scan()
+        index.mark_interrupted()
+    except OSError as exc:  # disk full: list what the index holds, say why it is not refreshed
+        print(f"warning: {exc}; listing the index without refreshing it", file=sys.stderr)
     recs = index.list(kind=args.kind, status=args.status, dataset=args.dataset, sweep=args.sweep)
     if args.json:
         print(json.dumps([_record_dict(r) for r in recs], indent=2, default=str))
@@ -538,6 +574,8 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     print(f"metrics    {len(rows)} evaluations; last {min(len(rows), args.rows)}:")
     for r in rows[-args.rows:]:
         print(f"  {_summary_line(r)}")
+    for line in _verdict_lines(rows):
+        print(line)
     return 0
 
 
@@ -556,10 +594,23 @@ def cmd_runs_teachers(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- entry point
 
+_log = logging.getLogger("dmdcore.cli")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return (first[:497] + "…") if len(first) > 500 else first
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code: 2 for bad input (a ValueError raised while the
     arguments, config, data or teacher are checked, before a run starts; argparse usage errors
-    exit 2 through ``_Parser.error``), 1 for a run that diverged or failed after it started."""
+    exit 2 through ``_Parser.error``), 1 for a run that diverged or failed after it started.
+
+    This is the CLI's one error boundary: any other exception is one line on stderr
+    (``error: <Type>: <reason>``, exit 1) and its traceback goes to the log (logger
+    ``dmdcore.cli``, shown with ``DMD_DEBUG=1``), never a Python traceback on the terminal."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
@@ -568,8 +619,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _torch_threads(getattr(args, "threads", None)):
             rc = args.func(args)
-    except ValueError as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {msg}", file=sys.stderr)
+    except RunExistsError as exc:
+        print(f"error: --out: {_one_line(exc).split(': ', 1)[-1].replace('pass overwrite=True (CLI: --overwrite)', 'pass --overwrite')}",
+              file=sys.stderr)
         return 2
+    except (ValueError, RecursionError, MemoryError) as exc:
+        # bad input: our ValueErrors name the field; a RecursionError / MemoryError can only come
+        # from parsing an input before anything started
+        _log.debug("bad input", exc_info=exc)
+        msg = _one_line(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__} while reading the input"
+        print(f"error: {msg or type(exc).__name__}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        _log.debug("OS error", exc_info=exc)
+        print(f"error: {_one_line(exc) or type(exc).__name__}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 — the boundary: one line, traceback in the log
+        _log.error("command failed", exc_info=exc)
+        print(f"error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 1
     return int(rc or 0)

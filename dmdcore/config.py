@@ -220,6 +220,7 @@ class TeacherConfig(_ConfigMixin):
     P_std: float = 1.2                   # EDM: std of ln(sigma) during training
     conditional: bool = False            # condition on the data set's integer labels
     seed: int = 0                        # init + training seed
+    twin: bool = True                    # also train an independent twin (seed + 1, same data) for the ΔE controls; False = faster, controls absent
 
     def validate(self) -> None:
         _check_int(self, "width", 1, 8192)
@@ -236,6 +237,7 @@ class TeacherConfig(_ConfigMixin):
         _check_float(self, "P_mean", -20.0, 20.0)
         _check_float(self, "P_std", 0.0, 20.0, lo_open=True)
         _check_bool(self, "conditional")
+        _check_bool(self, "twin")
         _check_int(self, "seed", 0, 2**63 - 1)
 
 

@@ -279,50 +279,127 @@ def _validate_array(arr: np.ndarray, filename: str) -> np.ndarray:
     return arr.astype(np.float32)
 
 
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
 def _parse_csv(text: str, filename: str) -> np.ndarray:
+    """Stream the rows of a CSV text into a float64 (n, d) array, refusing more than
+    ``DMD_MAX_UPLOAD_ROWS`` rows or ``DMD_MAX_UPLOAD_VALUES`` values as soon as they are reached,
+    oversized fields, and a parse running past ``DMD_PARSE_TIMEOUT_S`` (dmdcore.limits)."""
+    from .limits import BudgetError, Deadline, budget
+
+    max_rows, max_values = int(budget("DMD_MAX_UPLOAD_ROWS")), int(budget("DMD_MAX_UPLOAD_VALUES"))
+    deadline = Deadline(filename)
     try:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t ")
         delimiter = dialect.delimiter
     except csv.Error:
         delimiter = ","
-    rows = [r for r in csv.reader(io.StringIO(text), delimiter=delimiter)]
-    # keep file line numbers (1-based) for messages; drop blank lines
-    numbered = [(i + 1, [c.strip() for c in r if c.strip() != ""] if delimiter == " " else [c.strip() for c in r]) for i, r in enumerate(rows)]
-    numbered = [(i, r) for i, r in numbered if any(c != "" for c in r)]
-    if not numbered:
-        raise ValueError(f"{filename}: the file holds no rows")
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    chunks: list[np.ndarray] = []
+    buf: list[list[float]] = []
+    d = None
+    first_line = None
+    n_rows = 0
+    line = 0
+    try:
+        for raw in reader:
+            line += 1
+            if line % 4096 == 0:
+                deadline.check()
+            row = [c.strip() for c in raw if c.strip() != ""] if delimiter == " " else [c.strip() for c in raw]
+            if not any(c != "" for c in row):
+                continue  # blank line
+            if d is None:
+                if first_line is None and not any(_is_number(c) for c in row):
+                    first_line = 0  # a first row with no numeric cell at all is a header
+                    continue
+                d, first_line = len(row), line
+                if d > MAX_DIM:
+                    raise ValueError(f"{filename}: {d} columns; the number of columns d must be in [1, {MAX_DIM}]")
+            if len(row) != d:
+                raise ValueError(f"{filename}: row {line} has {len(row)} columns, expected {d} (as in row {first_line})")
+            n_rows += 1
+            if n_rows > max_rows or n_rows * d > max_values:
+                raise BudgetError(f"{filename}: more than {min(max_rows, max_values // d):,} rows of {d} columns; "
+                                  f"the upload limit is {max_rows:,} rows and {max_values:,} values "
+                                  f"(DMD_MAX_UPLOAD_ROWS / DMD_MAX_UPLOAD_VALUES)")
+            values = []
+            for j, cell in enumerate(row):
+                try:
+                    v = float(cell)
+                except ValueError:
+                    raise ValueError(f"{filename}: row {line}, column {j + 1}: {cell[:40]!r} is not a number") from None
+                if not math.isfinite(v):
+                    raise ValueError(f"{filename}: row {line}, column {j + 1}: {cell!r} is not finite")
+                values.append(v)
+            buf.append(values)
+            if len(buf) >= 65536:
+                chunks.append(np.asarray(buf, dtype=np.float64))
+                buf = []
+    except csv.Error as exc:  # e.g. "field larger than field limit (131072)"
+        raise ValueError(f"{filename}: row {line + 1}: not readable as CSV ({exc})") from None
+    if d is None:
+        raise ValueError(f"{filename}: the file holds a header but no data rows" if first_line == 0
+                         else f"{filename}: the file holds no rows")
+    if buf:
+        chunks.append(np.asarray(buf, dtype=np.float64))
+    return np.concatenate(chunks, axis=0)
 
-    def is_number(s: str) -> bool:
-        try:
-            float(s)
-            return True
-        except ValueError:
-            return False
 
-    # a first row with no numeric cell at all is a header
-    if not any(is_number(c) for c in numbered[0][1]):
-        numbered = numbered[1:]
-    if not numbered:
-        raise ValueError(f"{filename}: the file holds a header but no data rows")
-    d = len(numbered[0][1])
-    values = np.empty((len(numbered), d), dtype=np.float64)
-    for k, (line, row) in enumerate(numbered):
-        if len(row) != d:
-            raise ValueError(f"{filename}: row {line} has {len(row)} columns, expected {d} (as in row {numbered[0][0]})")
-        for j, cell in enumerate(row):
-            try:
-                values[k, j] = float(cell)
-            except ValueError:
-                raise ValueError(f"{filename}: row {line}, column {j + 1}: {cell!r} is not a number") from None
-            if not math.isfinite(values[k, j]):
-                raise ValueError(f"{filename}: row {line}, column {j + 1}: {cell!r} is not finite")
-    return values
+def _load_npy(data: bytes, filename: str) -> np.ndarray:
+    """Read a .npy from bytes, checking its header (shape, dtype) against the upload budgets
+    and the bytes actually present *before* the array is allocated."""
+    from .limits import BudgetError, budget
+
+    f = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    except (ValueError, EOFError, OSError, SyntaxError, TypeError) as exc:
+        what = "empty" if not data else "not a readable .npy array without pickles"
+        raise ValueError(f"{filename}: {what} ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise ValueError(f"{filename}: array dtype {dtype} is not numeric (need integers or floats)")
+    if len(shape) == 2:
+        max_rows, max_values = int(budget("DMD_MAX_UPLOAD_ROWS")), int(budget("DMD_MAX_UPLOAD_VALUES"))
+        if shape[0] > max_rows or shape[0] * shape[1] > max_values:
+            raise BudgetError(f"{filename}: shape {shape} is above the upload limit of {max_rows:,} rows and "
+                              f"{max_values:,} values (DMD_MAX_UPLOAD_ROWS / DMD_MAX_UPLOAD_VALUES)")
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    have = len(data) - f.tell()
+    if need != have:
+        raise ValueError(f"{filename}: header declares shape {shape} ({need:,} bytes) but the file holds {have:,} "
+                         f"bytes of data")
+    f.seek(0)
+    try:
+        return np.load(f, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        raise ValueError(f"{filename}: not a readable .npy array without pickles ({exc})") from None
+
+
+def _check_upload_size(n: int, filename: str) -> None:
+    from .limits import BudgetError, budget, fmt_bytes
+
+    limit = budget("DMD_MAX_UPLOAD_BYTES")
+    if n > limit:
+        raise BudgetError(f"{filename}: {fmt_bytes(n)} is above the upload limit {fmt_bytes(limit)} "
+                          f"(DMD_MAX_UPLOAD_BYTES)")
 
 
 def load_user_array(path_or_bytes: str | os.PathLike | bytes, filename: str | None = None) -> np.ndarray:
     """Load and validate a user (n, d) array from a .csv or .npy file (a path, or raw bytes + filename).
 
-    Checks: numeric, finite, n >= 100 rows, 1 <= d <= 4096 columns. A .csv may have one header row
+    Checks: numeric, finite, n >= 100 rows, 1 <= d <= 4096 columns; the budgets of
+    dmdcore.limits (file size, rows, values, parse time) before the array is allocated. A .csv may have one header row
     (a first row without any number); delimiters , ; tab or space. Returns float32 (n, d).
     Raises ValueError naming the file and, where it applies, the 1-based row and column.
     """
@@ -335,16 +412,23 @@ def load_user_array(path_or_bytes: str | os.PathLike | bytes, filename: str | No
         filename = filename or os.path.basename(path)
         if not os.path.isfile(path):
             raise ValueError(f"path: {path!r} is not an existing file")
+        from .limits import check_file_size
+
+        check_file_size(path, filename, "DMD_MAX_UPLOAD_BYTES")
         with open(path, "rb") as fh:
             data = fh.read()
+    _check_upload_size(len(data), filename)
     ext = os.path.splitext(filename)[1].lower()
     if ext == ".npy":
-        try:
-            arr = np.load(io.BytesIO(data), allow_pickle=False)
-        except ValueError as exc:
-            raise ValueError(f"{filename}: not a readable .npy array without pickles ({exc})") from None
-        return _validate_array(np.asarray(arr), filename)
+        return _validate_array(np.asarray(_load_npy(data, filename)), filename)
     if ext in (".csv", ".txt", ".tsv"):
+        from .limits import BudgetError, budget
+
+        max_rows = int(budget("DMD_MAX_UPLOAD_ROWS"))
+        lines = data.count(b"\n") - data.count(b"\n\n")  # fast (C) count of non-blank lines, before parsing
+        if lines > max_rows + 1:
+            raise BudgetError(f"{filename}: {lines:,} lines is above the upload limit of {max_rows:,} rows "
+                              f"(DMD_MAX_UPLOAD_ROWS)")
         try:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import io
 import math
 import os
 import time
@@ -274,12 +275,15 @@ class ImageCache:
         return arr
 
     def put(self, key: str, image: np.ndarray) -> None:
+        from .runs import DiskFullError, atomic_write_bytes
+
         p = self._path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(image, dtype=np.float32), allow_pickle=False)
-        os.replace(tmp, p)
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(image, dtype=np.float32), allow_pickle=False)
+        try:
+            atomic_write_bytes(p, buf.getvalue())
+        except DiskFullError:
+            return  # a cache: on a full disk the image is simply not cached (no temp file left)
         self.evict()
 
     def _files(self) -> list[Path]:

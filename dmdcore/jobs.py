@@ -38,8 +38,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-JOB_STATES = ("queued", "running", "paused", "finished", "stopped", "diverged", "failed")
-TERMINAL_STATES = frozenset({"finished", "stopped", "diverged", "failed"})
+JOB_STATES = ("queued", "running", "paused", "finished", "stopped", "diverged", "failed", "abandoned")
+TERMINAL_STATES = frozenset({"finished", "stopped", "diverged", "failed", "abandoned"})
+# A job with an ``owner`` (a browser session) that has not called ``heartbeat()`` for this many
+# seconds is stopped by its manager and ends ``abandoned`` (files kept, slot freed); env
+# DMD_SESSION_TIMEOUT_S overrides it.
+SESSION_TIMEOUT_S = 60.0
 _VALID_PHASES = ("teacher", "student")
 _TRAIN_LOG_CAP = 1000  # per-step losses kept for live plots (thinned by 2 when full)
 
@@ -128,6 +132,7 @@ class TrainingJob:
         manager: "JobManager | None" = None,
         total_steps: int | None = None,
         job_id: str | None = None,
+        owner: str | None = None,
     ):
         if not callable(getattr(experiment, "step", None)):
             raise ValueError("experiment: must have a step() method")
@@ -156,6 +161,10 @@ class TrainingJob:
         self._times: deque[tuple[float, int]] = deque(maxlen=50)
         self._rate: float | None = None
         self.error: str | None = None  # traceback text when the job failed
+        self.owner = None if owner is None else str(owner)  # session that must keep heart-beating
+        self._beat = time.monotonic()
+        self.slot_since: float | None = None  # wall time when the job got its manager slot
+        self._abandon_msg: str | None = None
         if manager is not None:
             manager._adopt(self)
 
@@ -200,6 +209,29 @@ class TrainingJob:
             self._stop_req = True
             if self._thread is None:
                 self._state, self._message = "stopped", "stopped before start"
+            self._cond.notify_all()
+        if self.manager is not None:
+            self.manager._wake()
+
+    def heartbeat(self) -> None:
+        """The owning session is alive (see JobManager.reap)."""
+        with self._cond:
+            self._beat = time.monotonic()
+
+    def seconds_since_heartbeat(self) -> float:
+        with self._cond:
+            return time.monotonic() - self._beat
+
+    def abandon(self, reason: str) -> None:
+        """Stop the job because its owner went away; it ends ``abandoned`` (after finalize, so its
+        run directory keeps every file) and frees its slot."""
+        with self._cond:
+            if self._state in TERMINAL_STATES:
+                return
+            self._abandon_msg = str(reason)
+            self._stop_req = True
+            if self._thread is None:
+                self._state, self._message = "abandoned", self._abandon_msg
             self._cond.notify_all()
         if self.manager is not None:
             self.manager._wake()
@@ -371,6 +403,8 @@ class TrainingJob:
                 acquired = self.manager._acquire(self)
                 if not acquired:
                     final, message = "stopped", "stopped while queued"
+                    if self._abandon_msg:
+                        final, message = "abandoned", f"{self._abandon_msg} (while queued)"
                     return
             with self._cond:
                 if self._state == "queued":
@@ -387,6 +421,8 @@ class TrainingJob:
                     break
                 if not self._wait_turn():
                     final, message = "stopped", f"stopped by user at step {self._steps_done}"
+                    if self._abandon_msg:
+                        final, message = "abandoned", f"{self._abandon_msg} at step {self._steps_done}"
                     break
                 try:
                     out = self.experiment.step()
@@ -436,9 +472,11 @@ class JobManager:
     "queued: 1 job ahead (2 running, cap 2)". A job keeps its slot while paused. The app keeps one
     manager in ``st.cache_resource``; dmdcore keeps no global one."""
 
-    def __init__(self, max_concurrent: int = 2):
+    def __init__(self, max_concurrent: int = 2, *, session_timeout_s: float | None = None):
         self._cond = threading.Condition()
         self._max = self._check_cap(max_concurrent)
+        self.session_timeout_s = self._check_timeout(session_timeout_s)
+        self._reaper: threading.Thread | None = None
         self._jobs: dict[str, TrainingJob] = {}
         self._queue: deque[TrainingJob] = deque()
         self._running: set[str] = set()
@@ -449,6 +487,55 @@ class JobManager:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"max_concurrent: {n!r} must be an int >= 1")
         return int(n)
+
+    @staticmethod
+    def _check_timeout(t: Any) -> float:
+        if t is None:
+            import os
+
+            raw = os.environ.get("DMD_SESSION_TIMEOUT_S", "")
+            try:
+                t = float(raw) if raw.strip() else SESSION_TIMEOUT_S
+            except ValueError:
+                raise ValueError(f"DMD_SESSION_TIMEOUT_S: {raw!r} is not a number of seconds") from None
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise ValueError(f"session_timeout_s: {t!r} must be a number of seconds > 0")
+        return float(t)
+
+    def reap(self) -> list[TrainingJob]:
+        """Abandon every live job whose owner has not heart-beaten for ``session_timeout_s``
+        (running, paused or queued alike). Returns the jobs it abandoned. Called every
+        ``session_timeout_s / 4`` (at most 5 s) by a daemon thread once a job has an owner."""
+        gone = []
+        for job in self.jobs():
+            if job.owner is None or job.done:
+                continue
+            idle = job.seconds_since_heartbeat()
+            if idle > self.session_timeout_s:
+                job.abandon(f"abandoned: session {job.owner[:8]} gone (no heartbeat for {idle:.0f} s, "
+                            f"limit {self.session_timeout_s:.0f} s)")
+                gone.append(job)
+        return gone
+
+    def heartbeat(self, owner: str) -> None:
+        """Heart-beat every job of ``owner``."""
+        for job in self.jobs():
+            if job.owner == owner:
+                job.heartbeat()
+
+    def slots(self) -> list[dict]:
+        """Who holds the running slots: ``[{"job_id", "owner", "state", "since"}]`` (since: wall
+        time the slot was taken), oldest first."""
+        with self._cond:
+            held = [self._jobs[j] for j in self._running if j in self._jobs]
+        out = [{"job_id": j.job_id, "owner": j.owner, "state": j.state, "since": j.slot_since} for j in held]
+        return sorted(out, key=lambda d: d["since"] or 0.0)
+
+    def _reap_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait(min(5.0, self.session_timeout_s / 4))
+            self.reap()
 
     @classmethod
     def from_env(cls, environ: dict | None = None, *, default: int = 2) -> "JobManager":
@@ -540,15 +627,30 @@ class JobManager:
             if job.job_id in self._jobs:
                 raise ValueError(f"job_id: {job.job_id!r} already used in this manager")
             self._jobs[job.job_id] = job
+            if job.owner is not None and self._reaper is None:
+                self._reaper = threading.Thread(target=self._reap_loop, name="dmd-job-reaper", daemon=True)
+                self._reaper.start()
 
     def _wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
 
+    def _holders_locked(self) -> str:
+        parts = []
+        for jid in sorted(self._running, key=lambda j: self._jobs[j].slot_since or 0.0 if j in self._jobs else 0.0):
+            j = self._jobs.get(jid)
+            if j is None:
+                continue
+            since = time.strftime("%H:%M:%S", time.localtime(j.slot_since)) if j.slot_since else "?"
+            who = f"session {j.owner[:8]}, " if j.owner else ""
+            parts.append(f"{jid} ({who}{j._state} since {since})")
+        return "; held by " + ", ".join(parts) if parts else ""
+
     def _update_queue_messages_locked(self) -> None:
+        holders = self._holders_locked()
         for pos, job in enumerate(self._queue):
             ahead = f"{pos} job{'s' if pos != 1 else ''} ahead"
-            msg = f"queued: {ahead} ({len(self._running)} running, cap {self._max})"
+            msg = f"queued: {ahead} ({len(self._running)} running, cap {self._max}{holders})"
             with job._cond:
                 if job._state == "queued":
                     job._message = msg
@@ -570,6 +672,7 @@ class JobManager:
                         return False
                     if self._queue[0] is job and len(self._running) < self._max:
                         self._running.add(job.job_id)
+                        job.slot_since = time.time()
                         return True
                     self._update_queue_messages_locked()
                     self._cond.wait()

@@ -66,6 +66,8 @@ DEMO_KWARGS: dict = dict(
 
 def _weight_init(shape: Sequence[int], mode: str, fan_in: int, fan_out: int) -> torch.Tensor:
     """EDM-style variance-scaling initialisation (only used for fresh, untrained weights)."""
+    if torch.empty(0).is_meta:  # a shape probe (dmdcore.limits, checkpoint loading): no values,
+        return torch.empty(*shape)  # and no slow meta-tensor arithmetic (seconds for a large config)
     if mode == "xavier_uniform":
         return math.sqrt(6 / (fan_in + fan_out)) * (torch.rand(*shape) * 2 - 1)
     if mode == "xavier_normal":

@@ -116,11 +116,17 @@ def resolve_teacher(source: str | os.PathLike) -> tuple[Path, str]:
 
 def load_teacher(source: str | os.PathLike, device: str | torch.device | None = None):
     """Load a ``ToyTeacher`` from a run directory, a ``.pt`` file or ``manifest:<name>`` (see
-    ``resolve_teacher``), onto ``device`` (default: ``pick_device("auto")``)."""
+    ``resolve_teacher``), onto ``device`` (default: ``pick_device("auto")``), with its twin
+    (``.twin``: a shipped teacher's twin entry or a run's twin.pt; None when it has none)."""
     from dmdcore.toy import ToyTeacher
+    from dmdcore.twins import twin_path
 
-    path, _ = resolve_teacher(source)
-    return ToyTeacher.load(path, device=pick_device(device if device is not None else "auto"))
+    path, canonical = resolve_teacher(source)
+    dev = pick_device(device if device is not None else "auto")
+    teacher = ToyTeacher.load(path, device=dev)
+    tp = twin_path(path, canonical, checkpoints_dir())
+    teacher.twin = None if tp is None else ToyTeacher.load(tp, device=dev)  # the ΔE controls' T′
+    return teacher
 
 
 # ----------------------------------------------------------------------------- basin maps
@@ -159,6 +165,10 @@ class Experiment:
     kind:     config.json ``kind``; default "teacher" for a teacher-only run, else "experiment".
     teacher_source: recorded in config.json (default: the canonical form of ``teacher`` when it
               is a source string, None when trained here).
+    twin:     the independent teacher T′ for the ΔE controls (dmdcore.verdict): a ToyTeacher, a
+              ``.pt`` path, or None = the given teacher's own twin when it has one (shipped
+              teachers; a run's twin.pt), else the twin trained in the teacher phase when
+              ``cfg.teacher.twin``; False = none (controls absent).
     overwrite: reuse a ``run_dir`` that already holds a run.
 
     Raises ValueError for a bad config, an unknown teacher source, a teacher whose dimension or
@@ -177,6 +187,7 @@ class Experiment:
         kind: str | None = None,
         teacher_source: str | None = None,
         overwrite: bool = False,
+        twin: Any = None,
     ):
         if not isinstance(cfg, ExperimentConfig):
             raise ValueError(f"cfg: expected an ExperimentConfig, got {type(cfg).__name__}")
@@ -197,9 +208,17 @@ class Experiment:
                 _, canonical = resolve_teacher(teacher)
                 teacher_source = teacher_source if teacher_source is not None else canonical
                 teacher = load_teacher(teacher, device=self.device)
+            if twin is None:
+                twin = getattr(teacher, "twin", None)
             self.teacher = teacher
             self.teacher.denoiser.to(self.device)
         self._teacher_given = self.teacher is not None
+        if isinstance(twin, (str, os.PathLike)):
+            from dmdcore.twins import load_twin
+
+            twin = load_twin(twin, device=self.device)
+        self.twin = twin if twin is not None and twin is not False else None
+        self._train_twin = twin is None and not self._teacher_given and cfg.teacher.twin
 
         # Data, fixed evaluation noise and data subsample.
         self.dataset = make_dataset(cfg.data)
@@ -213,6 +232,10 @@ class Experiment:
                     "cfg.data: does not match the data the teacher was trained on "
                     f"({tdata.to_dict()}); use the teacher's data config"
                 )
+        if self.twin is not None:
+            if self.twin.dim != d:
+                raise ValueError(f"twin: dimension {self.twin.dim} != data dimension {d}")
+            self.twin.denoiser.to(self.device)
         g = torch.Generator().manual_seed(cfg.eval.seed)
         self.z = torch.randn(cfg.eval.n, d, generator=g, dtype=torch.float32)
         self.eval_labels = None
@@ -243,6 +266,9 @@ class Experiment:
         self._loss_acc: dict[str, list[float]] = {}
         self._active_s = 0.0
         self._teacher_trainer = None
+        self._twin_trainer = None
+        self._controls = None        # dmdcore.verdict.CopyControls of the student phase
+        self.twin_samples: np.ndarray | None = None
         self._dmd = None
         self.teacher_samples: np.ndarray | None = None
         self.student_samples: np.ndarray | None = None
@@ -271,6 +297,8 @@ class Experiment:
             )
             if self._teacher_given:
                 self._save_teacher(self.teacher)
+            if self.twin is not None:
+                self._save_teacher(self.twin, role="twin")
             if index is not None:
                 index.register(self.rundir, kind=self.kind, status="running")
         self._publish()
@@ -338,6 +366,8 @@ class Experiment:
                 phase = self.phase
                 trainer = self._teacher_trainer if phase == "teacher" else self._dmd
                 out = dict(trainer.step())
+                if phase == "teacher" and self._twin_trainer is not None:
+                    self._twin_trainer.step()  # the independent twin trains in the same job
                 self.phase_step += 1
                 self.step_count += 1
                 for k in (_LOSS_KEYS_TEACHER if phase == "teacher" else _LOSS_KEYS_STUDENT):
@@ -407,16 +437,36 @@ class Experiment:
                         self._evaluate()
                     except DivergenceError as exc:
                         status, message = "diverged", f"diverged: {exc}"
+            if status in ("failed", "abandoned") and self.rundir is not None:
+                kept = [p.name for p in (self.rundir.checkpoint_path(r) for r in ("teacher", "student"))
+                        if p.is_file()]
+                if kept:
+                    message = f"{message}; last good checkpoint kept: {', '.join(kept)}"
             self.status, self.message = status, message
-            if self.rundir is not None:
-                self.rundir.write_status(status, message, step=self.step_count, extra=self._stop_extra())
-            if self.index is not None and self.rundir is not None:
-                last = self.metrics[-1] if self.metrics else {}
-                self.index.update(
-                    self.rundir, status=status, message=message, step=self.step_count,
-                    delta_e=last.get("delta_e"), w2=last.get("w2"), summary=last,
-                )
+            errors = []
+            # best effort: on a full disk status.json or the index row may not be writable; the
+            # other still is, and the lock is released either way
+            try:
+                if self.rundir is not None:
+                    try:
+                        self.rundir.write_status(status, message, step=self.step_count, extra=self._stop_extra())
+                    except OSError as exc:
+                        errors.append(exc)
+                if self.index is not None and self.rundir is not None:
+                    last = self.metrics[-1] if self.metrics else {}
+                    try:
+                        self.index.update(
+                            self.rundir, status=status, message=message, step=self.step_count,
+                            delta_e=last.get("delta_e"), w2=last.get("w2"), summary=last,
+                        )
+                    except OSError as exc:
+                        errors.append(exc)
+            finally:
+                if self.rundir is not None:
+                    self.rundir.release()
             self._publish()
+            if errors and status == "finished":
+                raise errors[0]
 
     # ------------------------------------------------------------------ phases
     def _begin_phase(self) -> None:
@@ -432,6 +482,14 @@ class Experiment:
                 device=self.device, label_dim=self.dataset.n_classes if conditional else None,
                 data_config=self.cfg.data,
             )
+            if self._train_twin:
+                from dmdcore.twins import twin_config
+
+                self._twin_trainer = TeacherTrainer(
+                    twin_config(self.cfg.teacher), self.dataset.x, labels=self.dataset.labels if conditional else None,
+                    device=self.device, label_dim=self.dataset.n_classes if conditional else None,
+                    data_config=self.cfg.data,
+                )
         else:
             self._begin_student()
 
@@ -452,6 +510,7 @@ class Experiment:
             k = min(k, self.cfg.eval.n)
             mt = pairing.mode_transition(self.teacher_samples, self.teacher_samples, n_modes=k, seed=self.cfg.eval.seed)
             self._centers = mt.centers
+        self._begin_controls(z, labels)
         reg_pairs = None
         dc = self.cfg.distill
         if dc.regression:
@@ -475,10 +534,28 @@ class Experiment:
         )
         self._evaluate()  # student step 0
 
+    def _begin_controls(self, z: torch.Tensor, labels: torch.Tensor | None) -> None:
+        """T′(z) of the twin and the teacher-side controls of the copy verdict (once per run)."""
+        from dmdcore.verdict import copy_controls
+
+        if self.twin is not None:
+            self.twin_samples = self._np(self.twin.sample(z, self.cfg.sampler, labels=labels))
+        try:
+            self._controls = copy_controls(self.teacher_samples, twin=self.twin_samples, seed=self.cfg.eval.seed,
+                                           centers=self._centers)
+        except ValueError:
+            self._controls = None  # a zero-spread teacher: ΔE is undefined, cells stay empty
+
     def _end_phase(self) -> None:
         if self.phase == "teacher":
             self.teacher = self._current_teacher()
             self._teacher_trainer = None
+            if self._twin_trainer is not None:
+                self.twin = self._twin_trainer.teacher()
+                self.twin.data_config = self.cfg.data
+                self.teacher.twin = self.twin
+                self._twin_trainer = None
+                self._save_teacher(self.twin, role="twin")
         self._phase_idx += 1
         if not self.done:
             self._begin_phase()
@@ -536,21 +613,16 @@ class Experiment:
             self._check_finite("student samples S(z)", s)
             t = self.teacher_samples
             self.student_samples = s
-            # ΔE = (E_pair − E_OT) / (E_ind − E_OT) with a bootstrap CI (pairing.md)
-            pr = None
-            for boot in dict.fromkeys((cfg.eval.bootstrap, 0)):
-                # the bootstrap CI is undefined when a resample has no spread (e.g. a collapsed
-                # student): then ΔE is reported without CI; ΔE itself undefined → empty cells
-                try:
-                    pr = pairing.pairing_inefficiency(s, t, bootstrap=boot, seed=cfg.eval.seed)
-                    break
-                except ValueError:
-                    continue
-            if pr is not None:
-                row.update(delta_e=pr.delta_e, delta_e_lo=pr.ci_low, delta_e_hi=pr.ci_high,
-                           e_pair=pr.e_pair, e_ot=pr.e_ot, e_ind=pr.e_ind)
-                # W₂²(S, T) is the E_OT of the same exact matching
-                row["w2"] = pr.e_ot if pr.exact else self._safe(pairing.wasserstein2_squared, s, t)
+            # ΔE = (E_pair − E_OT) / (E_ind − E_OT) with a bootstrap CI, n, d, the twin and
+            # reference controls, validity and the copy verdict (dmdcore.verdict, pairing.md)
+            rep = None
+            if self._controls is not None:
+                from dmdcore.verdict import copy_report, report_row
+
+                rep = copy_report(s, t, seed=cfg.eval.seed, bootstrap=cfg.eval.bootstrap, controls=self._controls)
+                row.update(report_row(rep))
+            if rep is not None and rep.delta_e is not None and rep.exact:
+                row["w2"] = rep.e_ot  # W₂²(S, T) is the E_OT of the same exact matching
             else:
                 row["w2"] = self._safe(pairing.wasserstein2_squared, s, t)
             row["w2_data"] = self._safe(pairing.wasserstein2_squared, s, self.data_eval)
@@ -607,8 +679,9 @@ class Experiment:
 
         rows = [r for r in self.metrics if r.get("phase") == phase] + [row]
         floor = self.cfg.eval.twin_floor_w2
-        if floor is None:
-            floor = row.get("w2_twin")  # a twin floor measured by the run itself, when it has one
+        twin = getattr(self._controls, "twin", None) if phase == "student" else None
+        if floor is None and twin is not None:
+            floor = twin.e_ot  # the run's own teacher-twin floor W₂²(T′, T) (copy-verdict controls)
         crit = convergence.Plateau.from_eval(self.cfg.eval)
         return int(convergence.phase_converged(phase, rows, crit, floor_w2=floor))
 
@@ -642,13 +715,13 @@ class Experiment:
             self.history = keep
 
     # ------------------------------------------------------------------ saving
-    def _save_teacher(self, teacher) -> None:
+    def _save_teacher(self, teacher, role: str = "teacher") -> None:
         if self.rundir is None:
             return
         from dmdcore.toy import save_toy_model
 
         save_toy_model(
-            self.rundir.checkpoint_path("teacher"), teacher.denoiser, role="teacher",
+            self.rundir.checkpoint_path(role), teacher.denoiser, role="teacher",
             teacher_config=teacher.teacher_config, data_config=teacher.data_config or self.cfg.data,
             step=teacher.step,
         )

@@ -23,10 +23,12 @@ per call, one connection per call so it is safe from threads and from several pr
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
 import os
+import shutil
 import socket
 import sqlite3
 import tempfile
@@ -40,7 +42,9 @@ import numpy as np
 
 from dmdcore import __version__
 
-STATUSES = ("running", "finished", "stopped", "diverged", "failed")
+STATUSES = ("running", "finished", "stopped", "diverged", "failed", "abandoned", "unreadable")
+# abandoned: a Toy Lab job whose browser session went away (dmdcore.jobs); unreadable: a run whose
+# status.json / config.json cannot be parsed (listed, never fatal to other commands)
 KINDS = ("teacher", "distill", "experiment")
 PHASES = ("teacher", "student")
 
@@ -51,9 +55,14 @@ METRIC_COLUMNS = (
     "loss", "loss_dm", "loss_fake", "loss_reg", "loss_gan_g", "loss_gan_d",
     "delta_e", "delta_e_lo", "delta_e_hi", "e_pair", "e_ot", "e_ind",
     "w2", "w2_data", "eta_teacher", "eta_student", "copy_rate", "retrieval",
+    # the copy verdict (dmdcore.verdict.report_row): n and d of ΔE, its controls and validity
+    "n_eval", "dim", "delta_e_twin", "delta_e_cross", "resolution", "delta_e_valid", "verdict", "verdict_basis",
     # plateau criterion (dmdcore.convergence) and ablation power (dmdcore.ablations)
     "converged", "gan_dm_ratio", "memorization", "w2_teacher_data",
 )
+# metrics.csv columns holding text / integers (the rest are floats)
+_TEXT_COLUMNS = ("phase", "verdict", "verdict_basis")
+_INT_COLUMNS = ("step", "n_eval", "dim", "delta_e_valid", "converged")
 # Columns of timing.csv: per evaluation, the cumulative seconds spent inside Experiment.step().
 TIMING_COLUMNS = ("step", "phase", "wall_s")
 
@@ -62,30 +71,88 @@ METRICS_FILE = "metrics.csv"
 TIMING_FILE = "timing.csv"
 STATUS_FILE = "status.json"
 SAMPLES_FILE = "samples.npz"
-CHECKPOINT_ROLES = ("teacher", "student", "fake")
+CHECKPOINT_ROLES = ("teacher", "student", "fake", "twin")
 INDEX_FILE = "index.sqlite"
+LOCK_FILE = ".lock"  # O_EXCL claim of a run directory: {"pid", "pid_start", "host", "since"}
 SCAN_DEPTH = 4  # RunIndex.scan: deepest run directory below the root (root/sweeps/<id>/cells/<key>)
 
 
 # ----------------------------------------------------------------------------- atomic files
 
+class DiskFullError(OSError):
+    """No space left on the device while writing ``path`` (message: "disk full at PATH")."""
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(errno.ENOSPC, f"disk full at {os.fspath(path)}")
+        self.path = os.fspath(path)
+
+    def __str__(self) -> str:
+        return f"disk full at {self.path}"
+
+
+_FULL_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _nearly_full(path: str | os.PathLike | None) -> bool:
+    if path is None:
+        return False
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free < 1 << 20
+    except OSError:
+        return False
+
+
+def is_disk_full(exc: BaseException, path: str | os.PathLike | None = None) -> bool:
+    """True for ENOSPC/EDQUOT, SQLite's "database or disk is full", and an I/O error (SQLite's
+    "disk I/O error" when its WAL cannot grow, torch's writer failures) while the device holding
+    ``path`` has less than 1 MiB free."""
+    if isinstance(exc, DiskFullError):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+        return True
+    text = str(exc).lower()
+    if "disk is full" in text or "no space left" in text:
+        return True
+    io_error = "i/o error" in text or "file write failed" in text or "inline_container" in text
+    return io_error and _nearly_full(path)
+
+
+@contextmanager
+def disk_full_as_error(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise a disk-full failure inside the block as ``DiskFullError(path)``."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except (OSError, RuntimeError, sqlite3.DatabaseError) as exc:
+        if is_disk_full(exc, path):
+            raise DiskFullError(path) from exc
+        raise
+
+
 @contextmanager
 def _atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success fsync it and ``os.replace`` it onto
-    ``path`` (atomic on POSIX and Windows); on failure remove it."""
+    ``path`` (atomic on POSIX and Windows); on failure remove it. A full disk raises
+    ``DiskFullError(path)`` and leaves no temporary file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o644)  # mkstemp creates 0600; run files are meant to be shared/readable
+    tmp_path = None
     try:
-        yield tmp_path
-        with open(tmp_path, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
+        with disk_full_as_error(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            tmp_path = Path(tmp)
+            os.chmod(tmp_path, 0o644)  # mkstemp creates 0600; run files are meant to be shared/readable
+            yield tmp_path
+            with open(tmp_path, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp_path, path)
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 
@@ -95,6 +162,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (DiskFullError when the device is full)."""
+    with _atomic_path(Path(path)) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically (inf/nan allowed, as Python writes
     them, so configs with ``S_max=inf`` round-trip)."""
@@ -102,11 +177,14 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
-    """``torch.save(obj)`` to ``path`` atomically (the file is either the old or the new one)."""
+    """``torch.save(obj)`` to ``path`` atomically (the file is either the old or the new one).
+    The object is serialised in memory first (toy checkpoints are small), so a full disk is a
+    plain ENOSPC on write, reported as ``DiskFullError(path)``, never torch's writer error."""
     import torch
 
-    with _atomic_path(Path(path)) as tmp:
-        torch.save(obj, tmp)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- process identity
@@ -177,14 +255,39 @@ def _format_cell(value: Any) -> str:
 def _parse_cell(column: str, text: str) -> Any:
     if text == "":
         return None
-    if column == "phase":
+    if column in _TEXT_COLUMNS:
         return text
-    if column == "step":
+    if column in _INT_COLUMNS:
         return int(text)
     return float(text)
 
 
 # ----------------------------------------------------------------------------- run directory
+
+_STATUS_TYPES = {"status": (str,), "message": (str,), "pid": (int, type(None)), "step": (int,),
+                 "updated": (int, float), "host": (str, type(None)), "pid_start": (str, type(None))}
+
+
+def _check_status(data: Any, p: Path) -> dict:
+    """A status.json dict with the documented field types; ValueError naming the field."""
+    if not isinstance(data, dict):
+        raise ValueError(f"status: {str(p)!r} holds a JSON {type(data).__name__}, not an object")
+    for key, types in _STATUS_TYPES.items():
+        if key in data and (isinstance(data[key], bool) or not isinstance(data[key], types)):
+            raise ValueError(f"status: {str(p)!r}: field {key}: {str(data[key])[:40]!r} is not "
+                             f"{' or '.join(t.__name__ for t in types)}")
+    if "status" in data and data["status"] not in STATUSES:
+        raise ValueError(f"status: {str(p)!r}: field status: {data['status'][:40]!r} not in {STATUSES}")
+    return data
+
+
+class RunExistsError(ValueError):
+    """The run directory already holds a run and overwrite was not asked for."""
+
+
+class RunBusyError(ValueError):
+    """Another live process holds the run (or sweep) directory's ``.lock``."""
+
 
 class RunDir:
     """One run directory. Cheap to construct; every method touches the disk directly so several
@@ -222,29 +325,113 @@ class RunDir:
         run = cls(path)
         if run.path.exists() and not run.path.is_dir():
             raise ValueError(f"run_dir: {str(run.path)!r} exists and is not a directory")
-        if (run.path / CONFIG_FILE).exists() and not overwrite:
-            raise ValueError(
-                f"run_dir: {str(run.path)!r} already holds a run (config.json exists); "
-                "choose another directory or pass overwrite"
-            )
-        run.path.mkdir(parents=True, exist_ok=True)
-        for name in (METRICS_FILE, TIMING_FILE, SAMPLES_FILE, STATUS_FILE) + tuple(f"{r}.pt" for r in CHECKPOINT_ROLES):
-            p = run.path / name
-            if p.exists():
-                p.unlink()
-        content = {
-            "kind": kind,
-            "experiment": experiment,
-            "teacher_source": teacher_source,
-            "dmdcore_version": __version__,
-        }
-        clash = sorted(set(extra or {}) & set(content))
-        if clash:
-            raise ValueError(f"extra: key(s) {clash} would replace config.json's own fields")
-        content.update(extra or {})
-        atomic_write_json(run.path / CONFIG_FILE, content)
-        run.write_status("running", "created", step=0)
+        made = not run.path.exists()
+        with disk_full_as_error(run.path):
+            run.path.mkdir(parents=True, exist_ok=True)
+        try:
+            run.claim()
+        except BaseException:
+            if made:
+                shutil.rmtree(run.path, ignore_errors=True)
+            raise
+        try:
+            if (run.path / CONFIG_FILE).exists() and not overwrite:
+                raise RunExistsError(
+                    f"run_dir: {str(run.path)!r} already holds a run (config.json exists); "
+                    "choose another directory or pass overwrite=True (CLI: --overwrite)"
+                )
+            for name in (METRICS_FILE, TIMING_FILE, SAMPLES_FILE, STATUS_FILE) + tuple(f"{r}.pt" for r in CHECKPOINT_ROLES):
+                p = run.path / name
+                if p.exists():
+                    p.unlink()
+            content = {
+                "kind": kind,
+                "experiment": experiment,
+                "teacher_source": teacher_source,
+                "dmdcore_version": __version__,
+            }
+            clash = sorted(set(extra or {}) & set(content))
+            if clash:
+                raise ValueError(f"extra: key(s) {clash} would replace config.json's own fields")
+            content.update(extra or {})
+            atomic_write_json(run.path / CONFIG_FILE, content)
+            run.write_status("running", "created", step=0)
+        except BaseException:
+            run.release()
+            if made:
+                shutil.rmtree(run.path, ignore_errors=True)
+            raise
         return run
+
+    # -- exclusive ownership
+    def lock_owner(self) -> dict | None:
+        """The claim in ``.lock`` ({"pid", "pid_start", "host", "since"}), {} when unreadable,
+        None when there is none."""
+        try:
+            data = json.loads((self.path / LOCK_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def claim(self) -> None:
+        """Claim the directory for the calling process: create ``.lock`` with O_EXCL (atomic on
+        every POSIX file system). A lock of a live process on this host refuses with a
+        ``RunBusyError`` naming it; a stale lock (its process is gone, or unreadable and older
+        than 60 s) is taken over. The calling process may re-claim its own lock."""
+        me = this_process()
+        body = json.dumps({**me, "since": time.time()}).encode()
+        lock = self.path / LOCK_FILE
+        for _ in range(3):
+            try:
+                with disk_full_as_error(lock):
+                    fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                    try:
+                        os.write(fd, body)
+                    finally:
+                        os.close(fd)
+                return
+            except FileExistsError:
+                pass
+            owner = self.lock_owner()
+            if owner is None:
+                continue  # released in between: try again
+            same = owner.get("pid") == me["pid"] and owner.get("pid_start") == me["pid_start"]
+            if same:
+                return
+            pid = owner.get("pid") if isinstance(owner.get("pid"), int) else None
+            if owner and owner.get("host") not in (None, me["host"]):
+                alive = True  # cannot check a process on another host
+            elif owner:
+                alive = pid_alive(pid, owner.get("pid_start"))
+            else:  # unreadable: a writer between O_EXCL and write, unless it is old
+                try:
+                    alive = time.time() - lock.stat().st_mtime < 60
+                except FileNotFoundError:
+                    continue
+            if alive:
+                since = owner.get("since")
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
+                raise RunBusyError(f"run_dir: {str(self.path)!r} is being written by process {owner.get('pid', '?')} "
+                                   f"on {owner.get('host', '?')} (since {when}); choose another directory or wait")
+            stale = lock.with_name(f"{LOCK_FILE}.stale.{os.getpid()}.{time.monotonic_ns()}")
+            try:
+                os.replace(lock, stale)  # only one taker wins the stale file; the others retry O_EXCL
+                stale.unlink()
+            except FileNotFoundError:
+                pass
+        raise RunBusyError(f"run_dir: {str(self.path)!r}: could not claim {LOCK_FILE} (another writer keeps taking it)")
+
+    def release(self) -> None:
+        """Remove ``.lock`` if the calling process holds it (idempotent)."""
+        owner = self.lock_owner()
+        me = this_process()
+        if owner and owner.get("pid") == me["pid"] and owner.get("pid_start") == me["pid_start"]:
+            try:
+                (self.path / LOCK_FILE).unlink()
+            except FileNotFoundError:
+                pass
 
     def exists(self) -> bool:
         return (self.path / CONFIG_FILE).is_file()
@@ -254,11 +441,17 @@ class RunDir:
         """The parsed config.json. Raises ValueError when missing or unreadable."""
         p = self.path / CONFIG_FILE
         try:
-            return json.loads(p.read_text(encoding="utf-8"))
+            data = json.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise ValueError(f"run_dir: {str(self.path)!r} has no {CONFIG_FILE} (not a run directory)") from exc
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"run_dir: {str(p)!r} is not valid JSON ({exc})") from exc
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting
+            raise ValueError(f"run_dir: {str(p)!r} is not valid JSON ({type(exc).__name__})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"config: {str(p)!r} holds a JSON {type(data).__name__}, not an object")
+        for key in ("experiment",):
+            if key in data and not isinstance(data[key], dict):
+                raise ValueError(f"config: {str(p)!r}: {key} is a {type(data[key]).__name__}, not an object")
+        return data
 
     # -- status
     def write_status(self, status: str, message: str = "", *, step: int = 0, extra: dict | None = None) -> dict:
@@ -277,18 +470,32 @@ class RunDir:
         }
         if extra:
             data.update(extra)
-        atomic_write_json(self.path / STATUS_FILE, data)
+        p = self.path / STATUS_FILE
+        try:
+            atomic_write_json(p, data)
+        except DiskFullError:
+            # no room for a temporary copy: rewrite the file in place (its blocks are already
+            # allocated), so a run on a full disk can still be marked failed
+            if not p.is_file():
+                raise
+            text = (json.dumps(data, indent=2) + "\n").encode()
+            with disk_full_as_error(p), open(p, "r+b") as fh:
+                fh.write(text)
+                fh.truncate()
+                fh.flush()
+                os.fsync(fh.fileno())
         return data
 
     def read_status(self) -> dict | None:
         """The parsed status.json, or None when the run has none yet."""
         p = self.path / STATUS_FILE
         try:
-            return json.loads(p.read_text(encoding="utf-8"))
+            data = json.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
-        except json.JSONDecodeError as exc:  # cannot happen with atomic writes; say so if it does
-            raise ValueError(f"status: {str(p)!r} is not valid JSON ({exc})") from exc
+        except (ValueError, RecursionError) as exc:  # cannot happen with atomic writes; say so if it does
+            raise ValueError(f"status: {str(p)!r} is not valid JSON ({type(exc).__name__})") from None
+        return _check_status(data, p)
 
     # -- metrics and timing (append-only CSV files)
     def _append_row(self, name: str, columns: tuple[str, ...], row: dict, what: str) -> None:
@@ -304,7 +511,7 @@ class RunDir:
         if new:
             writer.writerow(columns)
         writer.writerow([_format_cell(row.get(c)) for c in columns])
-        with open(p, "a", encoding="utf-8", newline="") as fh:
+        with disk_full_as_error(p), open(p, "a", encoding="utf-8", newline="") as fh:
             fh.write(buf.getvalue())
             fh.flush()
 
@@ -312,7 +519,7 @@ class RunDir:
         p = self.path / name
         if not p.exists():
             return []
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # a byte-order mark (Excel, Notepad) is not a column name
         # The element after the last newline is "" (complete file) or a row cut short: drop it.
         lines = text.split("\n")[:-1]
         rows: list[dict] = []
@@ -321,6 +528,8 @@ class RunDir:
         for cells in reader:
             if header is None:
                 header = cells
+                if "step" not in header or "phase" not in header:
+                    raise ValueError(f"{name}: {str(p)!r}: header {header[:4]!r} lacks the step/phase columns")
                 continue
             if len(cells) != len(header):
                 continue
@@ -498,13 +707,19 @@ class RunIndex:
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise ValueError(f"root: {str(self.root)!r} exists and is not a directory")
-        self.root.mkdir(parents=True, exist_ok=True)
         self.path = self.root / INDEX_FILE
         self.timeout_s = float(timeout_s)
+        self.read_only = False  # True when the disk is full: the existing index is read as it is
         try:
-            with closing(self._connect()) as con:
-                con.execute("PRAGMA journal_mode=WAL")
-                con.executescript(_SCHEMA)
+            with disk_full_as_error(self.path):
+                self.root.mkdir(parents=True, exist_ok=True)
+                with closing(self._connect()) as con:
+                    con.execute("PRAGMA journal_mode=WAL")
+                    con.executescript(_SCHEMA)
+        except DiskFullError:
+            if not self.path.is_file():
+                raise
+            self.read_only = True  # listings still work; every write raises DiskFullError
         except sqlite3.DatabaseError as exc:
             raise ValueError(f"index: {str(self.path)!r} is not a readable SQLite run index ({exc})") from exc
 
@@ -512,6 +727,10 @@ class RunIndex:
         return f"RunIndex({str(self.root)!r})"
 
     def _connect(self) -> sqlite3.Connection:
+        if getattr(self, "read_only", False):
+            con = sqlite3.connect(f"{self.path.resolve().as_uri()}?immutable=1", uri=True, isolation_level=None)
+            con.row_factory = sqlite3.Row
+            return con
         con = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
         con.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
         con.row_factory = sqlite3.Row
@@ -519,7 +738,10 @@ class RunIndex:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with closing(self._connect()) as con:
+        # a full disk rolls the transaction back (the index stays readable) and says so
+        if self.read_only:
+            raise DiskFullError(self.path)
+        with disk_full_as_error(self.path), closing(self._connect()) as con:
             con.execute("BEGIN IMMEDIATE")
             try:
                 yield con
@@ -531,7 +753,10 @@ class RunIndex:
     @staticmethod
     def _record(row: sqlite3.Row) -> RunRecord:
         d = dict(row)
-        d["summary"] = json.loads(d.get("summary") or "{}")
+        try:
+            d["summary"] = json.loads(d.get("summary") or "{}")
+        except ValueError:
+            d["summary"] = {}
         d["name"] = d.get("name") or ""
         d["message"] = d.get("message") or ""
         return RunRecord(**d)
@@ -609,6 +834,21 @@ class RunIndex:
                 f"INSERT INTO runs ({cols}) VALUES ({marks}) ON CONFLICT(path) DO UPDATE SET {upd}, "
                 "sweep=COALESCE(excluded.sweep, runs.sweep)",
                 tuple(values.values()),
+            )
+            row = con.execute("SELECT * FROM runs WHERE path=?", (path,)).fetchone()
+        return self._record(row)
+
+    def register_unreadable(self, run_dir: str | os.PathLike, reason: str) -> RunRecord:
+        """Add (or mark) a run directory whose files cannot be parsed as ``unreadable``, with
+        the reason as its message, so listings show it and skip it."""
+        path = str(Path(run_dir).resolve())
+        now = time.time()
+        with self._write() as con:
+            con.execute(
+                "INSERT INTO runs (path, kind, status, message, created, updated) VALUES (?, 'experiment', "
+                "'unreadable', ?, ?, ?) ON CONFLICT(path) DO UPDATE SET status='unreadable', "
+                "message=excluded.message, updated=excluded.updated",
+                (path, reason[:500], now, now),
             )
             row = con.execute("SELECT * FROM runs WHERE path=?", (path,)).fetchone()
         return self._record(row)
@@ -726,8 +966,8 @@ class RunIndex:
                 continue
             try:
                 added.append(self.register(run, sweep=self._sweep_of(run.path)))
-            except ValueError:
-                continue  # not one of ours (foreign config.json); leave it out of the index
+            except ValueError as exc:  # malformed config/status: listed as unreadable, never fatal
+                added.append(self.register_unreadable(run.path, str(exc)))
         return added
 
     def mark_interrupted(self) -> list[RunRecord]:
@@ -744,8 +984,9 @@ class RunIndex:
                 continue
             try:
                 st = run.read_status() or {}
-            except ValueError:
-                st = {}
+            except ValueError as exc:  # malformed status.json: this run is unreadable, the others go on
+                changed.append(self.register_unreadable(run.path, str(exc)))
+                continue
             disk_status = st.get("status", "running")
             if disk_status != "running" and disk_status in STATUSES:
                 changed.append(self.update(

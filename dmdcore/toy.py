@@ -67,20 +67,40 @@ def save_toy_model(
 
 
 def load_toy_model(path: str | os.PathLike, device=None) -> tuple[EDMDenoiser, dict]:
-    """Read a toy-format file -> (EDMDenoiser in eval mode on ``device``, the raw dict without weights)."""
+    """Read a toy-format file -> (EDMDenoiser in eval mode on ``device``, the raw dict without weights).
+
+    Before anything is built: the file size (``DMD_MAX_CHECKPOINT_BYTES``), the ``arch`` fields
+    (ranges, ``DMD_MAX_MODEL_BYTES`` via a meta-device probe), ``sigma_data``, honest tensors (no
+    stride-0 / overlapping views) and every state-dict shape against the declared ``arch`` are
+    checked; a failure is a ValueError naming the file and the field (dmdcore.limits)."""
+    from .limits import check_file_size, check_tensors, check_toy_arch, finite_positive, match_shapes
+
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"path: {path!r} is not an existing file")
+    name = os.path.basename(path)
+    check_file_size(path, name, "DMD_MAX_CHECKPOINT_BYTES")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise ValueError(f"path: {path!r} is not a readable torch file ({exc})") from None
+    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, IndexError… of a foreign file
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ValueError(f"{name}: not a readable torch checkpoint ({type(exc).__name__}: {first})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         fmt = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{os.path.basename(path)}: format {fmt!r} not in {{{FORMAT!r}}}")
-    arch = payload["arch"]
-    den = build_denoiser(arch["dim"], arch["width"], arch["depth"], arch["emb_dim"], arch["label_dim"], payload["sigma_data"])
-    den.load_state_dict(payload["state_dict"], strict=True)
+        raise ValueError(f"{name}: format {fmt!r} not in {{{FORMAT!r}}}")
+    arch = payload.get("arch")
+    want = check_toy_arch(arch, name)
+    sigma_data = finite_positive(payload.get("sigma_data"), name, "sigma_data")
+    sd = payload.get("state_dict")
+    if not isinstance(sd, dict):
+        raise ValueError(f"{name}: state_dict: missing or not a dict of tensors")
+    check_tensors(sd, name)
+    match_shapes(want, sd, name, hint=f" (arch: {dict(arch)})")
+    for key in ("dim", "label_dim"):
+        if key in payload and payload[key] != arch[key]:
+            raise ValueError(f"{name}: {key}: {payload[key]!r} differs from arch.{key} {arch[key]!r}")
+    den = build_denoiser(*(int(arch[k]) for k in ("dim", "width", "depth", "emb_dim", "label_dim")), sigma_data)
+    den.load_state_dict(sd, strict=True)
     den.requires_grad_(False).eval()
     den.to(pick_device(device or "auto"))
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
@@ -110,6 +130,7 @@ class ToyTeacher:
         self.teacher_config = teacher_config
         self.data_config = data_config
         self.step = int(step)
+        self.twin: "ToyTeacher | None" = None  # its independent twin (dmdcore.twins), when known
 
     @property
     def device(self) -> torch.device:

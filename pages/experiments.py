@@ -60,6 +60,20 @@ def _launch(spec, out_dir: Path, *, quick: bool, workers: int) -> None:
 
 # ------------------------------------------------------------------------------------------ define
 def define_panel() -> None:
+    """The spec controls, then the launch row. Each in its own container, so the launch button
+    keeps its place in the element tree whatever the spec area draws (a preset draws ~12
+    elements, the custom-spec box one): otherwise a preset <-> custom switch leaves the previous
+    run's button on screen (stale) beside the new one until the rerun finishes."""
+    spec_area, launch_area = st.container(), st.container()
+    with spec_area:
+        picked = _spec_controls()
+    if picked is not None:
+        with launch_area:
+            _launch_row(*picked)
+
+
+def _spec_controls():
+    """Preset / custom spec widgets; returns (spec, quick, n_teachers), or None after an error."""
     presets = sw.list_presets()
     c1, c2, c3 = st.columns([2, 1, 1])
     choice = c1.selectbox("Preset", [*presets, CUSTOM], index=presets.index("dimension") if "dimension" in presets else 0,
@@ -117,7 +131,11 @@ def define_panel() -> None:
         n_teachers = len({c.teacher_key for c in sw.expand(spec, quick=quick)})
     except ValueError as exc:
         st.error(str(exc))
-        return
+        return None
+    return spec, quick, n_teachers
+
+
+def _launch_row(spec, quick: bool, n_teachers: int) -> None:
     c1, c2, c3 = st.columns([1, 1, 2])
     workers = c1.number_input("Worker processes", min_value=1, max_value=os.cpu_count() or 1,
                               value=os.cpu_count() or 1, key="exp_workers")

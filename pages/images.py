@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
+
+from ui.errors import show_error
 
 from ui.router import ensure_router
 from ui.session import runs_root
@@ -114,11 +114,10 @@ def _pick(role: str, col) -> tuple[str, str, dict | None] | None:
         # named by content: sessions share the upload folder, and two different files with the
         # same name must never overwrite each other (the loaded model is cached by this key)
         dest = _upload_dir() / f"{role}-{sha[:16]}-{Path(up.name).name}"
-        if not dest.exists():
-            fd, tmp = tempfile.mkstemp(dir=dest.parent)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, dest)
+        if not dest.exists():  # atomic; a full disk says "disk full at …" and leaves no temp file
+            from dmdcore.runs import atomic_write_bytes
+
+            atomic_write_bytes(dest, data)
         return f"upload:{up.name}:{sha}", str(dest), None
 
 
@@ -145,8 +144,8 @@ def _resolve(role: str, choice) -> object | None:
         if not p.is_file():
             raise ckpts.CheckpointError(f"path: {path!r} is not an existing file")
         ck = _load(str(p.resolve()), p.stat().st_mtime, json.dumps(cfg) if cfg else None)
-    except ValueError as exc:
-        st.error(f"{role}: {exc}")
+    except Exception as exc:  # any failure of a hostile file: one line here, traceback in the log
+        show_error(exc, prefix=f"{role}: ")
         prev = loaded.get(role)
         if prev is not None:
             st.caption(f"Keeping the last good {role}: {Path(prev[1].path).name}")

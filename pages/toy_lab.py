@@ -11,9 +11,12 @@ import hashlib
 import numpy as np
 import streamlit as st
 
+from ui.errors import md_escape, one_line
+
 from ui import plots, toylab, urlstate
-from ui.session import get_manager, runs_root, warm_up_process
+from ui.session import get_manager, runs_root, session_id, warm_up_process
 from ui.router import ensure_router
+from ui.verdict import render_verdict
 
 ensure_router()
 
@@ -72,7 +75,7 @@ def _preview(name: str, cfg_json: str) -> dict:
 # ------------------------------------------------------------------ controls (sidebar)
 url_errors = toylab.init_controls(S, st.query_params)
 for msg in url_errors:
-    st.error(msg)
+    st.error(md_escape(msg))  # URL values are shown as text, never as Markdown
 
 shipped = toylab.shipped_teachers()  # [] when the manifest lists none
 shipped_names = [e["name"] for e in shipped]
@@ -111,8 +114,8 @@ with st.sidebar:
                 key = toylab.WIDGET_PREFIX + "shipped_name"
                 if S.get(key) not in shipped_names:
                     if S.get(key):  # e.g. a shared link naming a teacher this install lacks
-                        st.error(f"Shipped teacher {S[key]!r} not in {shipped_names}; "
-                                 f"showing {shipped_names[0]!r} instead.")
+                        st.error(md_escape(f"Shipped teacher {S[key]!r} not in {shipped_names}; "
+                                           f"showing {shipped_names[0]!r} instead."))
                     S[key] = shipped_names[0]
                 st.selectbox("Shipped teacher", shipped_names, key=key,
                              help=urlstate.BY_NAME["shipped_name"].help)
@@ -128,6 +131,7 @@ with st.sidebar:
         _widget("t_depth", disabled=use_shipped)
         _widget("t_steps", disabled=use_shipped)
         _widget("t_lr", disabled=use_shipped)
+        _widget("t_twin", disabled=use_shipped)
     with st.expander("Student (DMD2)", expanded=False):
         for name in ("init", "ratio", "lr", "lr_fake", "batch", "s_steps", "gan", "regression",
                      "reg_weight", "student_steps"):
@@ -147,13 +151,13 @@ if upload is not None:
             path, shape = toylab.save_upload(upload.getvalue(), upload.name, runs_root())
             S[UPLOAD] = (path, shape, upload.name)
             S.pop("toylab_upload_error", None)
-        except ValueError as exc:
-            S["toylab_upload_error"] = f"Upload rejected: {exc}"
+        except (ValueError, OSError) as exc:  # OSError: disk full at …
+            S["toylab_upload_error"] = f"Upload rejected: {one_line(exc)}"
 else:  # the file was removed from the uploader: its error goes (the last good upload stays)
     S.pop("toylab_upload_error", None)
     S.pop("toylab_upload_sig", None)
 if S.get("toylab_upload_error"):
-    st.error(S["toylab_upload_error"])
+    st.error(md_escape(S["toylab_upload_error"]))
 if S.get(UPLOAD):
     st.sidebar.caption(f"Using upload {S[UPLOAD][2]}: {S[UPLOAD][1][0]} × {S[UPLOAD][1][1]}")
 
@@ -233,7 +237,7 @@ def _start(phases: tuple[str, ...]) -> None:
     root = runs_root()
     exp = Experiment(cfg, run_dir=toylab.new_run_dir(root, cfg.data.dataset),
                      index=RunIndex(root), teacher=teacher_obj)
-    job = TrainingJob(exp, phases=phases, manager=get_manager())
+    job = TrainingJob(exp, phases=phases, manager=get_manager(), owner=session_id())  # abandoned when the tab closes
     job.start()
     S[JOB] = job
     S.pop("toylab_basins", None)
@@ -352,6 +356,8 @@ def _headline(snap) -> None:
         v, _ = _latest(snap.metrics, key)
         col.metric(label, "—" if v is None else f"{v:.3f}")
     st.caption(f"Latest evaluation at step {row.get('step')} · n = {snap.z.shape[0] if snap.z is not None else '—'} · {ci}")
+    # the copy verdict of this evaluation: ΔE with n, d, its controls (ui/verdict.py)
+    render_verdict(row, n_modes=None if snap.modes is None else int(snap.modes.centers.shape[0]))
 
 
 def _colors(z, modes):

@@ -35,6 +35,9 @@ from dmdcore.config import DataConfig, EvalConfig, ExperimentConfig, TeacherConf
 from dmdcore.runs import atomic_write_json  # noqa: E402
 
 TEACHER = dict(width=128, depth=3, emb_dim=32, steps=4000, batch=512, lr=1e-3, ema=0.999, seed=0)
+# The independent-teacher control ("twin", docs/metrics.md): same data, same settings, this
+# teacher seed; shipped as <name>-twin (role "twin", "twin_of": <name>).
+TWIN_SEED = 1
 EVAL = dict(every=1000, n=1000, bootstrap=0, seed=1234)
 
 # name -> (data config, description, teacher overrides)
@@ -61,7 +64,7 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def train_one(name: str, data: dict, steps: int | None, work: Path, out_dir: Path) -> dict:
+def train_one(name: str, data: dict, steps: int | None, work: Path, out_dir: Path, twin: bool = False) -> dict:
     import torch
 
     from dmdcore.pipeline import Experiment
@@ -69,11 +72,15 @@ def train_one(name: str, data: dict, steps: int | None, work: Path, out_dir: Pat
     tc = {**TEACHER, **TEACHERS[name][2]}
     if steps is not None:
         tc["steps"] = steps
+    base = name
+    if twin:
+        tc["seed"] = TWIN_SEED
+        name = f"{name}-twin"
     cfg = ExperimentConfig(
         data=DataConfig(**data),
         teacher=TeacherConfig(**tc),
         eval=EvalConfig(**{**EVAL, "every": min(EVAL["every"], tc["steps"])}),
-        name=f"shipped teacher {name}",
+        name=f"shipped {'twin of ' + base if twin else 'teacher ' + name}",
     )
     run_dir = work / name
     t0 = time.perf_counter()
@@ -89,9 +96,9 @@ def train_one(name: str, data: dict, steps: int | None, work: Path, out_dir: Pat
     if size >= MAX_BYTES:
         raise RuntimeError(f"{name}: {size} bytes is not under {MAX_BYTES}")
     saved = torch.load(dest, weights_only=True)
-    return {
+    entry = {
         "name": name,
-        "role": "teacher",
+        "role": "twin" if twin else "teacher",
         "kind": "toy",
         "format": saved["format"],
         "file": f"toy/{name}.pt",
@@ -100,7 +107,8 @@ def train_one(name: str, data: dict, steps: int | None, work: Path, out_dir: Pat
         "sha256": sha256(dest),
         "source": "trained by scripts/make_toy_teachers.py (this repository)",
         "license": "same as this repository",
-        "description": data_description(name),
+        "description": (f"independent twin of {base} (teacher seed {TWIN_SEED}, same data): the control for ΔE"
+                        if twin else data_description(name)),
         "dataset": data["dataset"],
         "dim": int(saved["dim"]),
         "n_params": int(sum(v.numel() for v in saved["state_dict"].values())),
@@ -112,6 +120,9 @@ def train_one(name: str, data: dict, steps: int | None, work: Path, out_dir: Pat
         "train_wall_s": round(wall, 1),
         "torch": torch.__version__,
     }
+    if twin:
+        entry["twin_of"] = base
+    return entry
 
 
 def data_description(name: str) -> str:
@@ -128,11 +139,33 @@ def update_manifest(path: Path, new_entries: list[dict]) -> None:
     atomic_write_json(path, manifest)
 
 
+def measure_twins(out_dir: Path, only: list[str] | None) -> int:
+    """ΔE(T', T) of each shipped teacher against its twin on the standard evaluation noise
+    (dmdcore.verdict.twin_control), stored in the teacher's entry as "twin"."""
+    from dmdcore.verdict import twin_control
+
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    twins = {e["twin_of"]: e for e in manifest["entries"] if e.get("role") == "twin"}
+    for e in manifest["entries"]:
+        if e.get("role") != "teacher" or e.get("kind") != "toy" or (only and e["name"] not in only):
+            continue
+        tw = twins.get(e["name"])
+        if tw is None:
+            continue
+        e["twin"] = twin_control(out_dir / e["file"], out_dir / tw["file"], name=tw["name"])
+        print(f"{e['name']}: {e['twin']}", flush=True)
+    atomic_write_json(out_dir / "manifest.json", manifest)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", choices=sorted(TEACHERS), help="train only these (default: all)")
     ap.add_argument("--steps", type=int, default=None, help=f"override the teacher steps (default {TEACHER['steps']})")
     ap.add_argument("--out-dir", default=str(REPO / "checkpoints"), help="checkpoints folder (default: the repository's)")
+    ap.add_argument("--twins", action="store_true", help=f"train the twins (teacher seed {TWIN_SEED}) instead of the teachers")
+    ap.add_argument("--measure-twins", action="store_true",
+                    help="only measure ΔE(T', T) of every shipped teacher/twin pair and store it in the teacher's entry")
     ap.add_argument("--work", default=str(REPO / "runs" / "toy-teachers"), help="where the teacher runs go (default: runs/toy-teachers, git-ignored)")
     args = ap.parse_args(argv)
     import torch
@@ -140,9 +173,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)  # a script process: one thread, reproducible and polite on shared CPUs
     out_dir = Path(args.out_dir)
     work = Path(args.work)
+    if args.measure_twins:
+        return measure_twins(out_dir, args.only)
     for name in args.only or list(TEACHERS):
         data = TEACHERS[name][0]
-        entry = train_one(name, data, args.steps, work, out_dir)
+        entry = train_one(name, data, args.steps, work, out_dir, twin=args.twins)
         update_manifest(out_dir / "manifest.json", [entry])  # after each teacher: partial progress is kept
         print(f"{name}: {entry['size']} bytes, {entry['n_params']} params, w2_data={entry['metrics']['w2_data']:.4g}, "
               f"{entry['train_wall_s']} s", flush=True)

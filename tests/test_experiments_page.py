@@ -133,3 +133,28 @@ def test_second_sweep_waits_for_the_server_wide_slot(app, tmp_path):
         assert not list(Path(tmp_path, "sweeps").glob("page-tiny-*/cells/*"))
     finally:
         slots.release()
+
+
+def _tree_path(node, key, path=()):
+    """Index path of the widget ``key`` in an AppTest element tree (the delta path the browser
+    uses to place it), or None."""
+    if getattr(node, "key", None) == key and not getattr(node, "children", None):
+        return path
+    for i, child in getattr(node, "children", {}).items():
+        found = _tree_path(child, key, (*path, i))
+        if found is not None:
+            return found
+    return None
+
+
+def test_launch_button_keeps_its_place_when_the_spec_area_changes(app):
+    """A preset draws ~12 spec elements, the custom box one. If the launch button's place in the
+    element tree depended on that, a switch would leave the previous run's (stale) button on
+    screen beside the new one while the rerun finishes: the real-browser test then saw two
+    'Launch sweep' buttons (strict mode violation under load)."""
+    at = app.run()
+    preset_path = _tree_path(at.main, "exp_launch")
+    assert preset_path is not None
+    at.selectbox(key="exp_preset").set_value("custom (JSON spec)").run()
+    assert _errors(at) == []
+    assert _tree_path(at.main, "exp_launch") == preset_path

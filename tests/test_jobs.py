@@ -212,8 +212,9 @@ def test_manager_cap_queues_and_releases():
         assert time.time() < deadline, [j.snapshot().message for j in jobs]
         time.sleep(0.01)
     assert jobs[2].state == "queued"
-    assert jobs[2].snapshot().message == "queued: 0 jobs ahead (2 running, cap 2)"
-    assert jobs[3].snapshot().message == "queued: 1 job ahead (2 running, cap 2)"
+    assert jobs[2].snapshot().message.startswith("queued: 0 jobs ahead (2 running, cap 2; held by job-1 (running since ")
+    assert jobs[3].snapshot().message.startswith("queued: 1 job ahead (2 running, cap 2; held by job-1")
+    assert "job-2 (running since" in jobs[3].snapshot().message
     assert mgr.running_count() == 2 and mgr.queued_count() == 2
     jobs[3].stop()  # leaves the queue without ever stepping
     assert jobs[3].wait(10) and jobs[3].state == "stopped" and exps[3].i == 0
@@ -262,3 +263,51 @@ def test_bad_arguments():
     job = TrainingJob(Counter())
     with pytest.raises(ValueError, match="n:"):
         job.step_n(0)
+
+
+def test_abandoned_sessions_free_their_slots():
+    """Two sessions start jobs, pause them and go away (no heartbeat): both end "abandoned"
+    after session_timeout_s, their finalize runs, and a third session's queued job starts."""
+    gate = threading.Event()
+    gate.set()
+    mgr = JobManager(max_concurrent=2, session_timeout_s=3.0)
+    closed = threading.Event()
+
+    def tabs_open():  # sessions a and b beat until their tabs close
+        while not closed.wait(0.05):
+            mgr.heartbeat("session-a")
+            mgr.heartbeat("session-b")
+
+    beater = threading.Thread(target=tabs_open, daemon=True)
+    beater.start()
+    exps = [Counter(total=10 ** 9, gate=gate) for _ in range(3)]
+    a = TrainingJob(exps[0], manager=mgr, owner="session-a").start()
+    b = TrainingJob(exps[1], manager=mgr, owner="session-b").start()
+    for j in (a, b):
+        j.pause()
+        assert j.wait_paused(30)
+    c = TrainingJob(exps[2], manager=mgr, owner="session-c").start()
+    assert [j.state for j in (a, b, c)] == ["paused", "paused", "queued"]
+    assert "held by job-1 (session session-, paused since" in c.snapshot().message
+    assert [s["state"] for s in mgr.slots()] == ["paused", "paused"]
+    closed.set()
+    beater.join()
+    deadline = time.time() + 20
+    while c.state == "queued":  # c's session keeps beating; a and b do not
+        c.heartbeat()
+        assert time.time() < deadline, c.snapshot().message
+        time.sleep(0.05)
+    assert a.wait(10) and b.wait(10)
+    assert a.state == b.state == "abandoned"
+    assert "session session-" in a.snapshot().message and "no heartbeat" in a.snapshot().message
+    assert exps[0].finalized[0][0] == "abandoned"  # finalize saw the status (files kept by Experiment.finalize)
+    c.stop()
+    assert c.wait(10)
+
+
+def test_session_timeout_from_env(monkeypatch):
+    monkeypatch.setenv("DMD_SESSION_TIMEOUT_S", "7.5")
+    assert JobManager(1).session_timeout_s == 7.5
+    monkeypatch.setenv("DMD_SESSION_TIMEOUT_S", "soon")
+    with pytest.raises(ValueError, match="DMD_SESSION_TIMEOUT_S"):
+        JobManager(1)

@@ -75,7 +75,33 @@ def max_jobs() -> int:
 def _manager(cap: int):
     from dmdcore.jobs import JobManager
 
-    return JobManager(max_concurrent=cap)
+    mgr = JobManager(max_concurrent=cap)
+    threading.Thread(target=_session_liveness, args=(mgr,), name="dmd-session-liveness", daemon=True).start()
+    return mgr
+
+
+def _session_liveness(mgr, interval: float = 5.0) -> None:
+    """Heart-beat every job whose owning browser session is still connected (Streamlit's
+    ``Runtime.is_active_session``); a closed tab stops the beats and the manager abandons its job
+    after DMD_SESSION_TIMEOUT_S. Without a runtime (AppTest) every job is kept alive."""
+    import time
+
+    from streamlit import runtime
+
+    while True:
+        rt = runtime.get_instance() if runtime.exists() else None
+        for job in mgr.jobs():
+            if job.owner is not None and not job.done and (rt is None or rt.is_active_session(job.owner)):
+                job.heartbeat()
+        time.sleep(min(interval, mgr.session_timeout_s / 4))
+
+
+def session_id() -> str | None:
+    """The current browser session's id (the owner of the jobs it starts), None outside a run."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else None
 
 
 def get_manager():

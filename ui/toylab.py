@@ -40,7 +40,7 @@ START_HERE_VALUES: dict[str, Any] = {
     "dataset": "8gaussians",
     "dim": 2,
     "s_steps": 300,
-    "eval_n": 1000,
+    "eval_n": 1024,
     "eval_every": 25,
 }
 
@@ -122,7 +122,7 @@ def build_config(values: Mapping[str, Any], *, teacher=None, user_path: str | No
         data = DataConfig(dataset=ds, dim=dim, n_modes=v["n_modes"], base=v["base"],
                           path=user_path if ds == "user" else None, seed=seed)
         tcfg = TeacherConfig(width=v["t_width"], depth=v["t_depth"], steps=v["t_steps"],
-                             lr=v["t_lr"], seed=seed)
+                             lr=v["t_lr"], seed=seed, twin=v["t_twin"])
     distill = DistillConfig(
         init=v["init"], ratio=v["ratio"], steps=v["s_steps"], batch=v["batch"], lr_gen=v["lr"],
         lr_fake=v["lr_fake"], gan=v["gan"], regression=v["regression"],
@@ -150,9 +150,12 @@ def save_upload(data: bytes, filename: str, root: Path) -> tuple[str, tuple[int,
     out = Path(root) / "uploads" / f"{digest}.npy"
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists():
-        tmp = out.with_suffix(f".{uuid.uuid4().hex}.tmp.npy")
-        np.save(tmp, arr)
-        tmp.replace(out)
+        # atomic and tidy: a full disk raises "disk full at <path>" and leaves no temp file
+        from dmdcore.runs import atomic_write_bytes
+
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        atomic_write_bytes(out, buf.getvalue())
     return str(out), tuple(arr.shape)
 
 

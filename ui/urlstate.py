@@ -48,6 +48,9 @@ CONTROLS: tuple[Control, ...] = (
     Control("t_depth", "td", int, 3, 1, 8, label="Teacher depth"),
     Control("t_steps", "ts", int, 1500, 10, 100000, label="Teacher steps"),
     Control("t_lr", "tlr", float, 1e-3, 1e-6, 1e-1, label="Teacher lr"),
+    Control("t_twin", "tt", bool, True, label="Also train an independent twin",
+            help="A second teacher (seed + 1, same data) trained in the same job: the ΔE controls "
+                 "ΔE(T′,T) and ΔE(S,T′). Off = faster teacher training, controls shown as absent."),
     Control("init", "init", str, "teacher", choices=("teacher", "random"),
             label="Student init"),
     Control("ratio", "r", int, 5, 1, 50, label="Fake-score steps per generator step"),
@@ -60,7 +63,9 @@ CONTROLS: tuple[Control, ...] = (
     Control("reg_weight", "lam", float, 0.25, 0.0, 100.0, label="Regression λ"),
     Control("student_steps", "fs", int, 1, 1, 4, label="Student sampling steps"),
     Control("seed", "seed", int, 0, 0, 2**31 - 1, label="Seed"),
-    Control("eval_n", "en", int, 1000, 16, 20000, label="Evaluation batch n"),
+    Control("eval_n", "en", int, 1024, 16, 20000, label="Evaluation batch n",
+            help="Noises ΔE is measured on; 1024 is the standard n of toy runs, presets and sweeps "
+                 "(ΔE at different n or d is not comparable: its finite-n bias depends on both)."),
     Control("eval_every", "ee", int, 50, 1, 100000, label="Evaluate every"),
     Control("bootstrap", "boot", int, 100, 0, 2000, label="ΔE bootstrap resamples"),
 )

@@ -107,6 +107,10 @@ def test_experiments_sweep_survives_navigation_in_a_real_browser(tmp_path):
         box.wait_for(timeout=30000)
         box.fill(json.dumps(TINY_SWEEP))
         box.press("Control+Enter")
+        # wait for the state the pasted spec produces (its 2 cells), not for a guessed time:
+        # the app may not have started the rerun yet when it first looks idle
+        cells = page.locator('[data-testid="stMetric"]', has_text="Cells").locator('[data-testid="stMetricValue"]')
+        cells.get_by_text("2", exact=True).wait_for(timeout=60000)
         wait_app_idle(page, timeout_ms=30000)
         page.get_by_role("button", name="Launch sweep").click()
         page.get_by_text("Sweep e2e-tiny", exact=False).first.wait_for(timeout=60000)
