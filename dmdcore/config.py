@@ -276,11 +276,11 @@ class DistillConfig(_ConfigMixin):
     steps: int = 1000                    # generator steps
     batch: int = 256                     # batch size (generator and fake score)
     lr_gen: float = 1e-4                 # AdamW learning rate of the generator
-    lr_fake: float = 1e-3                # AdamW learning rate of the fake score
+    lr_fake: float = 1e-4                # AdamW learning rate of the fake score (DMD2: equal to lr_gen; 10x = the older "fast critic" option)
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas (both optimisers)
     weight_decay: float = 0.01           # AdamW weight decay
     grad_clip: float = 10.0              # max gradient norm (0 = no clipping)
-    warmup: int = 0                      # linear learning-rate warm-up steps (both optimisers)
+    warmup: int = 50                     # linear learning-rate warm-up steps (both optimisers; DMD2 warms up, 0 = none)
     fake_sigma: str = "karras"           # fake-score sigma: "karras" (uniform over 1000 levels, DMD2) or "lognormal" (EDM)
     regression: bool = False             # add the DMD regression loss on teacher pairs
     reg_weight: float = 0.25             # lambda_reg of the regression loss

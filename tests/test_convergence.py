@@ -56,14 +56,14 @@ def test_eval_config_plateau_fields_validated_and_omitted_at_default():
         EvalConfig(plateau_window=1)
 
 
-def _cfg(lr_gen, init="teacher", steps=40):
+def _cfg(lr_gen, init="teacher", steps=40, twin=False, warmup=0, **ev):
     return ExperimentConfig(
         data=DataConfig(dataset="8gaussians", n_samples=600),
-        teacher=TeacherConfig(width=32, depth=2, emb_dim=16, steps=40, batch=128),
+        teacher=TeacherConfig(width=32, depth=2, emb_dim=16, steps=40, batch=128, twin=twin),
         sampler=SamplerConfig(steps=6),
-        distill=DistillConfig(steps=steps, batch=64, ratio=1, lr_gen=lr_gen, init=init),
+        distill=DistillConfig(steps=steps, batch=64, ratio=1, lr_gen=lr_gen, init=init, warmup=warmup),
         eval=EvalConfig(every=4, n=128, bootstrap=0, stop_when_converged="student", plateau_window=3,
-                        plateau_tol_delta_e=0.02, plateau_tol_w2=0.05),
+                        plateau_tol_delta_e=0.02, plateau_tol_w2=0.05, **ev),
     )
 
 
@@ -97,3 +97,27 @@ def test_run_that_has_not_converged_is_flagged_and_runs_to_its_cap(tmp_path):
     assert [int(r["step"]) for r in rows] == [0, 4, 8, 12]
     assert all(r["converged"] == "0" for r in rows)
     assert status["stop"]["student"] == "cap" and status["converged"] is False
+
+
+def test_twin_floor_decides_when_given(tmp_path):
+    # the same motionless student: stable, but far above a tiny floor → never converged (runs to
+    # its cap); under a generous floor → converged at the first full window
+    far = Experiment(_cfg(lr_gen=1e-9, steps=12, twin_floor_w2=1e-9), device="cpu")
+    far.run()
+    assert [r["converged"] for r in far.metrics if r["phase"] == "student"] == [0, 0, 0, 0]
+    assert far.stop_reasons["student"] == "cap"
+    near = Experiment(_cfg(lr_gen=1e-9, steps=12, twin_floor_w2=1e3), device="cpu")
+    near.run()
+    assert [r["converged"] for r in near.metrics if r["phase"] == "student"] == [0, 0, 1]
+
+
+def test_run_with_a_twin_uses_its_twin_floor():
+    exp = Experiment(_cfg(lr_gen=1e-9, steps=8, twin=True), device="cpu")
+    exp.run()
+    floor = exp._controls.twin.e_ot
+    rows = [r for r in exp.metrics if r["phase"] == "student"]
+    crit = convergence.Plateau.from_eval(exp.cfg.eval)
+    expected = [int(convergence.student_converged(rows[: i + 1], crit, floor_w2=floor)) for i in range(len(rows))]
+    assert [r["converged"] for r in rows] == expected
+    # and the floor matters here: W₂²(S, T) is compared with it, not with its own stability
+    assert expected[-1] == int(rows[-1]["w2"] <= floor * 1.5)
