@@ -20,7 +20,9 @@ from dmdcore.sweep.jobs import FINISHED
 METRIC_COLUMNS = ("delta_e", "delta_e_lo", "delta_e_hi", "e_pair", "e_ot", "e_ind", "w2", "w2_data",
                   "eta_teacher", "eta_student", "copy_rate", "retrieval",
                   # plateau criterion at the last evaluation; ablation power (dmdcore.ablations)
-                  "converged", "gan_dm_ratio", "memorization", "w2_teacher_data")
+                  "converged", "gan_dm_ratio", "memorization", "w2_teacher_data",
+                  # copy-verdict controls (dmdcore.verdict)
+                  "delta_e_twin", "resolution")
 
 
 def _manifest(out: Path) -> dict:
