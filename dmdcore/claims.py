@@ -214,3 +214,24 @@ def board_markdown(rows: list[BoardRow]) -> str:
         cells = [r.claim, f"`{r.preset}`", r.answer or "—", r.controls or "—", f"**{r.status}**", r.reason]
         out.append("| " + " | ".join(x.replace("|", "/") for x in cells) + " |")
     return "\n".join(out)
+
+
+def tables_from_sweeps(root) -> dict:
+    """``{preset: results table}`` from the sweeps under ``root`` (``dmdcore.sweep.list_sweeps``):
+    the newest non-quick sweep of each preset (":full" counts as its preset; quick sweeps are
+    smoke tests and are not evidence)."""
+    from dmdcore.sweep.results import list_sweeps, results_table
+
+    tables: dict = {}
+    for s in list_sweeps(root):  # newest first
+        name = str(s.get("name", "")).partition(":")[0]
+        if s.get("quick") or name in tables or name not in {c.preset for c in CLAIMS}:
+            continue
+        tables[name] = results_table(s["path"])
+    return tables
+
+
+def board_frame(rows: list[BoardRow]) -> pd.DataFrame:
+    """The board as a table for display (status in its own column)."""
+    return pd.DataFrame([{"claim": r.claim, "preset": r.preset, "measured answer (95% CI, n)": r.answer,
+                          "controls": r.controls, "status": r.status, "reason": r.reason} for r in rows])

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from dmdcore import claims
 
@@ -74,3 +75,38 @@ def test_freedom_and_convergence_claims():
     flat = _table("teacher.steps", [50, 200, 800], lambda s: 0.3, noise=0.05)
     flat["w2_teacher_data"] = 1.0
     assert _status({"convergence": flat})["convergence"][0] == "inconclusive"
+
+
+@pytest.mark.slow
+def test_board_reads_the_newest_full_size_sweep_of_a_preset(tmp_path):
+    from dmdcore import sweep as sw
+
+    spec = {
+        "name": "dimension",
+        "base": {"data": {"dataset": "mixture", "n_modes": 4, "n_samples": 400},
+                 "teacher": {"width": 16, "depth": 2, "emb_dim": 8, "steps": 10, "batch": 64, "twin": False},
+                 "sampler": {"steps": 4}, "distill": {"steps": 4, "ratio": 1, "batch": 32},
+                 "eval": {"every": 2, "n": 48, "bootstrap": 0}},
+        "grid": {"data.dim": [2, 3]},
+    }
+    sw.run_sweep(spec, tmp_path / "dim", workers=0)
+    sw.run_sweep(dict(spec, name="freedom"), tmp_path / "quick", workers=0, quick=True)
+    tables = claims.tables_from_sweeps(tmp_path)
+    assert set(tables) == {"dimension"}  # the quick sweep is a smoke test, not evidence
+    assert len(tables["dimension"]) == 2 and tables["dimension"]["converged"].notna().all()
+    row = {r.preset: r for r in claims.claim_board(tables)}["dimension"]
+    assert row.reason != claims.NOT_RUN and row.status in claims.STATUSES
+
+
+def test_experiments_page_shows_the_claim_board(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("DMD_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "experiments.py"), default_timeout=120)
+    at.run()
+    assert not at.exception and not at.error
+    board = next(d.value for d in at.dataframe if "status" in d.value.columns)
+    assert list(board["preset"]) == [c.preset for c in claims.CLAIMS]
+    assert set(board["status"]) == {"inconclusive"} and set(board["reason"]) == {claims.NOT_RUN}
