@@ -17,6 +17,9 @@ Prints one line per fault and finally
   may run, the other is refused (exit 2), and metrics.csv must hold one seed's rows only.
 - abandoned session: two owned Toy-Lab-style jobs are paused and their session stops beating;
   both must end ``abandoned`` with their files kept, and a queued third job must get a slot.
+- sweeps: two ``sweep SPEC --out SAME`` at once (one must be refused, exit 2, and every cell of
+  the other must finish), and a sweep process killed while its two workers run: no cell may start
+  after the kill.
 """
 
 from __future__ import annotations
@@ -94,6 +97,9 @@ class Tally:
         tb = sum("Traceback" in (e or "") for e in stderrs)
         self.tracebacks += tb
         print(f"{'ok  ' if ok and not tb else 'FAIL'} {name}: {detail}", flush=True)
+        for e in stderrs:
+            if "Traceback" in (e or ""):
+                print("     traceback seen: " + " | ".join(e[e.index("Traceback"):].splitlines()[-4:])[:400])
 
 
 def cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
@@ -262,21 +268,87 @@ def abandoned(t: Tally, work: Path) -> None:
              f"{got_slot}; queue said: {queued_msg[:100]}")
 
 
+# ------------------------------------------------------------------ sweeps: racing and orphaned workers
+DRILL_SPEC = {
+    "name": "drill",
+    "base": {"data": {"dataset": "8gaussians", "n_samples": 2000},
+             "teacher": {"width": 32, "depth": 2, "steps": 60, "batch": 128},
+             "sampler": {"steps": 4},
+             "distill": {"steps": 300, "batch": 64, "ratio": 1},
+             "eval": {"every": 100, "n": 128, "bootstrap": 0}},
+    "grid": {"distill.seed": [0, 1, 2, 3, 4, 5, 6, 7]},
+}
+
+
+def racing_sweeps(t: Tally, work: Path) -> None:
+    spec = work / "drill.json"
+    spec.write_text(json.dumps(DRILL_SPEC))
+    out = work / "sweep-race"
+    cmd = [sys.executable, "-m", "dmdcore", "sweep", str(spec), "--out", str(out), "--workers", "1"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    res = [(p.wait(timeout=900), p.stderr.read()) for p in procs]
+    rcs = sorted(r[0] for r in res)
+    loser = [err for rc, err in res if rc == 2]
+    from dmdcore import sweep as sw
+
+    table = sw.results_table(out)
+    mixed = rcs == [0, 0] or int((table["status"] == "finished").sum()) != len(table)
+    ok = rcs == [0, 2] and not mixed and bool(loser) and "being written by process" in loser[0]
+    t.record("two sweeps in one directory", ok, f"exit codes {rcs}; refused with: "
+             f"{(loser[0].strip().splitlines() or [''])[-1][:100] if loser else '-'}", *[r[1] for r in res],
+             mixed=mixed)
+
+
+def orphaned_workers(t: Tally, work: Path) -> None:
+    spec = work / "drill.json"
+    spec.write_text(json.dumps(DRILL_SPEC))
+    out = work / "sweep-orphan"
+    cmd = [sys.executable, "-m", "dmdcore", "sweep", str(spec), "--out", str(out), "--workers", "2"]
+    err = (work / "orphan.stderr").open("w+")  # a file, not a pipe: orphans may hold it open
+    p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=err, text=True)
+    cells = out / "cells"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not (cells.is_dir() and any(cells.iterdir())):
+        time.sleep(0.05)
+    p.kill()  # kill -9 the sweep process while its workers run the first cells
+    p.wait()
+    at_kill = {c.name for c in cells.iterdir()} if cells.is_dir() else set()
+    time.sleep(8)  # long enough for an orphan to pick up a queued cell (it used to for ~20 s)
+    later = {c.name for c in cells.iterdir()} if cells.is_dir() else set()
+    started_after = sorted(later - at_kill)
+    ok = not started_after and len(at_kill) < len(DRILL_SPEC["grid"]["distill.seed"])
+    err.seek(0)
+    t.record("sweep process killed (orphaned workers)", ok,
+             f"cells started before the kill {len(at_kill)}, after it {len(started_after)}", err.read())
+    err.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed after)")
     ap.add_argument("--no-mount", action="store_true", help="inject ENOSPC instead of mounting a tmpfs")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated subset of kill,disk,race,sessions,sweeps (default: all)")
     a = ap.parse_args()
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="dmd-faults-"))
     t = Tally()
     t0 = time.perf_counter()
     try:
-        kill9(t, work, a.kills, random.Random(a.seed))
-        full_disk(t, work, mount=not a.no_mount)
-        racing(t, work)
-        abandoned(t, work)
+        only = set(a.only.split(",")) if a.only else {"kill", "disk", "race", "sessions", "sweeps"}
+        if "kill" in only:
+            kill9(t, work, a.kills, random.Random(a.seed))
+        if "disk" in only:
+            full_disk(t, work, mount=not a.no_mount)
+        if "race" in only:
+            racing(t, work)
+        if "sessions" in only:
+            abandoned(t, work)
+        if "sweeps" in only:
+            racing_sweeps(t, work)
+            orphaned_workers(t, work)
     finally:
         if not a.work:
             shutil.rmtree(work, ignore_errors=True)

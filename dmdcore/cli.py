@@ -126,7 +126,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--name", default=None, help="free-text run name")
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval-every", type=_positive_int, default=None, help="evaluate every N steps of a phase (default 100)")
-    e.add_argument("--eval-n", type=_positive_int, default=None, help="fixed evaluation noises (default 1000)")
+    e.add_argument("--eval-n", type=_positive_int, default=None, help="fixed evaluation noises (default 1024, the standard n: ΔE at different n is not comparable)")
     e.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples for the ΔE CI (0 or >= 10; default 200)")
     e.add_argument("--eval-seed", type=int, default=None, help="seed of the evaluation noise (default 1234)")
     e.add_argument("--sampler-steps", type=_positive_int, default=None, help="EDM Heun levels of the teacher map T (default 18)")
@@ -414,8 +414,9 @@ def _execute(args: argparse.Namespace, cfg, *, kind: str, phases: tuple[str, ...
         bar.update(1)
         if flag["signal"] is not None:  # a step boundary: safe to stop here
             raise _Terminated() if flag["signal"] == signal.SIGTERM else KeyboardInterrupt()
-        if info.get("evaluated") and exp.metrics:
-            last = exp.metrics[-1]
+        landed = exp.view()["metrics"]  # the latest finished evaluation (computed off this thread)
+        if landed:
+            last = landed[-1]
             post = {"phase": last["phase"]}
             if last.get("delta_e") is not None:
                 post["ΔE"] = f"{last['delta_e']:.3f}"

@@ -339,7 +339,7 @@ class EvalConfig(_ConfigMixin):
     """How often and on how many fixed noises an experiment is evaluated."""
 
     every: int = 100                     # evaluate every this many steps
-    n: int = 1000                        # number of fixed evaluation noises
+    n: int = 1024                        # number of fixed evaluation noises (the standard n, docs/metrics.md)
     bootstrap: int = 200                 # bootstrap resamples for the Delta-E confidence interval
     seed: int = 1234                     # seed of the fixed evaluation noise
     # plateau criterion (dmdcore.convergence; docs/metrics.md "Convergence"); left out of

@@ -16,6 +16,7 @@ x·127.5 + 128, clipped (EDM's convention).
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 import json
 import io
 import math
@@ -420,6 +421,7 @@ class PairMetrics:
     retrieval: float  # top-1 pair retrieval accuracy (chance 1/n)
     l2: np.ndarray  # (n,) per-pair ‖s_i − t_i‖ (data units, flattened image)
     absdiff: np.ndarray  # (n, H, W) per-pixel |s − t| averaged over channels
+    report: Any = None  # dmdcore.verdict.CopyReport: ΔE with n, d, references, resolution, verdict (no twin)
 
 
 def pair_metrics(teacher: torch.Tensor, student: torch.Tensor, *, bootstrap: int = 200, seed: int = 0) -> PairMetrics:
@@ -435,7 +437,11 @@ def pair_metrics(teacher: torch.Tensor, student: torch.Tensor, *, bootstrap: int
         raise ValueError(f"teacher/student: n = {t.shape[0]} pairs, need at least 2 for ΔE")
     tf, sf = t.reshape(t.shape[0], -1).double(), s.reshape(s.shape[0], -1).double()
     pr = pairing_inefficiency(sf.numpy(), tf.numpy(), bootstrap=bootstrap, seed=seed)
-    return PairMetrics(
+    from .verdict import copy_report
+
+    # the copy verdict: no independent image teacher ships, so the twin controls are absent
+    report = copy_report(sf.numpy(), tf.numpy(), bootstrap=bootstrap, seed=seed)
+    return PairMetrics(report=report,
         n=pr.n, delta_e=float(pr.delta_e), ci_low=pr.ci_low, ci_high=pr.ci_high, e_pair=float(pr.e_pair),
         e_ot=float(pr.e_ot), e_ind=float(pr.e_ind),
         retrieval=float(pair_retrieval_accuracy(sf.numpy(), tf.numpy())),

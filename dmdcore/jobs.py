@@ -13,6 +13,8 @@ required, so a bare ``TeacherTrainer``/``DMDTrainer`` works too)::
                                     z, teacher_samples, student_samples, history, modes, run_dir
     finalize(status, message)       (optional) called once on the job thread when it ends
                                     (status: finished | stopped | diverged | failed)
+    wait_evaluations()              (optional) finish work done off the stepper's thread; called
+                                    before the job reads as paused
 
 A step that raises ``dmdcore.distill.DivergenceError`` — or returns a non-finite ``loss*`` value —
 ends the job in state ``diverged``; any other exception ends it in ``failed`` with the message.
@@ -378,11 +380,23 @@ class TrainingJob:
 
     def _wait_turn(self) -> bool:
         """Block while paused (without step budget). False when a stop was requested."""
+        settled = False
         with self._cond:
             while True:
                 if self._stop_req:
                     return False
                 if self._paused and self._budget == 0:
+                    if self._state != "paused" and not settled:
+                        # before reading as paused, let the stepper finish the evaluations it has
+                        # requested (computed off its thread), so a paused job's files and
+                        # snapshot show its current step; errors fail the job
+                        self._cond.release()
+                        try:
+                            self._settle()
+                        finally:
+                            self._cond.acquire()
+                        settled = True
+                        continue
                     if self._state != "paused":
                         self._state, self._message = "paused", f"paused at step {self._steps_done}"
                         self._cond.notify_all()
@@ -394,6 +408,12 @@ class TrainingJob:
                     self._state, self._message = "running", "running"
                     self._cond.notify_all()
                 return True
+
+    def _settle(self) -> None:
+        wait = getattr(self.experiment, "wait_evaluations", None)
+        if callable(wait):
+            wait()
+            self._publish(None)
 
     def _run(self) -> None:
         final, message = "failed", ""

@@ -19,6 +19,16 @@ end of each phase) on the fixed noise z (``cfg.eval.n`` × d, ``torch.Generator`
   once on T(z) with K = the data set's number of classes, or 8), top-1 pair retrieval; loss
   columns are means since the previous evaluation.
 
+Evaluation runs off the training thread: at an evaluation step the training thread only draws
+the samples (T(z) or S(z), where a divergence is caught before anything is saved), copies the
+weights to save, and hands this snapshot to a single evaluation worker thread, which computes the
+metrics (the optimal-transport solves that cost most of an evaluation) and writes metrics.csv,
+timing.csv, the checkpoints and samples.npz in evaluation order while training goes on. At most
+``_EVAL_PENDING_MAX`` evaluations wait; reading ``metrics``, ``history``, ``modes``,
+``student_samples`` or ``timing`` waits for the evaluations already requested, ``view()`` does
+not (it shows the latest finished one), and ``finalize`` waits for all. The numbers do not depend
+on which thread computes them (``async_eval=False`` computes them on the training thread).
+
 The ``step`` column of metrics.csv counts steps within its phase (teacher steps, or generator
 steps of the student); ``Experiment.step_count`` / the job's snapshot step count both phases.
 metrics.csv holds no clock: the same config and seeds give byte-identical files. Each evaluation
@@ -28,9 +38,11 @@ also appends ``{"step", "phase", "wall_s"}`` (cumulative seconds inside ``step()
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -49,6 +61,23 @@ _HISTORY_MAX = 200                      # at most this many (step, S(z)) snapsho
 _HISTORY_MAX_BYTES = 64 * 2**20         # ... and at most this many bytes of them
 _LOSS_KEYS_TEACHER = ("loss",)
 _LOSS_KEYS_STUDENT = ("loss_dm", "loss_fake", "loss_reg", "loss_gan_g", "loss_gan_d")
+_EVAL_PENDING_MAX = 2                   # evaluations waiting for the worker before training waits
+BASIN_GRID_N, BASIN_EXTENT = 64, 3.0    # 2-D data: the noise grid whose student basin map is kept
+                                        # at every evaluation (time travel: basin_maps(step=…))
+
+
+@dataclass(frozen=True)
+class _EvalSnapshot:
+    """What one evaluation needs, taken on the training thread at the evaluation step."""
+    phase: str
+    step: int                       # phase step
+    step_count: int                 # both phases
+    row: dict                       # step, phase and the loss means since the previous evaluation
+    samples: np.ndarray             # T(z) (teacher phase) or S(z) (student phase), read-only
+    wall_s: float                   # cumulative seconds inside step()
+    teacher: Any = None             # teacher phase: the EMA teacher copy to save
+    modules: tuple = ()             # student phase: ((role, module copy), ...) to save
+    grid_samples: np.ndarray | None = None  # student phase, 2-D: S on the basin-map noise grid
 
 
 # ----------------------------------------------------------------------------- teacher sources
@@ -170,6 +199,8 @@ class Experiment:
               teachers; a run's twin.pt), else the twin trained in the teacher phase when
               ``cfg.teacher.twin``; False = none (controls absent).
     overwrite: reuse a ``run_dir`` that already holds a run.
+    async_eval: compute the evaluation metrics and write them on an evaluation worker thread
+              while training goes on (default); False computes them inside ``step()``.
 
     Raises ValueError for a bad config, an unknown teacher source, a teacher whose dimension or
     data config does not match ``cfg.data``, or a run_dir that already holds a run.
@@ -187,6 +218,7 @@ class Experiment:
         kind: str | None = None,
         teacher_source: str | None = None,
         overwrite: bool = False,
+        async_eval: bool = True,
         twin: Any = None,
     ):
         if not isinstance(cfg, ExperimentConfig):
@@ -199,6 +231,9 @@ class Experiment:
         self.cfg = cfg
         self.device = pick_device(device if device is not None else "auto")
         self._lock = threading.RLock()
+        self._pub_lock = threading.Lock()  # guards _published (training thread and evaluation worker)
+        self._eval_pool = ThreadPoolExecutor(1, thread_name_prefix="dmd-eval") if async_eval else None
+        self._eval_pending: list[Future] = []
         self._teacher_grid: tuple | None = None  # (key, T(z) on the basin-map grid) of self.teacher
 
         # Teacher given (object or source) → distillation only.
@@ -261,8 +296,8 @@ class Experiment:
         self._phase_idx = 0
         self.phase_step = 0
         self.step_count = 0
-        self.metrics: list[dict] = []   # metrics.csv rows (deterministic numbers only)
-        self.timing: list[dict] = []    # timing.csv rows: {"step", "phase", "wall_s"} per evaluation
+        self._metrics: list[dict] = []  # metrics.csv rows (deterministic numbers only)
+        self._timing: list[dict] = []   # timing.csv rows: {"step", "phase", "wall_s"} per evaluation
         self._loss_acc: dict[str, list[float]] = {}
         self._active_s = 0.0
         self._teacher_trainer = None
@@ -271,9 +306,10 @@ class Experiment:
         self.twin_samples: np.ndarray | None = None
         self._dmd = None
         self.teacher_samples: np.ndarray | None = None
-        self.student_samples: np.ndarray | None = None
-        self.history: list[tuple[int, np.ndarray]] = []
-        self.modes = None
+        self._student_samples: np.ndarray | None = None
+        self._history: list[tuple[int, np.ndarray]] = []
+        self._basin_history: dict[int, np.ndarray] = {}  # student step -> basin map (2-D data)
+        self._modes = None
         self._centers: np.ndarray | None = None
         self._eta_teacher: float | None = None
         self._finalized = False
@@ -321,6 +357,53 @@ class Experiment:
     @property
     def run_dir(self) -> Path | None:
         return None if self.rundir is None else self.rundir.path
+
+    # Results of the evaluations: reading one waits for the evaluations already requested.
+    @property
+    def metrics(self) -> list[dict]:
+        self.wait_evaluations()
+        return self._metrics
+
+    @property
+    def timing(self) -> list[dict]:
+        self.wait_evaluations()
+        return self._timing
+
+    @property
+    def history(self) -> list[tuple[int, np.ndarray]]:
+        self.wait_evaluations()
+        return self._history
+
+    @property
+    def modes(self):
+        self.wait_evaluations()
+        return self._modes
+
+    @property
+    def student_samples(self) -> np.ndarray | None:
+        self.wait_evaluations()
+        return self._student_samples
+
+    def _wait_quietly(self) -> Exception | None:
+        try:
+            self.wait_evaluations()
+        except Exception as exc:  # noqa: BLE001 - returned to the caller
+            return exc
+        return None
+
+    def wait_evaluations(self, *, raise_errors: bool = True) -> None:
+        """Block until every requested evaluation has been computed and written. An error raised
+        by one (e.g. an OT solver failure) is raised here, once (``raise_errors=False``: only
+        waited for)."""
+        error = None
+        while self._eval_pending:
+            fut = self._eval_pending.pop(0)
+            try:
+                fut.result()
+            except Exception as exc:  # noqa: BLE001 - re-raised below
+                error = error or exc
+        if error is not None and raise_errors:
+            raise error
 
     def set_phases(self, phases: Sequence[str]) -> None:
         """Choose the phases before the first step. With a given teacher, "teacher" is dropped
@@ -388,7 +471,7 @@ class Experiment:
 
     def view(self) -> dict:
         """State published for the job snapshot (references to arrays that are never mutated)."""
-        with self._lock:
+        with self._pub_lock:
             return dict(self._published)
 
     def run(self, callback: Callable[[dict], None] | None = None) -> dict:
@@ -404,6 +487,7 @@ class Experiment:
                 out = self.step()
                 if callback is not None:
                     callback(out)
+            self.wait_evaluations()  # an evaluation that failed after the last step fails the run
         except DivergenceError as exc:
             self.finalize("diverged", f"diverged: {exc}")
             return dict(self.metrics[-1]) if self.metrics else {}
@@ -428,8 +512,9 @@ class Experiment:
             if self._finalized:
                 return
             self._finalized = True
+            eval_error = self._wait_quietly()
             if status == "stopped" and self._started and not self.done and self.phase_step > 0:
-                last = self.metrics[-1] if self.metrics else None
+                last = self._metrics[-1] if self._metrics else None
                 if last is None or last["step"] != self.phase_step or last["phase"] != self.phase:
                     from dmdcore.distill import DivergenceError
 
@@ -437,6 +522,11 @@ class Experiment:
                         self._evaluate()
                     except DivergenceError as exc:
                         status, message = "diverged", f"diverged: {exc}"
+                    eval_error = eval_error or self._wait_quietly()
+            if eval_error is not None and status in ("finished", "stopped"):
+                status, message = "failed", f"evaluation failed: {type(eval_error).__name__}: {eval_error}"
+            if self._eval_pool is not None:
+                self._eval_pool.shutdown(wait=True)
             if status in ("failed", "abandoned") and self.rundir is not None:
                 kept = [p.name for p in (self.rundir.checkpoint_path(r) for r in ("teacher", "student"))
                         if p.is_file()]
@@ -453,7 +543,7 @@ class Experiment:
                     except OSError as exc:
                         errors.append(exc)
                 if self.index is not None and self.rundir is not None:
-                    last = self.metrics[-1] if self.metrics else {}
+                    last = self._metrics[-1] if self._metrics else {}
                     try:
                         self.index.update(
                             self.rundir, status=status, message=message, step=self.step_count,
@@ -593,26 +683,64 @@ class Experiment:
         return out
 
     def _evaluate(self) -> None:
+        """Evaluate the current weights: the samples are drawn here, on the training thread (a
+        divergence raises before anything is saved); the metrics are computed and written by the
+        evaluation worker (or here when ``async_eval=False``)."""
+        ev = self._eval_snapshot()
+        if self._eval_pool is None:
+            self._evaluate_snapshot(ev)
+            return
+        # errors of finished evaluations surface here, on the training thread
+        while self._eval_pending and self._eval_pending[0].done():
+            self._eval_pending.pop(0).result()
+        while len(self._eval_pending) >= _EVAL_PENDING_MAX:  # the worker is behind: wait for it
+            self._eval_pending.pop(0).result()
+        self._eval_pending.append(self._eval_pool.submit(self._evaluate_snapshot, ev))
+
+    def _eval_snapshot(self) -> _EvalSnapshot:
         phase = self.phase
-        cfg = self.cfg
         row: dict = {"step": self.phase_step, "phase": phase}
         row.update(self._loss_means())
         zeval = self.z.to(self.device)
         labels = None if self.eval_labels is None else self.eval_labels.to(self.device)
+        teacher, modules, grid = None, (), None
         if phase == "teacher":
-            teacher = self._current_teacher()
-            t = self._np(teacher.sample(zeval, cfg.sampler, labels=labels))
-            self._check_finite("teacher samples T(z)", t)
-            self.teacher_samples = t
+            teacher = self._current_teacher()  # a copy of the EMA weights
+            samples = self._np(teacher.sample(zeval, self.cfg.sampler, labels=labels))
+            self._check_finite("teacher samples T(z)", samples)
+            self.teacher_samples = samples
+        else:
+            samples = self._np(self._dmd.student(zeval, labels))
+            self._check_finite("student samples S(z)", samples)
+            if self.cfg.distill.gan:  # needs the trainer as it is now: measured here, not on the worker
+                from dmdcore.ablations import gan_dm_grad_ratio
+
+                row["gan_dm_ratio"] = gan_dm_grad_ratio(self._dmd, seed=self.cfg.eval.seed)
+            if self.rundir is not None:
+                modules = tuple((role, copy.deepcopy(m)) for role, m in
+                                (("student", self._dmd.generator), ("fake", self._dmd.fake)))
+            if self.dataset.dim == 2:  # one forward pass over the 64 x 64 grid
+                zg, gl = self._noise_grid(BASIN_GRID_N, BASIN_EXTENT)
+                grid = self._np(self._dmd.student(zg, gl))
+        return _EvalSnapshot(phase=phase, step=self.phase_step, step_count=self.step_count, row=row,
+                             samples=samples, wall_s=self._active_s, teacher=teacher, modules=modules,
+                             grid_samples=grid)
+
+    def _evaluate_snapshot(self, ev: _EvalSnapshot) -> None:
+        """The metrics of one evaluation snapshot, then metrics.csv, timing.csv, checkpoints,
+        samples.npz, status and index (evaluation worker, in evaluation order)."""
+        phase = ev.phase
+        cfg = self.cfg
+        row = dict(ev.row)
+        if phase == "teacher":
+            t = ev.samples
             # W₂²(T(z), data) and η(T) = E‖T(z) − z‖² / W₂²(z, T(z)) − 1 (pairing.md)
             row["w2_data"] = self._safe(pairing.wasserstein2_squared, t, self.data_eval)
             row["eta_teacher"] = self._safe(pairing.transport_inefficiency, self.z.numpy(), t)
-            self._save_teacher(teacher)
+            self._save_teacher(ev.teacher)
         else:
-            s = self._np(self._dmd.student(zeval, labels))
-            self._check_finite("student samples S(z)", s)
+            s = ev.samples
             t = self.teacher_samples
-            self.student_samples = s
             # ΔE = (E_pair − E_OT) / (E_ind − E_OT) with a bootstrap CI, n, d, the twin and
             # reference controls, validity and the copy verdict (dmdcore.verdict, pairing.md)
             rep = None
@@ -628,48 +756,57 @@ class Experiment:
             row["w2_data"] = self._safe(pairing.wasserstein2_squared, s, self.data_eval)
             row["eta_teacher"] = self._eta_teacher
             row["eta_student"] = self._safe(pairing.transport_inefficiency, self.z.numpy(), s)
-            self.modes = pairing.mode_transition(s, t, centers=self._centers)
-            row["copy_rate"] = self.modes.copy_rate
+            modes = pairing.mode_transition(s, t, centers=self._centers)
+            row["copy_rate"] = modes.copy_rate
             row["retrieval"] = pairing.pair_retrieval_accuracy(s, t)
-            self._add_history(self.phase_step, s)
-            if self.rundir is not None:
-                self._save_student()
-        self._ablation_columns(phase, row)
+            basin = None
+            if ev.grid_samples is not None:
+                basin = _nearest(ev.grid_samples, self._centers).reshape(BASIN_GRID_N, BASIN_GRID_N).astype(np.int16)
+            with self._pub_lock:
+                self._student_samples, self._modes = s, modes
+                self._add_history(ev.step, s)
+                if basin is not None:
+                    self._basin_history[ev.step] = basin
+                    kept = {h[0] for h in self._history}
+                    self._basin_history = {k: v for k, v in self._basin_history.items() if k in kept}
+            for role, module in ev.modules:
+                self._save_student_module(role, module, ev.step)
+        self._ablation_columns(phase, row, ev.samples if phase == "teacher" else self.teacher_samples)
         row["converged"] = self._converged_flag(phase, row)
         # Wall-clock time goes to timing.csv, not metrics.csv (which must be reproducible to the byte).
-        timing = {"step": self.phase_step, "phase": phase, "wall_s": self._active_s}
-        self.metrics.append(row)
-        self.timing.append(timing)
+        timing = {"step": ev.step, "phase": phase, "wall_s": ev.wall_s}
+        with self._pub_lock:
+            self._metrics.append(row)
+            self._timing.append(timing)
         if self.rundir is not None:
             self.rundir.append_metrics(row)
             self.rundir.append_timing(timing)
             self._save_samples()
-            self.rundir.write_status("running", f"{phase} step {self.phase_step}", step=self.step_count)
+            self.rundir.write_status("running", f"{phase} step {ev.step}", step=ev.step_count)
             if self.index is not None:
-                self.index.update(self.rundir, step=self.step_count, delta_e=row.get("delta_e"), w2=row.get("w2"),
+                self.index.update(self.rundir, step=ev.step_count, delta_e=row.get("delta_e"), w2=row.get("w2"),
                                   summary=row)
+        self._publish()
 
     # ------------------------------------------------------------------ ablation power
-    def _ablation_columns(self, phase: str, row: dict) -> None:
-        """gan_dm_ratio (student rows of GAN runs), memorization of the teacher's samples
-        (teacher rows; student rows repeat the fixed teacher's score), dmdcore.ablations, and
-        w2_teacher_data = W2^2(T(z), data) of the fixed teacher in student rows."""
+    def _ablation_columns(self, phase: str, row: dict, tsamples: np.ndarray | None) -> None:
+        """memorization of the teacher's samples ``tsamples`` (teacher rows: this evaluation's
+        T(z); student rows repeat the fixed teacher's score), dmdcore.ablations, and
+        w2_teacher_data = W2^2(T(z), data) of the fixed teacher in student rows. (gan_dm_ratio is
+        measured on the training thread, in _eval_snapshot, where the trainer is.)"""
         from dmdcore import ablations
 
-        if phase == "student" and self._dmd is not None and self.cfg.distill.gan:
-            row["gan_dm_ratio"] = ablations.gan_dm_grad_ratio(self._dmd, seed=self.cfg.eval.seed)
         if self._memo_probe is None:
             held = ablations.heldout_data(self.cfg.data, max(1000, self.cfg.eval.n), seed=self.cfg.eval.seed)
             self._memo_probe = False if held is None else ablations.MemorizationProbe(self.dataset.x.numpy(), held)
-        if self._memo_probe is not False and self.teacher_samples is not None:
-            if self._memo_student is None or self._memo_student[0] is not self.teacher_samples:
-                self._memo_student = (self.teacher_samples, self._memo_probe.score(self.teacher_samples).fraction)
+        if self._memo_probe is not False and tsamples is not None:
+            if self._memo_student is None or self._memo_student[0] is not tsamples:
+                self._memo_student = (tsamples, self._memo_probe.score(tsamples).fraction)
             row["memorization"] = self._memo_student[1]
-        if phase == "student" and self.teacher_samples is not None:
+        if phase == "student" and tsamples is not None:
             # the teacher's quality beside every student row (sweep cells load their teacher)
-            if self._teacher_quality is None or self._teacher_quality[0] is not self.teacher_samples:
-                w = self._safe(pairing.wasserstein2_squared, self.teacher_samples, self.data_eval)
-                self._teacher_quality = (self.teacher_samples, w)
+            if self._teacher_quality is None or self._teacher_quality[0] is not tsamples:
+                self._teacher_quality = (tsamples, self._safe(pairing.wasserstein2_squared, tsamples, self.data_eval))
             row["w2_teacher_data"] = self._teacher_quality[1]
 
     # ------------------------------------------------------------------ convergence
@@ -677,7 +814,7 @@ class Experiment:
         """1 when this evaluation satisfies the plateau criterion (dmdcore.convergence), else 0."""
         from dmdcore import convergence
 
-        rows = [r for r in self.metrics if r.get("phase") == phase] + [row]
+        rows = [r for r in self._metrics if r.get("phase") == phase] + [row]  # worker thread: no wait
         floor = self.cfg.eval.twin_floor_w2
         twin = getattr(self._controls, "twin", None) if phase == "student" else None
         if floor is None and twin is not None:
@@ -693,8 +830,10 @@ class Experiment:
         if end:
             self.stop_reasons[phase] = "cap"
             return True
-        row = self.metrics[-1]
-        if row.get("converged") == 1 and convergence.should_stop(self.cfg.eval.stop_when_converged, phase):
+        if not convergence.should_stop(self.cfg.eval.stop_when_converged, phase):
+            return False
+        row = self.metrics[-1]  # waits for the evaluation worker: stopping needs this row's flag
+        if row.get("converged") == 1:
             self._stopped_at[phase] = self.phase_step
             self.stop_reasons[phase] = "converged"
             return True
@@ -703,16 +842,16 @@ class Experiment:
     def _stop_extra(self) -> dict:
         """status.json fields: per phase how it ended ("converged" | "cap") and whether the last
         evaluation of the last phase run was converged."""
-        last = self.metrics[-1] if self.metrics else {}
+        last = self._metrics[-1] if self._metrics else {}
         return {"stop": dict(self.stop_reasons), "converged": bool(last.get("converged") == 1)}
 
     def _add_history(self, step: int, s: np.ndarray) -> None:
-        self.history.append((step, s))
+        self._history.append((step, s))
         cap = max(2, min(_HISTORY_MAX, _HISTORY_MAX_BYTES // max(1, s.nbytes)))
-        if len(self.history) > cap:
+        if len(self._history) > cap:
             # thin the older half of the history by two, keep the first and the newest entries
-            keep = self.history[:-1][::2] + [self.history[-1]]
-            self.history = keep
+            keep = self._history[:-1][::2] + [self._history[-1]]
+            self._history = keep
 
     # ------------------------------------------------------------------ saving
     def _save_teacher(self, teacher, role: str = "teacher") -> None:
@@ -726,57 +865,86 @@ class Experiment:
             step=teacher.step,
         )
 
-    def _save_student(self) -> None:
+    def _save_student_module(self, role: str, module, step: int) -> None:
         from dmdcore.toy import save_toy_model
 
         tc = self.teacher.teacher_config if self.teacher is not None else self.cfg.teacher
-        for role, module in (("student", self._dmd.generator), ("fake", self._dmd.fake)):
-            save_toy_model(
-                self.rundir.checkpoint_path(role), module, role=role, teacher_config=tc,
-                data_config=self.cfg.data, step=self.phase_step, distill_config=self.cfg.distill,
-            )
+        save_toy_model(
+            self.rundir.checkpoint_path(role), module, role=role, teacher_config=tc,
+            data_config=self.cfg.data, step=step, distill_config=self.cfg.distill,
+        )
 
     def _save_samples(self) -> None:
-        hs = np.array([h[0] for h in self.history], dtype=np.int64)
-        hx = np.stack([h[1] for h in self.history]) if self.history else None
+        with self._pub_lock:
+            history, student = list(self._history), self._student_samples
+            basins = sorted(self._basin_history.items())
+        hs = np.array([h[0] for h in history], dtype=np.int64)
+        hx = np.stack([h[1] for h in history]) if history else None
         self.rundir.save_samples(
-            z=self.z.numpy(), teacher=self.teacher_samples, student=self.student_samples,
-            history_steps=hs if self.history else None, history_student=hx,
+            z=self.z.numpy(), teacher=self.teacher_samples, student=student,
+            history_steps=hs if history else None, history_student=hx,
+            basin_steps=np.array([b[0] for b in basins], np.int64) if basins else None,
+            basin_student=np.stack([b[1] for b in basins]) if basins else None,
         )
 
     def _publish(self) -> None:
+        with self._pub_lock:
+            self._publish_unlocked()
+
+    def _publish_unlocked(self) -> None:
         self._published = {
             "phase": self.phase,
             "step": self.step_count,
             "phase_step": self.phase_step,
             "total_steps": self.total_steps,
-            "metrics": tuple(self.metrics),
+            "metrics": tuple(self._metrics),
             "z": self.z.numpy(),
             "teacher_samples": self.teacher_samples,
-            "student_samples": self.student_samples,
-            "history": tuple(self.history),
-            "modes": self.modes,
+            "student_samples": self._student_samples,
+            "history": tuple(self._history),
+            "modes": self._modes,
             "run_dir": None if self.rundir is None else str(self.rundir.path),
             "status": self.status,
         }
 
     # ------------------------------------------------------------------ basin maps
-    def basin_maps(self, grid_n: int = 64, extent: float = 3.0) -> BasinMaps:
-        """Teacher and student mode maps over a grid_n × grid_n noise grid on [-extent, extent]²
-        (2-D data only). Modes are the nearest of the centres used for the copy rate. Raises
-        ValueError for non-2-D data, bad arguments, or before a teacher exists."""
-        if isinstance(grid_n, bool) or not isinstance(grid_n, int) or not 2 <= grid_n <= 512:
-            raise ValueError(f"grid_n: {grid_n!r} not in integers [2, 512]")
-        if not (isinstance(extent, (int, float)) and 0 < float(extent) <= 10):
-            raise ValueError(f"extent: {extent!r} not in (0, 10]")
-        if self.dataset.dim != 2:
-            raise ValueError(f"basin_maps: data dimension {self.dataset.dim} not in {{2}} (2-D data only)")
+    def _noise_grid(self, grid_n: int, extent: float):
+        """The basin-map noise grid (z at (xs[j], xs[i]) in row i*grid_n + j) and its labels."""
         xs = np.linspace(-extent, extent, grid_n, dtype=np.float32)
         gx, gy = np.meshgrid(xs, xs)  # gx[i, j] = xs[j], gy[i, j] = xs[i]
         zg = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], axis=1)).to(self.device)
         labels = None
         if self.eval_labels is not None:
             labels = torch.zeros(zg.shape[0], dtype=torch.long, device=self.device)
+        return zg, labels
+
+    def basin_steps(self) -> list[int]:
+        """Student steps whose basin map was kept (2-D data; evaluations finished so far)."""
+        with self._pub_lock:
+            return sorted(self._basin_history)
+
+    def basin_maps(self, grid_n: int = 64, extent: float = 3.0, step: int | None = None) -> BasinMaps:
+        """Teacher and student mode maps over a grid_n × grid_n noise grid on [-extent, extent]²
+        (2-D data only). Modes are the nearest of the centres used for the copy rate. ``step``:
+        the student's map kept at that evaluation (student step; the default grid only) instead
+        of the current weights'. Raises ValueError for non-2-D data, bad arguments, a step
+        without a kept map, or before a teacher exists."""
+        if isinstance(grid_n, bool) or not isinstance(grid_n, int) or not 2 <= grid_n <= 512:
+            raise ValueError(f"grid_n: {grid_n!r} not in integers [2, 512]")
+        if not (isinstance(extent, (int, float)) and 0 < float(extent) <= 10):
+            raise ValueError(f"extent: {extent!r} not in (0, 10]")
+        if self.dataset.dim != 2:
+            raise ValueError(f"basin_maps: data dimension {self.dataset.dim} not in {{2}} (2-D data only)")
+        kept = None
+        if step is not None:
+            if (grid_n, float(extent)) != (BASIN_GRID_N, BASIN_EXTENT):
+                raise ValueError(f"step: kept basin maps use grid_n={BASIN_GRID_N}, extent={BASIN_EXTENT}")
+            with self._pub_lock:
+                kept = self._basin_history.get(step)
+            if kept is None:
+                raise ValueError(f"step: no basin map kept at student step {step}")
+        xs = np.linspace(-extent, extent, grid_n, dtype=np.float32)
+        zg, labels = self._noise_grid(grid_n, float(extent))
         with self._lock:
             teacher = self.teacher
             fixed = teacher is not None  # loaded, or the finished teacher phase's EMA copy
@@ -806,12 +974,14 @@ class Experiment:
                     centers = pairing.mode_transition(t, t, n_modes=k, seed=self.cfg.eval.seed).centers
 
             def assign(x: np.ndarray) -> np.ndarray:
-                d2 = ((x[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
-                return d2.argmin(axis=1).reshape(grid_n, grid_n).astype(np.int64)
+                return _nearest(x, centers).reshape(grid_n, grid_n).astype(np.int64)
 
             tm = assign(t)
-            sm, agreement, step = None, None, None
-            if self._dmd is not None:
+            sm, agreement = None, None
+            if kept is not None:
+                sm = kept.astype(np.int64)
+                agreement = float((sm == tm).mean())
+            elif self._dmd is not None:
                 s = self._dmd.student(zg, labels).detach().cpu().numpy().astype(np.float64)
                 sm = assign(s)
                 agreement = float((sm == tm).mean())
@@ -829,6 +999,12 @@ def run_sigma_data(cfg: ExperimentConfig, x: torch.Tensor, teacher=None) -> floa
     if cfg.teacher.sigma_data is not None:
         return float(cfg.teacher.sigma_data)
     return float(x.double().std())
+
+
+def _nearest(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Index of the nearest centre of each row of x."""
+    d2 = ((np.asarray(x, np.float64)[:, None, :] - np.asarray(centers, np.float64)[None, :, :]) ** 2).sum(-1)
+    return d2.argmin(axis=1)
 
 
 def teacher_experiment_config(teacher, **overrides: Any) -> ExperimentConfig:

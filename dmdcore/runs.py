@@ -281,6 +281,79 @@ def _check_status(data: Any, p: Path) -> dict:
     return data
 
 
+def lock_owner(path: str | os.PathLike) -> dict | None:
+    """The claim in ``path/.lock`` ({"pid", "pid_start", "host", "since"}), {} when unreadable,
+    None when there is none."""
+    try:
+        data = json.loads((Path(path) / LOCK_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def claim_dir(path: str | os.PathLike, what: str = "run_dir") -> None:
+    """Claim directory ``path`` (which must exist) for the calling process: create ``.lock`` with
+    O_EXCL (atomic on every POSIX file system). A lock of a live process on this host refuses with
+    ``RunBusyError`` naming it; a stale lock (its process is gone, or unreadable and older than
+    60 s) is taken over. The calling process may re-claim its own lock. Used for run directories
+    and sweep directories (``what`` names the field in the message)."""
+    path = Path(path)
+    me = this_process()
+    body = json.dumps({**me, "since": time.time()}).encode()
+    lock = path / LOCK_FILE
+    for _ in range(3):
+        try:
+            with disk_full_as_error(lock):
+                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                try:
+                    os.write(fd, body)
+                finally:
+                    os.close(fd)
+            return
+        except FileExistsError:
+            pass
+        owner = lock_owner(path)
+        if owner is None:
+            continue  # released in between: try again
+        if owner.get("pid") == me["pid"] and owner.get("pid_start") == me["pid_start"]:
+            return
+        pid = owner.get("pid") if isinstance(owner.get("pid"), int) else None
+        if owner and owner.get("host") not in (None, me["host"]):
+            alive = True  # cannot check a process on another host
+        elif owner:
+            alive = pid_alive(pid, owner.get("pid_start"))
+        else:  # unreadable: a writer between O_EXCL and write, unless it is old
+            try:
+                alive = time.time() - lock.stat().st_mtime < 60
+            except FileNotFoundError:
+                continue
+        if alive:
+            since = owner.get("since")
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
+            raise RunBusyError(f"{what}: {str(path)!r} is being written by process {owner.get('pid', '?')} "
+                               f"on {owner.get('host', '?')} (since {when}); choose another directory or wait")
+        stale = lock.with_name(f"{LOCK_FILE}.stale.{os.getpid()}.{time.monotonic_ns()}")
+        try:
+            os.replace(lock, stale)  # only one taker wins the stale file; the others retry O_EXCL
+            stale.unlink()
+        except FileNotFoundError:
+            pass
+    raise RunBusyError(f"{what}: {str(path)!r}: could not claim {LOCK_FILE} (another writer keeps taking it)")
+
+
+def release_dir(path: str | os.PathLike) -> None:
+    """Remove ``path/.lock`` if the calling process holds it (idempotent)."""
+    owner = lock_owner(path)
+    me = this_process()
+    if owner and owner.get("pid") == me["pid"] and owner.get("pid_start") == me["pid_start"]:
+        try:
+            (Path(path) / LOCK_FILE).unlink()
+        except FileNotFoundError:
+            pass
+
+
 class RunExistsError(ValueError):
     """The run directory already holds a run and overwrite was not asked for."""
 
@@ -365,73 +438,16 @@ class RunDir:
 
     # -- exclusive ownership
     def lock_owner(self) -> dict | None:
-        """The claim in ``.lock`` ({"pid", "pid_start", "host", "since"}), {} when unreadable,
-        None when there is none."""
-        try:
-            data = json.loads((self.path / LOCK_FILE).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        """The claim in ``.lock`` (see ``lock_owner``)."""
+        return lock_owner(self.path)
 
     def claim(self) -> None:
-        """Claim the directory for the calling process: create ``.lock`` with O_EXCL (atomic on
-        every POSIX file system). A lock of a live process on this host refuses with a
-        ``RunBusyError`` naming it; a stale lock (its process is gone, or unreadable and older
-        than 60 s) is taken over. The calling process may re-claim its own lock."""
-        me = this_process()
-        body = json.dumps({**me, "since": time.time()}).encode()
-        lock = self.path / LOCK_FILE
-        for _ in range(3):
-            try:
-                with disk_full_as_error(lock):
-                    fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                    try:
-                        os.write(fd, body)
-                    finally:
-                        os.close(fd)
-                return
-            except FileExistsError:
-                pass
-            owner = self.lock_owner()
-            if owner is None:
-                continue  # released in between: try again
-            same = owner.get("pid") == me["pid"] and owner.get("pid_start") == me["pid_start"]
-            if same:
-                return
-            pid = owner.get("pid") if isinstance(owner.get("pid"), int) else None
-            if owner and owner.get("host") not in (None, me["host"]):
-                alive = True  # cannot check a process on another host
-            elif owner:
-                alive = pid_alive(pid, owner.get("pid_start"))
-            else:  # unreadable: a writer between O_EXCL and write, unless it is old
-                try:
-                    alive = time.time() - lock.stat().st_mtime < 60
-                except FileNotFoundError:
-                    continue
-            if alive:
-                since = owner.get("since")
-                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
-                raise RunBusyError(f"run_dir: {str(self.path)!r} is being written by process {owner.get('pid', '?')} "
-                                   f"on {owner.get('host', '?')} (since {when}); choose another directory or wait")
-            stale = lock.with_name(f"{LOCK_FILE}.stale.{os.getpid()}.{time.monotonic_ns()}")
-            try:
-                os.replace(lock, stale)  # only one taker wins the stale file; the others retry O_EXCL
-                stale.unlink()
-            except FileNotFoundError:
-                pass
-        raise RunBusyError(f"run_dir: {str(self.path)!r}: could not claim {LOCK_FILE} (another writer keeps taking it)")
+        """Claim the directory for the calling process (``claim_dir``)."""
+        claim_dir(self.path, "run_dir")
 
     def release(self) -> None:
         """Remove ``.lock`` if the calling process holds it (idempotent)."""
-        owner = self.lock_owner()
-        me = this_process()
-        if owner and owner.get("pid") == me["pid"] and owner.get("pid_start") == me["pid_start"]:
-            try:
-                (self.path / LOCK_FILE).unlink()
-            except FileNotFoundError:
-                pass
+        release_dir(self.path)
 
     def exists(self) -> bool:
         return (self.path / CONFIG_FILE).is_file()
@@ -589,10 +605,14 @@ class RunDir:
         student: np.ndarray | None,
         history_steps: np.ndarray | None = None,
         history_student: np.ndarray | None = None,
+        basin_steps: np.ndarray | None = None,
+        basin_student: np.ndarray | None = None,
     ) -> Path:
         """Atomically write samples.npz. ``z``, ``teacher``, ``student``: (n, d); ``history_steps``
-        (K,) int64 and ``history_student`` (K, n, d) float32. Missing arrays are stored empty
-        (shape (0,) / (0, n, d)) so the file always has the same keys."""
+        (K,) int64 and ``history_student`` (K, n, d) float32; ``basin_steps`` (B,) int64 and
+        ``basin_student`` (B, G, G) int16: the student's basin map (mode per noise-grid point) at
+        those student steps (2-D data). Missing arrays are stored empty (shape (0,) / (0, n, d) /
+        (0, 0, 0)) so the file always has the same keys."""
         z = np.asarray(z, dtype=np.float32)
         n, d = z.shape[0], int(np.prod(z.shape[1:])) if z.ndim > 1 else 1
         empty_nd = np.zeros((0, d), dtype=np.float32)
@@ -605,6 +625,9 @@ class RunDir:
                 np.zeros((0, n, d), np.float32) if history_student is None
                 else np.asarray(history_student, np.float32)
             ),
+            "basin_steps": np.zeros((0,), np.int64) if basin_steps is None else np.asarray(basin_steps, np.int64),
+            "basin_student": (np.zeros((0, 0, 0), np.int16) if basin_student is None
+                              else np.asarray(basin_student, np.int16)),
         }
         p = self.path / SAMPLES_FILE
         with _atomic_path(p) as tmp:
@@ -720,6 +743,11 @@ class RunIndex:
             if not self.path.is_file():
                 raise
             self.read_only = True  # listings still work; every write raises DiskFullError
+            try:
+                with closing(self._connect()) as con:
+                    con.execute("SELECT 1 FROM runs LIMIT 1").fetchall()
+            except sqlite3.DatabaseError:  # created on the full disk but never got its table
+                raise DiskFullError(self.path) from None
         except sqlite3.DatabaseError as exc:
             raise ValueError(f"index: {str(self.path)!r} is not a readable SQLite run index ({exc})") from exc
 

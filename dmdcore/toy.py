@@ -70,7 +70,7 @@ def load_toy_model(path: str | os.PathLike, device=None) -> tuple[EDMDenoiser, d
     """Read a toy-format file -> (EDMDenoiser in eval mode on ``device``, the raw dict without weights).
 
     Before anything is built: the file size (``DMD_MAX_CHECKPOINT_BYTES``), the ``arch`` fields
-    (ranges, ``DMD_MAX_MODEL_BYTES`` via a meta-device probe), ``sigma_data``, honest tensors (no
+    (ranges, ``DMD_MAX_MODEL_BYTES`` from the computed shapes), ``sigma_data``, honest tensors (no
     stride-0 / overlapping views) and every state-dict shape against the declared ``arch`` are
     checked; a failure is a ValueError naming the file and the field (dmdcore.limits)."""
     from .limits import check_file_size, check_tensors, check_toy_arch, finite_positive, match_shapes

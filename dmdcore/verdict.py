@@ -186,8 +186,7 @@ def copy_controls(teacher: Any, *, twin: Any = None, seed: int = 0, centers: Any
     n, d = t.shape
     seed = _p._check_int(seed, "seed", 0)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
-    cov = np.cov(t, rowvar=False).reshape(d, d)
-    eig = np.linalg.eigvalsh(cov)
+    eig = _cov_eigenvalues(t)
     xi = rng.standard_normal((n, d))
     kw = dict(seed=seed, max_exact=max_exact, solver=solver)
     ladder = []
@@ -214,6 +213,17 @@ def copy_controls(teacher: Any, *, twin: Any = None, seed: int = 0, centers: Any
     return CopyControls(n=n, d=d, seed=seed, eig=eig, xi=xi, ladder=tuple(ladder),
                         resolution=_resolution(ladder), twin=tw, twin_bound=tb, twin_samples=tws,
                         references=refs, populations=pops)
+
+
+def _cov_eigenvalues(t: np.ndarray) -> np.ndarray:
+    """The d eigenvalues of the sample covariance of t (n, d); through the n × n Gram matrix when
+    d > n (images: d = 12288), the other d − n + 1 being 0."""
+    n, d = t.shape
+    xc = t - t.mean(axis=0)
+    if d <= n:
+        return np.linalg.eigvalsh(xc.T @ xc / (n - 1))
+    ev = np.linalg.eigvalsh(xc @ xc.T / (n - 1))
+    return np.concatenate([ev, np.zeros(d - n)])
 
 
 def _resolution(ladder: list) -> float:
@@ -379,6 +389,14 @@ def twin_control(teacher_path: Any, twin_path: Any, *, name: str | None = None, 
     """ΔE(T′, T) of a toy teacher and its twin (two ``.pt`` files) on the standard evaluation noise
     (``torch.randn(n, d)`` from ``torch.Generator().manual_seed(eval_seed)``, as the pipeline draws
     it), with W₂²(T′, T) and E_pair/E_ind.  What the shipped manifest stores and a test re-measures."""
+    _, t, tw = twin_samples(teacher_path, twin_path, n=n, eval_seed=eval_seed)
+    pr = _p.pairing_inefficiency(tw, t, seed=0)
+    return {"name": name, "delta_e_twin": pr.delta_e, "w2_twin": pr.e_ot, "bound": _bound(tw, t),
+            "n": n, "d": int(t.shape[1]), "eval_seed": eval_seed}
+
+
+def twin_samples(teacher_path: Any, twin_path: Any, *, n: int = STANDARD_EVAL_N, eval_seed: int = 1234):
+    """(z, T(z), T′(z)) as float64 numpy arrays on the standard evaluation noise (CPU, 18-step Heun)."""
     import torch
 
     from dmdcore.config import SamplerConfig
@@ -392,6 +410,4 @@ def twin_control(teacher_path: Any, twin_path: Any, *, name: str | None = None, 
     with torch.no_grad():
         t = teacher.sample(z, SamplerConfig()).double().numpy()
         tw = twin.sample(z, SamplerConfig()).double().numpy()
-    pr = _p.pairing_inefficiency(tw, t, seed=0)
-    return {"name": name, "delta_e_twin": pr.delta_e, "w2_twin": pr.e_ot, "bound": _bound(tw, t),
-            "n": n, "d": int(teacher.dim), "eval_seed": eval_seed}
+    return z.double().numpy(), t, tw

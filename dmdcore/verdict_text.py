@@ -81,6 +81,8 @@ def verdict_label(row: dict) -> str:
     v = row.get("verdict")
     if not has_controls(row):
         return "no verdict (run made before the copy verdict: controls absent)"
+    if v == "copies" and _num(row.get("delta_e_twin")) is None:
+        return "copies (no twin: this teacher vs any model not separated)"
     return VERDICT_LABELS.get(v, str(v))
 
 
@@ -92,8 +94,7 @@ def control_lines(row: dict) -> list[str]:
     lines = [
         f"independent teacher: ΔE(T′,T) = {fmt(twin)}, ΔE(S,T′) = {fmt(row.get('delta_e_cross'))}"
         if _num(twin) is not None else "independent teacher: absent (no twin for this teacher)",
-        f"resolution: remappings with population ΔE up to {resolution_text(row.get('resolution'))} read as 0 at "
-        f"n = {row.get('n_eval')}, d = {row.get('dim')}",
+        _resolution_line(row),
     ]
     refs = row.get("references")
     if refs:
@@ -102,6 +103,20 @@ def control_lines(row: dict) -> list[str]:
                  for k, v in refs.items()]
         lines.append("reference students read: " + "; ".join(parts))
     return lines
+
+
+def _resolution_line(row: dict) -> str:
+    from dmdcore.verdict import LADDER
+
+    res = _num(row.get("resolution"))
+    at = f"at n = {row.get('n_eval')}, d = {row.get('dim')}"
+    if res is None:
+        return "resolution: absent"
+    if res == 0:
+        return f"resolution: every reference remapping down to population ΔE {LADDER[0]:.2f} is seen {at}"
+    if math.isinf(res):
+        return f"resolution: even a remapping with population ΔE {LADDER[-1]:.2f} reads as 0 {at}"
+    return f"resolution: remappings with population ΔE up to {res:.2f} read as 0 {at}"
 
 
 def companion_lines(row: dict, n_modes: int | None = None) -> list[str]:

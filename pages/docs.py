@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui.docs import DMD_LOOP_DOT, read_doc
+from ui.docs import DMD_LOOP_DOT, read_doc, split_math
 from ui.plots import DELTA_E_HELP
 from ui.router import ensure_router
 
@@ -51,7 +51,11 @@ with tab_metrics:
     if metrics_md is None:
         st.warning("docs/metrics.md (the metrics reference) is not in this checkout yet.")
     else:
-        st.markdown(metrics_md)
+        for kind, text in split_math(metrics_md):  # display formulas through st.latex
+            if kind == "latex":
+                st.latex(text)
+            else:
+                st.markdown(text)
 
 with tab_controls:
     controls_md = read_doc("controls.md")

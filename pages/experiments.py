@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from ui.errors import md_escape, short_paths
+
 from ui.router import ensure_router
 
 ensure_router()
@@ -22,6 +24,7 @@ ensure_router()
 from dmdcore import sweep as sw  # noqa: E402
 from ui import experiments_plots as xp  # noqa: E402
 from ui.session import max_sweeps, runs_root, sweep_slots  # noqa: E402
+from ui.verdict import render_verdict  # noqa: E402
 
 JOB_KEY = "exp_sweep_job"
 VIEW_KEY = "exp_view_dirs"
@@ -31,7 +34,7 @@ CUSTOM_EXAMPLE = {
     "name": "my-sweep",
     "description": "Dimension × GAN, two seeds, small and fast.",
     "base": {"data": {"dataset": "mixture", "n_modes": 8}, "teacher": {"width": 64, "steps": 400, "ema": 0.99},
-             "distill": {"steps": 100, "batch": 128}, "eval": {"every": 25, "n": 256, "bootstrap": 100}},
+             "distill": {"steps": 100, "batch": 128}, "eval": {"every": 25, "n": 1024, "bootstrap": 100}},
     "grid": {"data.dim": [2, 16, 64], "distill.gan": [False, True], "seed": [0, 1]},
     "quick": {"teacher.steps": 60, "distill.steps": 20, "eval.every": 10, "eval.n": 64},
 }
@@ -231,6 +234,7 @@ def results_panel(dirs: list[str]) -> None:
     summary = sw.summarize(table, axes)
     st.markdown("**What the numbers show** (computed from the finished cells)")
     st.markdown("\n".join(f"- {line}" for line in summary.splitlines()))
+    _cell_verdicts(table)
     choices = [a for a in axes if not sw.is_replicate_axis(a)] or axes
     default_x = plot.get("x") if plot.get("x") in choices else next(
         (a for a in choices if a in table and pd.api.types.is_numeric_dtype(table[a])
@@ -243,6 +247,12 @@ def results_panel(dirs: list[str]) -> None:
     st.plotly_chart(xp.delta_e_vs_x_figure(table, x, axes, log_x=log_x), key="exp_fig_x")
     st.caption(xp.DELTA_E_DEF + " Error bars: 95% CI — Student-t over replicates; a single cell shows its "
                "bootstrap CI over the evaluation noises.")
+    mixed = [name for col, name in (("n_eval", "n"), ("dim", "d"))
+             if col in table and table[col].dropna().nunique() > 1]
+    if mixed:
+        st.caption("⚠ This chart compares ΔE measured at different " + " and ".join(mixed) + ": its finite-sample "
+                   "bias depends on both (in high d remappings below the resolution read as 0), so differences "
+                   "may come from the estimator — read each cell's verdict and resolution above.")
     c1, c2 = st.columns(2)
     c1.plotly_chart(xp.curves_overlay_figure(curves, axes), key="exp_fig_curves")
     c2.plotly_chart(xp.quality_vs_copying_figure(table, axes), key="exp_fig_scatter")
@@ -259,6 +269,19 @@ def results_panel(dirs: list[str]) -> None:
                        mime="text/csv", key="exp_csv")
 
 
+def _cell_verdicts(table: pd.DataFrame) -> None:
+    """The copy verdict of every finished cell: ΔE with n, d, controls (ui/verdict.py)."""
+    done = table[table["status"] == "finished"] if "status" in table else table
+    if not len(done):
+        return
+    with st.expander(f"Copy verdict of each cell ({len(done)} finished)", expanded=len(done) <= 6):
+        for _, r in done.head(60).iterrows():
+            row = {k: (None if isinstance(v, float) and v != v else v) for k, v in r.to_dict().items()}
+            render_verdict(row, compact=True, title=str(row.get("cell")))
+        if len(done) > 60:
+            st.caption(f"… {len(done) - 60} more cells: see the results table (verdict columns).")
+
+
 # ------------------------------------------------------------------------------------------ past
 def past_panel() -> None:
     try:
@@ -266,6 +289,9 @@ def past_panel() -> None:
     except ValueError as exc:
         st.error(str(exc))
         return
+    for bad in (s for s in sweeps if s.get("state") == "unreadable"):  # listed, never fatal to the others
+        st.warning(md_escape(f"Skipped {Path(bad['path']).name}: {short_paths(bad.get('error', ''))}"))
+    sweeps = [s for s in sweeps if s.get("state") != "unreadable"]
     if not sweeps:
         st.info("No sweeps yet. Launch one in the 'Run a sweep' tab or with `python -m dmdcore sweep`.")
         return

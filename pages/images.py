@@ -20,6 +20,8 @@ from ui.errors import show_error
 
 from ui.router import ensure_router
 from ui.session import runs_root
+from ui.verdict import render_verdict
+from dmdcore.verdict_text import as_row
 
 ensure_router()
 
@@ -366,6 +368,9 @@ def _results():
         k2.metric("Pair retrieval (top-1)", f"{m.retrieval:.1%}", help=f"chance = 1/n = {1 / m.n:.1%}")
         k3.metric("Mean per-pair L2", f"{m.l2.mean():.3f}")
         k4.metric("Pairs", f"{m.n}/{n}")
+        if m.report is not None:
+            # the copy verdict: ΔE with n, d, references and resolution (no image twin ships)
+            render_verdict({**as_row(m.report), "retrieval": m.retrieval})
         rows = [{"pair": int(i), "class": meta["names"][c] if meta["names"] else "-", "seed": sd,
                  "l2": float(l2)} for i, (c, sd), l2 in zip(idx, [meta["pairs"][i] for i in idx], m.l2)]
         df = pd.DataFrame(rows)
@@ -379,7 +384,9 @@ def _results():
         b2.image(_png(s8[pick], big), caption=f"Student #{pick}")
         b3.image(_png(heat[pick], big), caption=f"|difference| #{pick} (L2 {float(df.set_index('pair').loc[pick, 'l2']):.3f})")
 
-        summary = pd.DataFrame([{"pair": "ALL", "class": f"delta_e={m.delta_e:.6f}; ci=[{m.ci_low}, {m.ci_high}]; "
+        verdict = "" if m.report is None else f"; n_eval={m.report.n}; dim={m.report.d}; verdict={m.report.verdict}; " \
+            f"resolution={m.report.resolution}; delta_e_valid={int(m.report.valid)}"
+        summary = pd.DataFrame([{"pair": "ALL", "class": f"delta_e={m.delta_e:.6f}; ci=[{m.ci_low}, {m.ci_high}]{verdict}; "
                                  f"retrieval={m.retrieval:.6f}; e_pair={m.e_pair:.6f}; e_ot={m.e_ot:.6f}; "
                                  f"e_ind={m.e_ind:.6f}; n={m.n}", "seed": "", "l2": float(m.l2.mean())}])
         csv = pd.concat([df, summary]).to_csv(index=False).encode()

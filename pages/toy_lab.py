@@ -13,10 +13,9 @@ import streamlit as st
 
 from ui.errors import md_escape, one_line
 
-from ui import plots, toylab, urlstate
+from ui import curves, plots, runbrowser, timecursor, toylab, urlstate
 from ui.session import get_manager, runs_root, session_id, warm_up_process
 from ui.router import ensure_router
-from ui.verdict import render_verdict
 
 ensure_router()
 
@@ -161,9 +160,34 @@ if S.get("toylab_upload_error"):
 if S.get(UPLOAD):
     st.sidebar.caption(f"Using upload {S[UPLOAD][2]}: {S[UPLOAD][1][0]} × {S[UPLOAD][1][1]}")
 
-# Keep the URL in sync (only non-default values).
+# A run named in the URL (run=<index id>) opens on the session's first visit (no re-run).
+if "toylab_run_seen" not in S:
+    S["toylab_run_seen"] = True
+    if st.query_params.get(runbrowser.RUN_QP):
+        try:
+            S[runbrowser.OPEN_KEY] = runbrowser.parse_run_param(st.query_params.get_all(runbrowser.RUN_QP))
+        except ValueError as exc:
+            st.error(md_escape(f"Link: {exc}"))
+
+
+def _shown_run_id() -> int | None:
+    """The index id of the run on screen: this session's job's run, or the opened saved run."""
+    j = S.get(JOB)
+    if j is None:
+        return S.get(runbrowser.OPEN_KEY)
+    cached = S.get("toylab_job_run_id")
+    if cached is None or cached[0] != j.job_id:
+        run_dir = getattr(getattr(j, "experiment", None), "run_dir", None)
+        cached = (j.job_id, runbrowser.run_id_of(runs_root(), None if run_dir is None else str(run_dir)))
+        S["toylab_job_run_id"] = cached
+    return cached[1]
+
+
+# Keep the URL in sync (only non-default values, and the run on screen).
 try:
     qp = urlstate.encode(values)
+    if _shown_run_id() is not None:
+        qp[runbrowser.RUN_QP] = str(_shown_run_id())
     if {k: v for k, v in st.query_params.items()} != qp:
         st.query_params.from_dict(qp)
 except ValueError as exc:
@@ -240,6 +264,7 @@ def _start(phases: tuple[str, ...]) -> None:
     job = TrainingJob(exp, phases=phases, manager=get_manager(), owner=session_id())  # abandoned when the tab closes
     job.start()
     S[JOB] = job
+    S.pop(runbrowser.OPEN_KEY, None)
     S.pop("toylab_basins", None)
     S.pop("toylab_memo", None)
 
@@ -293,8 +318,8 @@ try:
             _release(job)
             for k in (JOB, "toylab_basins", "toylab_memo"):
                 S.pop(k, None)
-except ValueError as exc:
-    st.error(f"Could not start: {exc}")
+except (ValueError, OSError) as exc:  # OSError: "disk full at …"
+    st.error(md_escape(f"Could not start: {one_line(exc)}"))
 else:
     if b_teacher or b_distill or autostart or b_pause or b_resume or b_step or b_stop or b_reset:
         st.rerun()  # redraw the transport buttons for the job's new state
@@ -302,6 +327,14 @@ else:
 job = S.get(JOB)
 snap0 = job.snapshot() if job is not None else None
 live = snap0 is not None and snap0.state in ACTIVE
+saved = None  # (record, view) of a saved run opened from a link or the run browser
+if job is None and S.get(runbrowser.OPEN_KEY):
+    try:
+        rec, snap0, view = runbrowser.open_saved(runs_root(), int(S[runbrowser.OPEN_KEY]))
+        saved = (rec, view)
+    except (ValueError, OSError, KeyError) as exc:
+        st.error(md_escape(f"Cannot open run {S[runbrowser.OPEN_KEY]}: {one_line(exc)}"))
+        S.pop(runbrowser.OPEN_KEY, None)
 
 
 # ------------------------------------------------------------------ views
@@ -313,9 +346,7 @@ def _status(snap) -> None:
     frac = min(1.0, snap.step / total) if total else 0.0
     eta = f"ETA {snap.eta_s:.0f} s" if snap.eta_s is not None else "ETA —"
     rate = f"{snap.steps_per_s:.1f} steps/s" if snap.steps_per_s else "— steps/s"
-    phase = snap.phase or (snap.metrics[-1].get("phase") if snap.metrics else None) or "…"
-    st.progress(frac, text=f"{phase} · step {snap.step}/{total or '?'} · {rate} · "
-                           f"{eta} · {snap.state}")
+    st.progress(frac, text=f"{_phase_progress(snap)} · {rate} · {eta} · {snap.state}")
     if snap.state == "queued":
         st.info(f"Waiting for a free training slot — {snap.message}. "
                 f"(At most {get_manager().max_concurrent} jobs run at once on this server.)")
@@ -326,38 +357,27 @@ def _status(snap) -> None:
         st.error(f"The job failed: {snap.message}")
 
 
-def _latest(metrics: list[dict], col: str):
-    for row in reversed(metrics):
-        v = row.get(col)
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            continue
-        if np.isfinite(f):
-            return f, row
-    return None, None
+def _phase_lengths(j) -> dict:
+    """{phase: steps} of the job's experiment (teacher steps, generator steps)."""
+    exp = getattr(j, "experiment", None)
+    if exp is None or not hasattr(exp, "cfg"):
+        return {}
+    return {p: (exp.cfg.teacher.steps if p == "teacher" else exp.cfg.distill.steps)
+            for p in getattr(exp, "phases", ())}
 
 
-def _headline(snap) -> None:
-    de, row = _latest(snap.metrics, "delta_e")
-    c = st.columns(5)
-    if de is None:
-        c[0].metric("ΔE (pairing inefficiency)", "—", help=plots.DELTA_E_HELP)
-        return
-    lo, hi = row.get("delta_e_lo"), row.get("delta_e_hi")
-    ci = ""
-    try:
-        ci = f"95% CI [{float(lo):.3f}, {float(hi):.3f}]"
-    except (TypeError, ValueError):
-        ci = ""
-    c[0].metric("ΔE (pairing inefficiency)", f"{de:.3f}", help=plots.DELTA_E_HELP + " " + ci)
-    for col, (key, label) in zip(c[1:], (("copy_rate", "copy rate"), ("w2", "W₂² S↔T"),
-                                          ("eta_student", "η(S)"), ("retrieval", "pair retrieval"))):
-        v, _ = _latest(snap.metrics, key)
-        col.metric(label, "—" if v is None else f"{v:.3f}")
-    st.caption(f"Latest evaluation at step {row.get('step')} · n = {snap.z.shape[0] if snap.z is not None else '—'} · {ci}")
-    # the copy verdict of this evaluation: ΔE with n, d, its controls (ui/verdict.py)
-    render_verdict(row, n_modes=None if snap.modes is None else int(snap.modes.centers.shape[0]))
+def _phase_progress(snap) -> str:
+    """'student · step 25/150 (teacher phase done: 400 steps)': steps of the current phase only."""
+    lengths = _phase_lengths(S.get(JOB))
+    phase = snap.phase or (snap.metrics[-1].get("phase") if snap.metrics else None)
+    if phase not in lengths:
+        return f"{phase or '…'} · step {snap.step}/{snap.total_steps or '?'}"
+    before = sum(n for p, n in lengths.items() if p == "teacher" and phase == "student")
+    done = min(lengths[phase], max(0, snap.step - before))
+    text = f"{phase} · step {done}/{lengths[phase]}"
+    if before:
+        text += f" (teacher phase done: {before} steps)"
+    return text
 
 
 def _colors(z, modes):
@@ -381,22 +401,33 @@ def _memo(name: str, key, build):
 
 
 def _views(z, teacher, student, modes, metrics, train_log, *, key: str, step_label: str,
-           basins: dict | None = None, show_matrix: bool = True, phase: str | None = None) -> None:
+           basins: dict | None = None, show_matrix: bool = True, phase: str | None = None,
+           cursor: int | None = None) -> None:
     d = z.shape[1]
     version = (key, step_label, len(metrics), student is None)
     # PCA fitted once per job and phase on the teacher samples (identity for d = 2): during a
     # teacher phase T(z) still moves, the student phase's teacher is final.
     proj = _memo("proj", (key, phase, teacher.shape), lambda: plots.fit_projection(teacher))
     colors = _memo("colors", (key, phase, z.shape, modes is None), lambda: _colors(z, modes))
-    fig = _memo("pairing", version, lambda: plots.pairing_figure(
+    selected, how = _selection(student, modes)
+    sel_key = None if selected is None else tuple(selected.tolist())
+    fig = _memo("pairing", (*version, sel_key), lambda: plots.pairing_figure(
         z, teacher, student, colors=colors, projection=proj, uirevision=f"pair-{key}",
-        student_title=f"Student S(z) {step_label}"))
-    st.plotly_chart(fig, key="toylab_pairing", config={"displaylogo": False})
+        student_title=f"Student S(z) {step_label}", selected=selected))
+    st.plotly_chart(fig, key="toylab_pairing", config={"displaylogo": False}, on_select="rerun",
+                    selection_mode=("lasso", "box"))
+    st.caption("Drag a lasso (or pick the box tool) around points in any panel: the same noises z_i are "
+               "highlighted in z, T(z), S(z) and the pair displacements. Double-click to clear."
+               + (f" Highlighted: {how}." if how else ""))
     if d > 2:
         st.caption("d > 2: samples are shown in the PCA plane fitted once on the teacher samples; "
                    "colors = the teacher sample's mode/cluster.")
     left, right = st.columns([1, 2])
     with left:
+        if modes is not None:
+            k = int(np.asarray(modes.centers).shape[0])
+            st.selectbox("Highlight a teacher mode (where did its noise go?)", ["none", *range(k)],
+                         key="toylab_sel_mode")
         if modes is not None and show_matrix and student is not None:
             st.plotly_chart(_memo("modes", version, lambda: plots.transition_figure(
                                 np.asarray(modes.matrix), float(modes.copy_rate),
@@ -416,16 +447,40 @@ def _views(z, teacher, student, modes, metrics, train_log, *, key: str, step_lab
             st.caption(("Teacher basin map (no student yet)" if basins["step"] is None
                         else f"Basin maps at student step {basins['step']}")
                        + (f" · teacher/student agree on {100 * agree:.1f}% of the grid" if agree is not None else "")
-                       + " (refreshed at each evaluation).")
+                       + " (kept at each evaluation).")
         else:
             st.info("Basin maps appear at the first student evaluation.")
+    _curves(metrics, train_log, key=key, cursor=cursor)
+
+
+def _curves(metrics, train_log, *, key: str, cursor: int | None = None) -> None:
+    """Teacher-phase and student-phase curves, each against its own steps."""
     import pandas as pd
 
-    fig_c = plots.curves_figure(toylab.metrics_frame(metrics),
-                                pd.DataFrame(train_log) if train_log else None,
-                                uirevision=f"curves-{key}")
-    st.plotly_chart(fig_c, key="toylab_curves", config={"displaylogo": False})
-    st.caption(plots.DELTA_E_HELP)
+    mf = toylab.metrics_frame(metrics)
+    log = pd.DataFrame(train_log) if train_log else None
+    if len(curves.phase_rows(mf, "teacher")) or len(curves.phase_rows(log, "teacher")):
+        st.plotly_chart(curves.teacher_curves_figure(mf, log, uirevision=f"tcurves-{key}"),
+                        key="toylab_teacher_curves", config={"displaylogo": False})
+    if len(curves.phase_rows(mf, "student")) or len(curves.phase_rows(log, "student")):
+        st.plotly_chart(curves.student_curves_figure(mf, log, cursor=cursor, uirevision=f"curves-{key}"),
+                        key="toylab_curves", config={"displaylogo": False})
+        st.caption(plots.DELTA_E_HELP + (f" Dashed vertical line: the time cursor (student step {cursor})."
+                                         if cursor is not None else ""))
+
+
+def _selection(student, modes):
+    """(row indices, description) to highlight: a teacher mode picked below, else the last
+    lasso/box selection of the pairing figure (Streamlit's Plotly selection event)."""
+    mode = S.get("toylab_sel_mode", "none")
+    if modes is not None and mode != "none":
+        rows = np.flatnonzero(np.asarray(modes.teacher_modes) == int(mode))
+        return rows, f"teacher mode {mode} ({len(rows)} noises)"
+    traces = ("z", "T(z)") + (("S(z)", "T→S", "S(z) end") if student is not None else ())
+    event = S.get("toylab_pairing")
+    rows = plots.selected_rows(event.get("selection") if isinstance(event, dict) or hasattr(event, "get")
+                               else None, traces) if event is not None else None
+    return rows, (None if rows is None else f"{len(rows)} selected noises")
 
 
 def _draw(snap) -> None:
@@ -444,46 +499,57 @@ def _draw(snap) -> None:
     if snap.z is None or snap.teacher_samples is None:
         st.info(f"{snap.phase or 'job'}: {snap.message} — samples appear at the first evaluation.")
         if snap.train_log:
-            import pandas as pd
-
-            st.plotly_chart(plots.curves_figure(toylab.metrics_frame(snap.metrics),
-                                                pd.DataFrame(snap.train_log),
-                                                uirevision=f"curves-{snap.job_id}"),
-                            key="toylab_curves", config={"displaylogo": False})
+            _curves(snap.metrics, snap.train_log, key=snap.job_id)
         return
     student, modes, label = snap.student_samples, snap.modes, ""
     hist = snap.history
-    if len(hist) >= 2:
-        travel = st.toggle("Time travel", key="toylab_tt", help="Show the pairing at an earlier "
-                           "evaluation (saved snapshots).")
-        if travel:
-            idx = st.slider("Evaluation", 0, len(hist) - 1, len(hist) - 1, key="toylab_tt_idx",
-                            format="%d")
-            step, student = hist[idx]
-            label = f"(step {step})"
-            if modes is not None:
-                from dmdcore.pairing import mode_transition
-
-                modes = mode_transition(student, snap.teacher_samples, centers=modes.centers)
+    steps = [h[0] for h in hist]
+    cursor = timecursor.cursor_slider(steps, total=_phase_lengths(S.get(JOB)).get("student"))
+    if cursor is not None and cursor != steps[-1]:
+        student = hist[steps.index(cursor)][1]
+        if modes is not None:
+            modes = _modes_at(snap.job_id, cursor, student, snap.teacher_samples, modes.centers)
+    if cursor is not None:
+        label = f"(step {cursor})"
+    d = snap.z.shape[1]
+    timecursor.headline(timecursor.row_at(snap.metrics, cursor), n=snap.z.shape[0], d=d, modes=modes,
+                        total=_phase_lengths(S.get(JOB)).get("student"))
     _views(snap.z, snap.teacher_samples, student, modes, snap.metrics, snap.train_log,
-           key=snap.job_id, step_label=label, phase=snap.phase)
+           key=snap.job_id, step_label=label, phase=snap.phase, cursor=cursor,
+           basins=_basins_at(cursor) if d == 2 else None)
 
 
-# ------------------------------------------------------------------ basin maps
-# Refreshed at every student evaluation while the job runs (the full rerun that draws the new
-# evaluation) and at the final step when it pauses or ends. The experiment's lock makes the
-# call wait for the current training step; the teacher's side is computed once per job.
-if (job is not None and snap0 is not None and snap0.z is not None
-        and snap0.z.shape[1] == 2 and snap0.student_samples is not None):
-    bkey = (snap0.job_id, len(snap0.metrics)) if live else (snap0.job_id, snap0.step)
-    if S.get("toylab_basins", {}).get("key") != bkey:
+def _modes_at(job_id, step, student, teacher, centers):
+    from dmdcore.pairing import mode_transition
+
+    return _memo("modes_at", (job_id, step), lambda: mode_transition(student, teacher, centers=centers))
+
+
+def _basins_at(step: int | None) -> dict | None:
+    """Basin maps at the cursor's student step (kept by the engine at each evaluation)."""
+    j = S.get(JOB)
+    exp = getattr(j, "experiment", None)
+    if j is None and saved is not None:  # a saved run: the maps kept in its samples.npz
+        view = saved[1]
+        if step not in view["basins"] or view["basin_teacher"] is None:
+            return None
+        sm, tm = view["basins"][step], view["basin_teacher"]
+        return {"key": ("saved", step), "step": step, "extent": view["basin_extent"], "teacher": tm,
+                "student": sm, "agreement": float((sm == tm).mean())}
+    if step is None or exp is None or not hasattr(exp, "basin_maps"):
+        return S.get("toylab_basins")
+    at = step if step in exp.basin_steps() else None  # None: not kept yet, the current weights
+    key = (j.job_id, step, at is None and (j.snapshot().step if at is None else 0))
+    if S.get("toylab_basins", {}).get("key") != key:
         try:
-            maps = job.experiment.basin_maps(grid_n=64, extent=3.0)
-            S["toylab_basins"] = {"key": bkey, "step": maps.step, "extent": 3.0,
-                                  "teacher": maps.teacher_modes, "student": maps.student_modes,
-                                  "agreement": maps.agreement}
+            maps = exp.basin_maps(grid_n=64, extent=3.0, step=at)
         except (ValueError, RuntimeError) as exc:
             st.warning(f"Basin maps unavailable: {exc}")
+            return None
+        S["toylab_basins"] = {"key": key, "step": maps.step, "extent": 3.0, "teacher": maps.teacher_modes,
+                              "student": maps.student_modes, "agreement": maps.agreement}
+    return S["toylab_basins"]
+
 
 drawn_evals = len(snap0.metrics) if snap0 is not None else 0
 
@@ -497,16 +563,37 @@ def live_status() -> None:
     page's own CPU use stays small next to the training thread's."""
     j = S.get(JOB)
     snap = j.snapshot() if j is not None else None
+    if snap is None and saved is not None:
+        rec = saved[0]
+        st.info(f"Saved run {rec.id} ({snap0.state}, {rec.dataset}, d = {rec.dim}) opened from the run index: "
+                f"`{rec.path}`. Its results and time travel come from its saved files; press **Distill** "
+                "to run the configuration in the sidebar.")
+        return
     _status(snap)
-    if snap is not None and snap.z is not None and snap.teacher_samples is not None:
-        _headline(snap)
     now_live = snap is not None and snap.state in ACTIVE
     if now_live != live or (snap is not None and len(snap.metrics) != drawn_evals):
         st.rerun(scope="app")
 
 
+@st.fragment(run_every=0.8 if S.get(timecursor.PLAY_KEY) else None)
+def player() -> None:
+    """The play button's animation: one evaluation per tick, then a full redraw."""
+    if snap0 is not None and S.get(timecursor.PLAY_KEY):
+        timecursor.play_tick([h[0] for h in snap0.history])
+
+
 live_status()
 _draw(snap0)
+player()
+opened = runbrowser.browser(runs_root(), can_open=not live)
+if opened is not None:
+    if job is not None:
+        _release(job)
+        S.pop(JOB, None)
+    for k in ("toylab_basins", "toylab_memo", timecursor.CURSOR_KEY, timecursor.SHOWN_KEY):
+        S.pop(k, None)
+    S[runbrowser.OPEN_KEY] = opened
+    st.rerun()
 
 # ------------------------------------------------------------------ exports (job idle)
 if job is not None and not live and snap0 is not None and snap0.teacher_samples is not None:

@@ -72,6 +72,29 @@ def test_docs_page_shows_delta_e_definition_controls_and_loop_diagram():
         assert any("metrics.md" in w.value for w in at.warning)
 
 
+def test_docs_metrics_tab_renders_every_display_formula_with_latex():
+    # st.markdown leaves multi-line $$…$$ blocks (the companion metrics at the end) as raw LaTeX:
+    # every display formula of metrics.md must reach the page as an st.latex element
+    import re
+
+    from ui.docs import split_math
+
+    metrics_md = read_doc("metrics.md")
+    blocks = re.findall(r"\$\$(.+?)\$\$", metrics_md, flags=re.S)
+    assert any("\n" in b for b in blocks) or len(blocks) >= 7
+    parts = split_math(metrics_md)
+    assert all("$$" not in text for kind, text in parts if kind == "md")
+    at = _app()
+    at.switch_page("pages/docs.py")
+    at.run()
+    assert not at.exception
+    latex = [e.value.strip("$ \n") for e in at.get("latex")]
+    for b in blocks:
+        assert " ".join(b.split()) in latex, b[:60]
+    md = " ".join(m.value for m in at.markdown)
+    assert "$$" not in md and "What ΔE can and cannot tell" in md
+
+
 def test_dmd_loop_diagram_is_valid_dot():
     # every edge endpoint is a declared node
     import re

@@ -181,7 +181,8 @@ def test_value_error_during_the_run_is_a_failed_run_exit_1(tmp_path, capsys, mon
 
     monkeypatch.setattr(distill.TeacherTrainer, "step", step)
     out = tmp_path / "t"
-    assert main(["teacher", "--out", str(out), *FAST, "--steps", "60"]) == 1
+    # --no-twin: the twin teacher trains in the same loop and would share the patched step count
+    assert main(["teacher", "--out", str(out), *FAST, "--no-twin", "--steps", "60"]) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith("error: run failed") and "boom" in err
     run = RunDir(out)

@@ -103,6 +103,11 @@ def test_launch_tiny_sweep_and_show_results(app, tmp_path, auto_reruns):
     assert sorted(ys) == pytest.approx(sorted(res["delta_e"].tolist()))
     text = " ".join(m.value for m in at.markdown)
     assert "2 of 2 cells finished" in text
+    # each cell shows its copy verdict with n and d (ui/verdict.py), from the results table
+    for _, cell in res.iterrows():
+        assert f"**{cell['cell']}**" in text and f"n = {int(cell['n_eval'])} · d = {int(cell['dim'])}" in text
+    assert any(e.label.startswith("Copy verdict of each cell (2 finished)") for e in at.expander)
+    assert any("independent teacher: ΔE(T′,T)" in c.value for c in at.caption)
     assert any("Sweep page-tiny" in h.value for h in at.subheader)
     assert len(at.dataframe) >= 2  # past sweeps + results table
     # The sweep is listed among past sweeps (from its run index) with both cells finished.

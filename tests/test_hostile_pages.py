@@ -42,6 +42,7 @@ def test_url_values_are_shown_as_text(value):
     assert errors, [e.value for e in at.error]
     for text in errors:
         assert not _UNESCAPED.search(text), text  # no live image / link syntax left
+        assert "://" not in text, text  # no bare URL for GFM to autolink (a zero-width space breaks it)
         assert "127\\.0\\.0\\.1" in text  # the value is still shown, literally
 
 

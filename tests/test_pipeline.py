@@ -338,3 +338,65 @@ def test_optional_terms_are_plumbed_through(change, columns):
     assert all(np.isfinite(row[k]) for k in columns) and 0 <= row["copy_rate"] <= 1
     if cfg.teacher.conditional:
         assert exp.teacher.label_dim == 8 and exp.eval_labels.shape == (128,)
+
+
+def test_evaluation_runs_off_the_training_thread_and_changes_no_number(tmp_path, monkeypatch):
+    """The OT-heavy metrics are computed by the evaluation worker while training goes on; the
+    files are the same to the byte as with the metrics computed inside step()."""
+    import threading
+
+    cfg = tiny_cfg()
+    threads: set[str] = set()
+    real = pairing.pairing_inefficiency
+
+    def spy(*args, **kw):
+        threads.add(threading.current_thread().name)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(pairing, "pairing_inefficiency", spy)
+    exp = Experiment(cfg, run_dir=tmp_path / "async", device="cpu")
+    exp.run()
+    assert threads and not threads & {threading.current_thread().name}, threads
+    assert exp.status == "finished" and [r["step"] for r in exp.metrics if r["phase"] == "student"] == [0, 6, 12]
+    threads.clear()
+    Experiment(cfg, run_dir=tmp_path / "sync", device="cpu", async_eval=False).run()
+    assert threads == {threading.current_thread().name}
+    for name in ("metrics.csv", "samples.npz"):
+        assert (tmp_path / "async" / name).read_bytes() == (tmp_path / "sync" / name).read_bytes(), name
+    a = torch.load(tmp_path / "async" / "student.pt", weights_only=True)
+    b = torch.load(tmp_path / "sync" / "student.pt", weights_only=True)
+    assert a["step"] == b["step"] == 12
+    for k in b["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+
+
+def test_an_evaluation_error_off_the_training_thread_fails_the_run(tmp_path, monkeypatch, teacher_run):
+    def broken(*args, **kw):
+        raise RuntimeError("solver broke")
+
+    monkeypatch.setattr(pairing, "pair_retrieval_accuracy", broken)
+    exp = Experiment(tiny_cfg(), run_dir=tmp_path / "e", teacher=load_teacher(teacher_run, device="cpu"), device="cpu")
+    with pytest.raises(RuntimeError, match="solver broke"):
+        exp.run()
+    assert exp.status == "failed" and RunDir(tmp_path / "e").read_status()["status"] == "failed"
+
+
+def test_basin_maps_are_kept_per_evaluation_for_time_travel(teacher_run):
+    teacher = load_teacher(teacher_run, device="cpu")
+    exp = Experiment(tiny_cfg(), teacher=teacher, device="cpu")
+    exp.run()
+    assert exp.basin_steps() == [0, 6, 12]
+    now, last = exp.basin_maps(), exp.basin_maps(step=12)
+    assert last.step == 12 and last.agreement == now.agreement
+    np.testing.assert_array_equal(now.student_modes, last.student_modes)
+    # step 0: the teacher-initialised one-step student G(z) = D(σ_max z, σ_max), recomputed here
+    first = exp.basin_maps(step=0)
+    xs = first.xs
+    gx, gy = np.meshgrid(xs, xs)
+    zg = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], axis=1))
+    with torch.no_grad():
+        g0 = teacher.denoiser(80.0 * zg, torch.tensor(80.0)).numpy().astype(np.float64)
+    d2 = ((g0[:, None, :] - first.centers[None, :, :]) ** 2).sum(-1)
+    assert (d2.argmin(1).reshape(first.student_modes.shape) == first.student_modes).mean() > 0.999
+    with pytest.raises(ValueError, match="step 5"):
+        exp.basin_maps(step=5)

@@ -323,6 +323,12 @@ def test_wall_time_of_a_cell_without_cell_json_comes_from_timing_csv(tiny_run, t
     assert row["wall_s"] > 0
 
 
+def sw_verdicts():
+    from dmdcore.verdict import VERDICTS
+
+    return VERDICTS
+
+
 def test_tiny_sweep_end_to_end(tiny_run):
     from dmdcore.pairing import pairing_inefficiency
     from dmdcore.runs import RunDir, RunIndex
@@ -330,9 +336,13 @@ def test_tiny_sweep_end_to_end(tiny_run):
     out, res, events = tiny_run
     assert res.failures == [] and (res.n_cells, res.n_run, res.n_skipped) == (2, 2, 0)
     t = res.table
-    expected = ["cell", "data.dim", "status", "message", "step", "n_eval", "wall_s", *sw.METRIC_COLUMNS, "run_dir"]
+    expected = ["cell", "data.dim", "status", "message", "step", "n_eval", "wall_s", *sw.METRIC_COLUMNS,
+                *sw.VERDICT_TEXT_COLUMNS, "run_dir"]
     assert list(t.columns) == expected
     assert list(t["data.dim"]) == [2, 3] and set(t["status"]) == {"finished"}
+    # every cell carries its copy verdict with n, d and the twin control (teachers train a twin)
+    assert list(t["dim"]) == [2, 3] and t["verdict"].isin(sw_verdicts()).all()
+    assert t["delta_e_twin"].notna().all() and t["resolution"].notna().all()
     assert (t["wall_s"] > 0).all() and (t["n_eval"] == 48).all()
     for _, row in t.iterrows():
         # The table reports the final evaluation; recompute ΔE from the saved samples.

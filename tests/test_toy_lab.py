@@ -120,8 +120,15 @@ def test_transition_and_basin_figures():
         plots.transition_figure(np.zeros((2, 3)), 0.0)
     tm = np.array([[0, 1], [1, 2]])
     bf = plots.basin_figure(tm, tm[::-1], extent=3.0)
-    assert len(bf.data) == 2
-    assert np.array_equal(np.asarray(bf.data[1].customdata), tm[::-1])
+    maps = [tr for tr in bf.data if tr.type == "heatmap"]
+    assert len(maps) == 2
+    assert np.array_equal(np.asarray(maps[1].customdata), tm[::-1])
+    # a legend swatch per mode, in the basin's color from the noise color wheel (hue = angle of
+    # the basin's centroid): mode 0 sits at the bottom-left, mode 2 at the top-right
+    swatches = {tr.name: tr.marker.color for tr in bf.data if tr.type == "scatter"}
+    assert list(swatches) == ["mode 0", "mode 1", "mode 2"]
+    assert swatches["mode 0"] == plots.position_colors(np.array([[-1.0, -1.0]]), scale=1.0)[0]
+    assert swatches["mode 2"] == plots.position_colors(np.array([[1.0, 1.0]]), scale=1.0)[0]
     with pytest.raises(ValueError, match="student_map"):
         plots.basin_figure(tm, np.zeros((3, 3), int), extent=3.0)
 
@@ -173,6 +180,7 @@ def test_urlstate_rejects_bad_values_naming_them():
 
 
 # ------------------------------------------------------------------ the page (AppTest)
+import json
 import time
 from pathlib import Path
 
@@ -181,7 +189,7 @@ from streamlit.testing.v1 import AppTest
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TINY = {  # URL keys → a teacher trained in a few seconds and a 20-step distillation
     "t": "train", "tw": "32", "td": "2", "ts": "60", "ss": "20", "bs": "64", "en": "200",
-    "ee": "10", "boot": "20",
+    "ee": "10", "boot": "20", "tt": "0",  # no twin: a faster teacher, the verdict shows the controls as absent
 }
 
 
@@ -199,6 +207,11 @@ def _toy_lab(query: dict | None = None) -> AppTest:
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+def _shown(elements) -> str:
+    """The messages as shown: the page Markdown-escapes them (ui.errors.md_escape)."""
+    return " ".join(e.value.replace("\\", "") for e in elements)
 
 
 def _metric(at: AppTest, label: str):
@@ -235,6 +248,12 @@ def test_toy_lab_distill_shows_delta_e_and_exports(runs_dir):
     rows = [r for r in RunDir(runs[0]).read_metrics() if r.get("delta_e") not in (None, "")]
     assert rows and abs(float(rows[-1]["delta_e"]) - value) < 5e-4
     assert rows[-1]["step"] == 20
+    # the headline shows the copy verdict of that row: n, d, controls (absent: the twin was opted out)
+    assert rows[-1]["n_eval"] == 200 and rows[-1]["verdict"] in ("copies", "same_map", "remaps", "partial",
+                                                                  "unresolved", "invalid")
+    md = " ".join(m.value for m in at.markdown)
+    assert "n = 200 · d = 2" in md
+    assert any("independent teacher: absent" in c.value for c in at.caption)
     # the run is in the index, exports are offered
     from dmdcore.runs import RunIndex
 
@@ -268,7 +287,7 @@ def test_toy_lab_query_params_round_trip(runs_dir):
 
 def test_toy_lab_bad_url_value_shows_error_and_keeps_defaults(runs_dir):
     at = _toy_lab({"t": "train", "d": "100000", "ds": "nonsense"})
-    errs = " ".join(e.value for e in at.error)
+    errs = _shown(at.error)
     assert "'d'" in errs and "[2, 256]" in errs and "'ds'" in errs
     assert at.selectbox(key="ctl_dataset").value == "8gaussians"
 
@@ -282,7 +301,7 @@ def test_toy_lab_upload_validation(runs_dir):
     rows = "\n".join(f"{i * 0.1},{i * 0.2}" for i in range(150)).replace("0.5,1.0", "0.5,abc", 1)
     at.file_uploader(key="toylab_upload_widget").set_value(("bad.csv", rows.encode(), "text/csv"))
     at.run()
-    errs = " ".join(e.value for e in at.error)
+    errs = _shown(at.error)
     assert "Upload rejected" in errs and "bad.csv" in errs and "abc" in errs
     # removing the file from the uploader removes its error
     at.file_uploader(key="toylab_upload_widget").set_value(None)
@@ -389,15 +408,22 @@ def test_transport_pause_step_resume_time_travel_and_reset(runs_dir):
     at.run()
     assert job.wait_paused(60)
     assert job.snapshot().step == step + 3
-    # time travel over the saved evaluations: the student panel is titled with the chosen step
-    _wait_until(at, lambda a: a.toggle(key="toylab_tt") is not None, timeout=30)
-    at.toggle(key="toylab_tt").set_value(True)
-    at.run()
+    # the time cursor over the saved evaluations: the student panel, the tiles, the basin maps
+    # and the cursor line on the curves all show the chosen student step
     hist = job.snapshot().history
-    at.slider(key="toylab_tt_idx").set_value(0)
+    first = hist[0][0]
+    at.select_slider(key="toylab_cursor").set_value(first)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    assert f"(step {hist[0][0]})" in _pairing_spec(at)
+    assert f"(step {first})" in _pairing_spec(at)
+    row = next(r for r in job.snapshot().metrics if r["phase"] == "student" and r["step"] == first)
+    assert _metric(at, "ΔE (pairing inefficiency)") == f"{row['delta_e']:.3f}"
+    assert _metric(at, "pair retrieval") == f"{row['retrieval']:.3f}"
+    assert any(f"Basin maps at student step {first} " in c.value for c in at.caption)
+    assert any(f"Evaluation at student step {first} of 100000" in c.value for c in at.caption)
+    curves = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    cursors = [sh for sh in curves["layout"]["shapes"] if sh.get("name") == "cursor"]
+    assert len(cursors) == 4 and all(sh["x0"] == first for sh in cursors)
     # Resume reads as running at once; Stop ends it
     at.button(key="btn_resume").click()
     at.run()
@@ -421,6 +447,9 @@ def test_time_travel_needs_two_snapshots(runs_dir):
     at.run()
     job = at.session_state["toylab_job"]
     assert job.wait(120) and job.state == "finished", (job.snapshot().message, job.error)
+    at.run()
+    # steps of the phase, not teacher + student steps added up
+    assert "student · step 5/5 (teacher phase done: 60 steps)" in _progress(at), _progress(at)
 
     class OneSnapshot:
         """The finished job, seen as if only one evaluation had been saved (e.g. stopped right
@@ -437,16 +466,16 @@ def test_time_travel_needs_two_snapshots(runs_dir):
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert _metric(at, "ΔE (pairing inefficiency)") not in (None, "—")  # the page still draws
-    assert not [t for t in at.toggle if t.key == "toylab_tt"]
-    # with the real job (two or more evaluations) the time-travel toggle is offered
+    assert not [t for t in at.get("select_slider") if t.key == "toylab_cursor"]
+    # with the real job (two or more evaluations) the time cursor is offered
     at.session_state["toylab_job"] = job
     at.run()
-    assert [t for t in at.toggle if t.key == "toylab_tt"]
+    assert [t for t in at.get("select_slider") if t.key == "toylab_cursor"]
 
 
 def test_unknown_shipped_teacher_in_the_url_is_named(runs_dir):
     at = _toy_lab({"tn": "no-such-teacher"})
-    errs = " ".join(e.value for e in at.error)
+    errs = _shown(at.error)
     assert "'no-such-teacher'" in errs and "8gaussians" in errs
     assert at.selectbox(key="ctl_shipped_name").value == toylab.shipped_teachers()[0]["name"]
 
@@ -464,3 +493,123 @@ def test_invalid_setting_keeps_the_last_valid_configuration(runs_dir):
     assert job.experiment.cfg.data.dataset == "8gaussians"
     job.stop()
     assert job.wait(60)
+
+
+def test_teacher_and_student_curves_have_their_own_step_axes_and_the_cursor():
+    """A run that trains its teacher (steps 0–400) then its student (0–150): the W₂² panel must
+    not join W₂²(T, data) and W₂²(S, data) into one line, and losses use each phase's steps."""
+    from ui import curves
+
+    metrics = pd.DataFrame(
+        [{"step": s, "phase": "teacher", "loss": 1.0 / (s + 1), "w2_data": 0.5, "eta_teacher": 0.1}
+         for s in (0, 200, 400)]
+        + [{"step": s, "phase": "student", "delta_e": 0.3, "delta_e_lo": 0.2, "delta_e_hi": 0.4, "w2": 0.2,
+            "w2_data": 0.3, "eta_student": 0.2, "eta_teacher": 0.1} for s in (0, 50, 100, 150)])
+    log = pd.DataFrame([{"step": i + 1, "phase": "teacher", "phase_step": i + 1, "loss": 1.0} for i in range(400)]
+                       + [{"step": 401 + i, "phase": "student", "phase_step": i + 1, "loss_dm": 0.5}
+                          for i in range(150)])
+    stu = curves.student_curves_figure(metrics, log, cursor=50)
+    xs = {tr.name: list(tr.x) for tr in stu.data}
+    assert xs["W₂²(S, data)"] == [0, 50, 100, 150] and max(xs["loss_dm"]) == 150  # student steps only
+    assert "loss" not in xs
+    assert curves.cursor_positions(stu) == [50.0] * 4
+    assert {stu.layout[f"xaxis{i}"].title.text for i in ("", 2, 3, 4)} == {"student step"}
+    # reference lines: ΔE = 1 (random pairing) and 0 (OT pairing)
+    assert sorted(sh.y0 for sh in stu.layout.shapes if sh.name != curves.CURSOR) == [0.0, 1.0]
+    tea = curves.teacher_curves_figure(metrics, log)
+    txs = {tr.name: list(tr.x) for tr in tea.data}
+    assert txs["W₂²(T, data)"] == [0, 200, 400] and max(txs["loss"]) == 400
+    assert tea.layout.xaxis.title.text == "teacher step" and not curves.cursor_positions(tea)
+
+
+def test_every_student_control_has_a_tooltip():
+    student = ("init", "ratio", "lr", "lr_fake", "batch", "s_steps", "gan", "regression", "reg_weight",
+               "student_steps", "seed", "eval_every", "bootstrap")
+    assert [n for n in student if len(urlstate.BY_NAME[n].help) < 20] == []
+
+
+def test_a_run_opens_from_its_link_in_a_fresh_session(runs_dir):
+    """run=<index id> in the URL: a new session shows that run's numbers and time travel from
+    its saved files, without a job; a bad or unknown id is reported, not replaced silently."""
+    at = _toy_lab({**TINY, "ss": "10", "ee": "5"})
+    at.button(key="btn_distill").click()
+    at.run()
+    job = at.session_state["toylab_job"]
+    assert job.wait(180) and job.state == "finished", (job.snapshot().message, job.error)
+    at.run()
+    run_id = at.query_params["run"][0] if isinstance(at.query_params["run"], list) else at.query_params["run"]
+    rows = [r for r in job.snapshot().metrics if r["phase"] == "student"]
+
+    fresh = _toy_lab({**TINY, "ss": "10", "ee": "5", "run": str(run_id)})
+    assert "toylab_job" not in fresh.session_state
+    assert _metric(fresh, "ΔE (pairing inefficiency)") == f"{rows[-1]['delta_e']:.3f}"
+    assert any(f"Saved run {run_id} (finished" in i.value for i in fresh.info)
+    fresh.select_slider(key="toylab_cursor").set_value(0)
+    fresh.run()
+    assert not fresh.exception, [e.value for e in fresh.exception]
+    assert _metric(fresh, "ΔE (pairing inefficiency)") == f"{rows[0]['delta_e']:.3f}"
+    assert any("Basin maps at student step 0 " in c.value for c in fresh.caption)
+    assert "(step 0)" in _pairing_spec(fresh)
+
+    bad = _toy_lab({"run": "zzz"})
+    assert any("'zzz' is not a run id" in e.value for e in bad.error)
+    missing = _toy_lab({"run": "999"})
+    assert any("999 is not in the run index" in e.value for e in missing.error)
+
+
+def test_linked_selection_highlights_the_same_noises_in_every_panel():
+    rng = np.random.default_rng(0)
+    z, t, s = (rng.normal(size=(50, 2)).astype(np.float32) for _ in range(3))
+    colors = plots.position_colors(z)
+    proj = plots.fit_projection(t)
+    # a lasso in the S(z) panel (curve 2) and one in z (curve 0); segment vertices are ignored
+    event = {"points": [{"curve_number": 2, "point_index": 7}, {"curve_number": 0, "point_index": 3},
+                        {"curve_number": 3, "point_index": 40}]}
+    traces = ("z", "T(z)", "S(z)", "T→S", "S(z) end")
+    rows = plots.selected_rows(event, traces)
+    assert rows.tolist() == [3, 7]
+    fig = plots.pairing_figure(z, t, s, colors=colors, projection=proj, selected=rows)
+    by = {tr.name: tr for tr in fig.data}
+    for name in ("z", "T(z)", "S(z)", "S(z) end"):
+        assert list(by[name].selectedpoints) == [3, 7], name
+    seg_x = np.asarray(by["T→S"].x, dtype=float)
+    assert np.isfinite(seg_x).sum() == 4  # only the two selected pairs' segments
+    assert fig.layout.dragmode == "lasso"
+    assert plots.selected_rows({"points": []}, traces) is None
+
+
+def test_a_teacher_mode_highlights_where_its_noise_went(runs_dir):
+    at = _toy_lab({"tn": "8gaussians", "en": "200"})
+    at.selectbox(key="toylab_sel_mode").set_value(2)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    spec = json.loads(_pairing_spec(at))
+    sel = {tr["name"]: tr.get("selectedpoints") for tr in spec["data"]}
+    assert sel["z"] and sel["z"] == sel["T(z)"]
+    assert any("teacher mode 2 (" in c.value for c in at.caption)
+
+
+def test_compare_two_runs_overlays_their_curves_and_differences(runs_dir):
+    from dmdcore.config import DistillConfig, EvalConfig
+    from dmdcore.pipeline import Experiment, load_teacher, teacher_experiment_config
+    from dmdcore.runs import RunIndex
+
+    root = runs_dir
+    root.mkdir(parents=True, exist_ok=True)
+    teacher = load_teacher("8gaussians", device="cpu")
+    ids = []
+    for seed in (0, 1):
+        cfg = teacher_experiment_config(teacher, distill=DistillConfig(steps=4, batch=32, ratio=1, seed=seed),
+                                        eval=EvalConfig(every=2, n=64, bootstrap=0))
+        exp = Experiment(cfg, run_dir=root / f"cmp{seed}", index=RunIndex(root), teacher=teacher, device="cpu")
+        exp.run()
+        ids.append(RunIndex(root).get(exp.run_dir).id)
+    at = _toy_lab({"tn": "8gaussians", "en": "200"})
+    at.multiselect(key="rb_compare").set_value(ids)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    spec = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    names = {tr["name"] for tr in spec["data"]}
+    assert {f"run {ids[0]} · ΔE", f"run {ids[1]} · ΔE", f"run {ids[1]} · W₂²"} <= names
+    diff = next(d.value for d in at.dataframe if "field" in d.value.columns)
+    assert diff["field"].tolist() == ["distill.seed"]

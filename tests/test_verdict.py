@@ -149,3 +149,112 @@ def test_old_metrics_without_controls_still_open(tmp_path):
 
     rows = RunDir(run).read_metrics()
     assert rows == [{"step": 5, "phase": "student", "delta_e": 0.25, "delta_e_lo": 0.2, "delta_e_hi": 0.3}]
+
+
+def _shipped_pairs():
+    from dmdcore.checkpoints import read_manifest
+    from dmdcore.pipeline import checkpoints_dir
+
+    entries = read_manifest(checkpoints_dir() / "manifest.json")["entries"]
+    twins = {e["twin_of"]: e for e in entries if e.get("role") == "twin"}
+    return [(e, twins.get(e["name"])) for e in entries if e.get("kind") == "toy" and e.get("role") == "teacher"]
+
+
+def test_every_shipped_teacher_ships_a_twin_with_its_delta_e_remeasured():
+    from dmdcore.pipeline import checkpoints_dir
+
+    pairs = _shipped_pairs()
+    assert len(pairs) == 5
+    for teacher, twin in pairs:
+        assert twin is not None, f"{teacher['name']}: no twin in the manifest"
+        stored = teacher["twin"]
+        assert stored["name"] == twin["name"] and twin["config"]["teacher"]["seed"] != teacher["config"]["teacher"]["seed"]
+        assert twin["config"]["data"] == teacher["config"]["data"]
+        again = V.twin_control(checkpoints_dir() / teacher["file"], checkpoints_dir() / twin["file"], name=twin["name"],
+                               n=stored["n"], eval_seed=stored["eval_seed"])
+        assert again["delta_e_twin"] == pytest.approx(stored["delta_e_twin"], abs=1e-6), teacher["name"]
+        assert again["w2_twin"] == pytest.approx(stored["w2_twin"], rel=1e-6), teacher["name"]
+
+
+@pytest.mark.parametrize("name", ["8gaussians", "mixture-d32"])
+def test_identity_student_is_not_a_copy_of_a_shipped_teacher(name):
+    from dmdcore.pipeline import checkpoints_dir
+
+    teacher, twin = next(p for p in _shipped_pairs() if p[0]["name"] == name)
+    z, t, tw = V.twin_samples(checkpoints_dir() / teacher["file"], checkpoints_dir() / twin["file"], n=512)
+    r = copy_report(z, t, twin=tw, seed=0)
+    # S(z) = z reads ΔE ≈ 0 (the teacher's ODE map is already an OT map on the batch) ...
+    assert r.delta_e < 0.02
+    # ... but it is not a copy: it has not matched the teacher's distribution
+    assert r.verdict != "copies" and r.verdict == "invalid"
+
+
+def test_verdict_text_for_old_and_new_rows():
+    from dmdcore import verdict_text as vt
+
+    old = {"step": 5, "phase": "student", "delta_e": 0.25, "delta_e_lo": 0.2, "delta_e_hi": 0.3}
+    assert "n = unknown" in vt.headline(old) and "controls absent" in vt.verdict_label(old)
+    assert any("controls absent" in x for x in vt.control_lines(old))
+    new = {**old, "n_eval": 1024, "dim": 64, "verdict": "partial", "delta_e_valid": 1, "resolution": math.inf,
+           "delta_e_twin": None, "copy_rate": 0.98, "retrieval": 0.9}
+    assert "n = 1024 · d = 64" in vt.headline(new) and vt.verdict_label(new) == "partially remaps"
+    lines = vt.control_lines(new)
+    assert "independent teacher: absent" in lines[0] and "even a remapping with population ΔE 0.25 reads as 0" in lines[1]
+    assert vt.verdict_label({**new, "verdict": "copies"}).startswith("copies (no twin")
+    comp = vt.companion_lines(new, n_modes=8)
+    assert comp[0] == "copy rate 0.980 (chance 0.125 with 8 equal modes)"
+    assert "chance 0.0010" in comp[1] and "within the mode" in comp[2]  # high copy rate, ΔE not small
+
+
+def test_sweep_summary_refuses_to_pool_and_drops_unreadable_cells():
+    import pandas as pd
+
+    from dmdcore import sweep as sw
+
+    base = dict(status="finished", message="", step=10, wall_s=1.0, run_dir="x", delta_e_lo=None, delta_e_hi=None)
+    rows = [
+        {**base, "cell": "a", "seed": 0, "n_eval": 1024, "dim": 2, "delta_e": 0.30, "verdict": "partial", "resolution": 0.0},
+        {**base, "cell": "b", "seed": 1, "n_eval": 1024, "dim": 2, "delta_e": 0.34, "verdict": "partial", "resolution": 0.0},
+        {**base, "cell": "c", "seed": 2, "n_eval": 256, "dim": 2, "delta_e": 0.10, "verdict": "partial", "resolution": 0.05},
+        {**base, "cell": "d", "seed": 3, "n_eval": 1024, "dim": 2, "delta_e": 0.00, "verdict": "invalid", "resolution": 0.0},
+        {**base, "cell": "e", "seed": 4, "n_eval": 1024, "dim": 2, "delta_e": 0.01, "verdict": "unresolved",
+         "resolution": math.inf},
+    ]
+    text = sw.summarize(pd.DataFrame(rows), ["seed"])
+    assert "2 cell(s) left out" in text and "d (ΔE 0.000, not meaningful yet)" in text and "below its resolution > 0.25" in text
+    assert "measured at different n" in text
+    assert "[n = 256] 1 of 5 cells finished with a readable ΔE" in text
+    assert "[n = 1024] 2 of 5 cells finished with a readable ΔE; ΔE ranges from 0.300 to 0.340" in text
+
+
+def test_cli_distill_and_runs_show_print_the_verdict(tmp_path, capsys):
+    from dmdcore.cli import main
+    from dmdcore.runs import RunDir
+
+    out = tmp_path / "s"
+    assert main(["distill", "--teacher", "8gaussians", "--init", "random", "--quick", "--steps", "2",
+                 "--eval-every", "2", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "copy verdict (last student evaluation):" in printed and "verdict: ΔE not meaningful yet" in printed
+    assert "independent teacher: ΔE(T′,T) = " in printed and "n = 256 · d = 2" in printed
+    rows = [r for r in RunDir(out).read_metrics() if r["phase"] == "student"]
+    assert rows[0]["step"] == 0 and all(r["verdict"] == "invalid" and r["delta_e_valid"] == 0 for r in rows)
+    assert all(r["delta_e_twin"] is not None and r["n_eval"] == 256 and r["dim"] == 2 for r in rows)
+    assert main(["runs", "show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "verdict=invalid" in shown and "degenerate denominator" in shown
+
+
+def test_twin_trained_in_the_teacher_phase_and_opt_out(tmp_path):
+    from dmdcore.config import DataConfig, DistillConfig, EvalConfig, ExperimentConfig, TeacherConfig
+    from dmdcore.pipeline import Experiment, load_teacher
+
+    cfg = ExperimentConfig(data=DataConfig(n_samples=500), teacher=TeacherConfig(width=16, depth=1, steps=4, batch=64),
+                           distill=DistillConfig(steps=1, batch=16), eval=EvalConfig(every=4, n=64, bootstrap=0))
+    exp = Experiment(cfg, run_dir=tmp_path / "t", device="cpu", phases=("teacher",))
+    exp.run()
+    assert (tmp_path / "t" / "twin.pt").is_file() and exp.twin.teacher_config.seed == cfg.teacher.seed + 1
+    assert load_teacher(tmp_path / "t").twin is not None  # a later distillation finds the twin
+    off = Experiment(cfg.replace(teacher=cfg.teacher.replace(twin=False)), device="cpu")
+    off.run()
+    assert off.twin is None and off.metrics[-1]["delta_e_twin"] is None and off.metrics[-1]["n_eval"] == 64

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
@@ -13,6 +14,28 @@ def read_doc(name: str, docs_dir: Path = DOCS_DIR) -> str | None:
         raise ValueError(f"name: {name!r} must be a plain file name inside docs/")
     path = docs_dir / name
     return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+_DISPLAY_MATH = re.compile(r"\$\$(.+?)\$\$", re.S)
+
+
+def split_math(md: str) -> list[tuple[str, str]]:
+    """Split markdown into ("md", text) and ("latex", formula) parts: every display formula
+    ``$$…$$`` (also one spanning lines or sitting in a list item) becomes its own part so the
+    page renders it with ``st.latex`` — st.markdown leaves multi-line ``$$`` blocks as raw
+    LaTeX.  Inline ``$…$`` stays in the markdown parts (st.markdown renders those)."""
+    parts: list[tuple[str, str]] = []
+    pos = 0
+    for m in _DISPLAY_MATH.finditer(md):
+        before = md[pos:m.start()]
+        if before.strip():
+            parts.append(("md", before))
+        parts.append(("latex", " ".join(m.group(1).split())))
+        pos = m.end()
+    rest = md[pos:]
+    if rest.strip():
+        parts.append(("md", rest))
+    return parts
 
 
 # One DMD2 iteration (Yin et al. 2024, Alg. 1; two time-scale update rule).

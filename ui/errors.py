@@ -27,9 +27,19 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=^&])")
 _ABS_PATH = re.compile(r"(?<![\w.])(/(?:[\w.@+-]+/)+)([\w.@+-]*)")
 
 
+_AUTOLINK = re.compile(r"(://|www\.|@)", re.IGNORECASE)
+
+
 def md_escape(text) -> str:
-    """``text`` with every Markdown/directive character escaped (shown literally)."""
-    return _MD_SPECIAL.sub(r"\\\1", str(text))
+    """``text`` with every Markdown/directive character escaped (shown literally); bare URLs,
+    ``www.`` names and e-mail addresses get a zero-width space so GFM does not autolink them."""
+    text = _AUTOLINK.sub(lambda m: m.group(1)[0] + "\u200b" + m.group(1)[1:], str(text))
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def short_paths(text: str) -> str:
+    """``text`` with absolute server paths cut to their last component."""
+    return _ABS_PATH.sub(lambda m: m.group(2) or os.path.basename(m.group(1).rstrip("/")), str(text))
 
 
 def one_line(exc: BaseException) -> str:
@@ -37,7 +47,7 @@ def one_line(exc: BaseException) -> str:
     at most 300 characters."""
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
-    first = _ABS_PATH.sub(lambda m: m.group(2) or os.path.basename(m.group(1).rstrip("/")), first)
+    first = short_paths(first)
     if len(first) > 300:
         first = first[:297] + "…"
     if isinstance(exc, ValueError) and first:

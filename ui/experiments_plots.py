@@ -15,6 +15,11 @@ from dmdcore.sweep import FINISHED, aggregate, is_replicate_axis
 
 DELTA_E_DEF = ("ΔE = (E_pair − E_OT)/(E_ind − E_OT): 0 = the student copies the teacher's "
                "noise→sample pairing, ≈1 = no better than an independent pairing.")
+# Legends to the right of the plot: a horizontal legend below it covered the x-axis title.
+LEGEND = dict(orientation="v", yanchor="top", y=1.0, x=1.02, font=dict(size=12))
+# Log axes: labelled ticks at 1-2-5 with their full values (Plotly's default labelled the minor
+# ticks with a single digit: "10 9 8 7 …").
+LOG_TICKS = dict(type="log", dtick="D2", tickformat=".3~g")
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf")
 
@@ -59,9 +64,9 @@ def delta_e_vs_x_figure(table: pd.DataFrame, x: str, axes: list[str], *, log_x: 
             ))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10),
                       title=f"ΔE vs {x} (mean over seeds, 95% CI)",
-                      xaxis_title=x, yaxis_title="ΔE", legend=dict(orientation="h", y=-0.2))
+                      xaxis_title=x, yaxis_title="ΔE", legend=LEGEND)
     if log_x:
-        fig.update_xaxes(type="log")
+        fig.update_xaxes(**LOG_TICKS)
     return fig
 
 
@@ -81,7 +86,7 @@ def curves_overlay_figure(curves: pd.DataFrame, axes: list[str], *, height: int 
                                      hovertemplate=f"{cell}<br>step=%{{x}}<br>ΔE=%{{y:.3f}}<extra></extra>"))
             shown.add(lab)
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), title="ΔE over training, every cell",
-                      xaxis_title="student step", yaxis_title="ΔE", legend=dict(orientation="h", y=-0.2))
+                      xaxis_title="student step", yaxis_title="ΔE", legend=LEGEND)
     return fig
 
 
@@ -105,8 +110,8 @@ def quality_vs_copying_figure(table: pd.DataFrame, axes: list[str], *, height: i
                 hovertemplate="%{text}<br>W₂²=%{x:.4g}<br>ΔE=%{y:.3f}<extra></extra>"))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10),
                       title="Quality vs copying (one point per cell)", xaxis_title="W₂²(student, teacher)",
-                      yaxis_title="ΔE", legend=dict(orientation="h", y=-0.2))
-    fig.update_xaxes(type="log")
+                      yaxis_title="ΔE", legend=LEGEND)
+    fig.update_xaxes(**LOG_TICKS)
     return fig
 
 
@@ -120,8 +125,9 @@ def heatmap_figure(table: pd.DataFrame, x: str, y: str, *, metric: str = "delta_
         text = [[f"{v:.3f} (n={int(c)})" if np.isfinite(v) else "" for v, c in zip(rv, rc)]
                 for rv, rc in zip(piv.to_numpy(), counts.reindex_like(piv).fillna(0).to_numpy())]
         fig.add_trace(go.Heatmap(z=piv.to_numpy(), x=[str(c) for c in piv.columns], y=[str(i) for i in piv.index],
-                                 text=text, texttemplate="%{text}", colorscale="RdBu", zmin=0.0,
+                                 text=text, texttemplate="%{text}", textfont=dict(size=13), colorscale="RdBu", zmin=0.0,
                                  zmax=max(1.0, float(np.nanmax(piv.to_numpy()))), colorbar=dict(title="ΔE")))
+    # swept values are categories (data.dim 2, 16, 64 …), not a continuous axis
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), title=f"mean ΔE: {y} × {x}",
-                      xaxis_title=x, yaxis_title=y)
+                      xaxis=dict(title=x, type="category"), yaxis=dict(title=y, type="category"))
     return fig

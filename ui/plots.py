@@ -25,6 +25,7 @@ MODE_PALETTE: tuple[str, ...] = (
     "#B68100", "#750D86", "#EB663B", "#511CFB",
 )
 
+TOP_MARGIN = 64  # px above the plot area: room for the toolbar above the (subplot) titles
 DELTA_E_HELP = (
     "ΔE = (E_pair − E_OT) / (E_ind − E_OT): E_pair = mean‖S(z_i) − T(z_i)‖², E_OT = exact optimal-"
     "transport cost between the student and teacher sample sets, E_ind = cost of an independent "
@@ -132,13 +133,24 @@ def fit_projection(teacher_samples: np.ndarray, source: str = "teacher samples")
 # ---------------------------------------------------------------------------------------------
 # Panel group 1: noise / teacher / student / displacement (one figure, WebGL)
 # ---------------------------------------------------------------------------------------------
-def _gl_points(xy: np.ndarray, colors, name: str, size: float) -> go.Scattergl:
+def _gl_points(xy: np.ndarray, colors, name: str, size: float, selected=None) -> go.Scattergl:
+    """Point i of the trace is row i (the same noise z_i in every panel). ``selected``: row
+    indices to highlight (the others fade), or None. hoverinfo "none" (not "skip"): no hover
+    label, but lasso/box selections still report the points."""
     xy = np.asarray(xy, dtype=np.float32)
+    extra = {}
+    if selected is not None:
+        keep = [int(i) for i in selected if 0 <= int(i) < len(xy)]
+        extra = dict(selectedpoints=keep, selected=dict(marker=dict(size=size * 1.6)),
+                     unselected=dict(marker=dict(opacity=0.12)))
     return go.Scattergl(
         x=xy[:, 0], y=xy[:, 1], mode="markers", name=name, showlegend=False,
         marker=dict(color=list(colors), size=size, line=dict(width=0)),
-        hoverinfo="skip",
+        hoverinfo="none", **extra,
     )
+
+
+POINT_TRACES = ("z", "T(z)", "S(z)", "S(z) end")  # pairing_figure traces whose point i is row i
 
 
 def segments_xy(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -171,6 +183,7 @@ def pairing_figure(
     marker_size: float = 4.0,
     height: int = 420,
     student_title: str = "Student samples S(z)",
+    selected: np.ndarray | None = None,
 ) -> go.Figure:
     """Four WebGL panels in one figure: noise z | T(z) | S(z) | segments T(z_i) → S(z_i).
 
@@ -179,6 +192,9 @@ def pairing_figure(
     identical and remapping looks scrambled. projection: maps samples to 2-D (fitted once on
     teacher samples); noise_projection: for z (defaults to identity when d == 2, else PCA of z).
     max_segments: at most this many pair segments are drawn (the first ones, deterministic).
+    selected: row indices (a lasso/box selection, a teacher mode) highlighted in every panel —
+    the same noises z_i in z, T(z), S(z) and the displacement panel (only their segments drawn).
+    Lasso is the default drag tool.
     """
     z = np.asarray(z, dtype=np.float32)
     teacher = np.asarray(teacher, dtype=np.float32)
@@ -194,23 +210,24 @@ def pairing_figure(
     z2 = noise_projection.transform(z)
     t2 = projection.transform(teacher)
     fig = make_subplots(
-        rows=1, cols=4, horizontal_spacing=0.05,
+        rows=1, cols=4, horizontal_spacing=0.07,
         subplot_titles=("Noise z", "Teacher samples T(z)", student_title,
                         "Pair displacement T(zᵢ) → S(zᵢ)"),
     )
-    fig.add_trace(_gl_points(z2, colors, "z", marker_size), row=1, col=1)
-    fig.add_trace(_gl_points(t2, colors, "T(z)", marker_size), row=1, col=2)
+    fig.add_trace(_gl_points(z2, colors, "z", marker_size, selected), row=1, col=1)
+    fig.add_trace(_gl_points(t2, colors, "T(z)", marker_size, selected), row=1, col=2)
     if student is not None:
         s2 = projection.transform(student)
-        fig.add_trace(_gl_points(s2, colors, "S(z)", marker_size), row=1, col=3)
+        fig.add_trace(_gl_points(s2, colors, "S(z)", marker_size, selected), row=1, col=3)
         m = min(n, max_segments)
-        sx, sy = segments_xy(t2[:m], s2[:m])
+        rows = np.arange(m) if selected is None else np.asarray([i for i in selected if 0 <= i < m], np.int64)
+        sx, sy = segments_xy(t2[rows], s2[rows])
         fig.add_trace(
             go.Scattergl(x=sx, y=sy, mode="lines", showlegend=False, hoverinfo="skip",
                          line=dict(width=1, color="rgba(80,80,80,0.45)"), name="T→S"),
             row=1, col=4,
         )
-        fig.add_trace(_gl_points(s2[:m], colors[:m], "S(z) end", marker_size * 0.7), row=1, col=4)
+        fig.add_trace(_gl_points(s2[:m], colors[:m], "S(z) end", marker_size * 0.7, selected), row=1, col=4)
     nz = noise_projection.axis_titles("z")
     ns = projection.axis_titles()
     fig.update_xaxes(title_text=nz[0], row=1, col=1)
@@ -223,8 +240,23 @@ def pairing_figure(
     fig.update_xaxes(matches="x2", row=1, col=4)
     fig.update_yaxes(matches="y2", row=1, col=3)
     fig.update_yaxes(matches="y2", row=1, col=4)
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), uirevision=uirevision)
+    fig.update_annotations(font_size=13)  # subplot titles
+    # the top margin keeps the Plotly toolbar (drawn in the figure's top-right corner) above the titles
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=TOP_MARGIN, b=10), uirevision=uirevision,
+                      dragmode="lasso")
     return fig
+
+
+def selected_rows(selection: dict | None, fig_traces: tuple[str, ...]) -> np.ndarray | None:
+    """Row indices of a Streamlit Plotly selection event on ``pairing_figure`` (points of any
+    point trace; segment vertices ignored), or None when nothing is selected."""
+    if not selection:
+        return None
+    pts = selection.get("points") or []
+    rows = sorted({int(p["point_index"]) for p in pts
+                   if 0 <= int(p.get("curve_number", -1)) < len(fig_traces)
+                   and fig_traces[int(p["curve_number"])] in POINT_TRACES})
+    return np.asarray(rows, np.int64) if rows else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,26 +272,51 @@ def transition_figure(matrix: np.ndarray, copy_rate: float, *, uirevision: str =
     fig = go.Figure(go.Heatmap(
         z=m, x=list(range(k)), y=list(range(k)), zmin=0.0, zmax=1.0, colorscale="Blues",
         text=np.round(m, 2), texttemplate="%{text}" if k <= 12 else None,
+        textfont=dict(size=13 if k <= 8 else 11),
         hovertemplate="teacher mode %{y} → student mode %{x}: %{z:.3f}<extra></extra>",
         colorbar=dict(title="P"),
     ))
     fig.update_layout(
-        title=f"Mode transition (copy rate = {copy_rate:.3f}, diagonal mass)",
+        title=dict(text=f"Mode transition · copy rate {copy_rate:.3f}", font=dict(size=14)),
         xaxis_title="student mode", yaxis_title="teacher mode", height=height,
         xaxis=dict(dtick=1 if k <= 20 else None),
         yaxis=dict(autorange="reversed", dtick=1 if k <= 20 else None), uirevision=uirevision,
-        margin=dict(l=10, r=10, t=50, b=10),
+        margin=dict(l=10, r=10, t=TOP_MARGIN, b=10),
     )
     return fig
 
 
+def basin_colors(teacher_map: np.ndarray, extent: float) -> list[str]:
+    """One color per mode of a teacher basin map, taken from the noise color wheel
+    (``position_colors``: hue = angle) at the centroid of the mode's basin, so a basin has the
+    color of the noise that flows into it in the scatter panels. Modes absent from the map
+    get their ``MODE_PALETTE`` color."""
+    tm = np.asarray(teacher_map)
+    g = tm.shape[0]
+    axis = np.linspace(-extent, extent, g)
+    gx, gy = np.meshgrid(axis, axis)
+    k = int(tm.max()) + 1
+    out = []
+    for j in range(k):
+        mask = tm == j
+        if not mask.any():
+            out.append(MODE_PALETTE[j % len(MODE_PALETTE)])
+            continue
+        c = np.array([[gx[mask].mean(), gy[mask].mean()]])
+        r = float(np.hypot(*c[0]))
+        # full saturation at the centroid's angle (a basin at the centre stays grey, as its noise)
+        out.append(str(position_colors(c, scale=max(r, 1e-9) if r > 0.15 * extent else extent)[0]))
+    return out
+
+
 def basin_figure(teacher_map: np.ndarray, student_map: np.ndarray | None, extent: float, *,
-                 uirevision: str = "basins", height: int = 380) -> go.Figure:
-    """Side-by-side basin maps over the 2-D noise grid [-extent, extent]².
+                 uirevision: str = "basins", height: int = 380, colors: list[str] | None = None) -> go.Figure:
+    """Side-by-side basin maps over the 2-D noise grid [-extent, extent]², with a legend of the
+    modes.
 
     teacher_map / student_map: (G, G) integer mode labels, row index = z₂ (bottom→top),
-    column index = z₁ (left→right). Colors follow ``MODE_PALETTE`` so the same mode has the same
-    color in both maps (and in the transition matrix axes).
+    column index = z₁ (left→right). colors: one CSS color per mode, the same in both maps
+    (default: ``basin_colors`` of the teacher map, i.e. the noise color wheel).
     """
     tm = np.asarray(teacher_map)
     if tm.ndim != 2:
@@ -271,24 +328,30 @@ def basin_figure(teacher_map: np.ndarray, student_map: np.ndarray | None, extent
             raise ValueError(f"student_map: shape {sm.shape} != teacher_map shape {tm.shape}")
         maps.append(("Student basins: mode of S(z)", sm))
     k = int(max(int(np.max(mp)) for _, mp in maps)) + 1
-    # A discrete colorscale: label j → MODE_PALETTE[j].
+    colors = list(colors) if colors is not None else basin_colors(tm, extent)
+    colors += [MODE_PALETTE[j % len(MODE_PALETTE)] for j in range(len(colors), k)]
+    # A discrete colorscale: label j → colors[j].
     scale = []
     for j in range(k):
-        c = MODE_PALETTE[j % len(MODE_PALETTE)]
-        scale += [(j / k, c), ((j + 1) / k, c)]
+        scale += [(j / k, colors[j]), ((j + 1) / k, colors[j])]
     g = tm.shape[0]
     axis = np.linspace(-extent, extent, g, dtype=np.float32)
     fig = make_subplots(rows=1, cols=len(maps), subplot_titles=[t for t, _ in maps],
-                        horizontal_spacing=0.08)
+                        horizontal_spacing=0.1)
     for c, (_, mp) in enumerate(maps, start=1):
         fig.add_trace(go.Heatmap(
             z=mp.astype(np.float32) + 0.5, x=axis, y=axis, zmin=0, zmax=k, colorscale=scale,
             showscale=False, customdata=mp,
             hovertemplate="z=(%{x:.2f}, %{y:.2f}) → mode %{customdata}<extra></extra>",
         ), row=1, col=c)
-        fig.update_xaxes(title_text="z₁", row=1, col=c)
-        fig.update_yaxes(title_text="z₂", row=1, col=c)
-    fig.update_layout(height=height, uirevision=uirevision, margin=dict(l=10, r=10, t=40, b=10))
+        fig.update_xaxes(title_text="z₁", row=1, col=c, title_standoff=2)
+        fig.update_yaxes(title_text="z₂", row=1, col=c, title_standoff=2, scaleanchor=f"x{'' if c == 1 else c}")
+    for j in range(k):  # legend: one swatch per mode
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"mode {j}",
+                                 marker=dict(symbol="square", size=12, color=colors[j])), row=1, col=1)
+    fig.update_annotations(font_size=13)
+    fig.update_layout(height=height, uirevision=uirevision, margin=dict(l=10, r=10, t=TOP_MARGIN, b=10),
+                      legend=dict(title="mode", font=dict(size=12)))
     return fig
 
 

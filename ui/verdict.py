@@ -27,8 +27,8 @@ HELP = ("Verdict from ΔE(S,T) and its controls on the same noise, n and d: an i
 
 def render_verdict(src: Any, *, container: Any = None, n_modes: int | None = None, compact: bool = False,
                    title: str | None = None) -> dict:
-    """Draw the verdict block into ``container`` (default: the page).  compact: one headline
-    line plus the controls, for a sweep cell.  Returns the row it rendered."""
+    """Draw the verdict block into ``container`` (default: the page).  compact: no help icon
+    (a sweep cell among many).  Returns the row it rendered."""
     row = vt.as_row(src)
     c = container if container is not None else st
     v = row.get("verdict") if vt.has_controls(row) else None
@@ -42,13 +42,11 @@ def render_verdict(src: Any, *, container: Any = None, n_modes: int | None = Non
     c.markdown(
         f"{prefix}<span style='background:{color};color:white;padding:2px 8px;border-radius:4px'>"
         f"{label}</span> &nbsp; {head}",
-        unsafe_allow_html=True, help=HELP,
+        unsafe_allow_html=True, help=None if compact else HELP,
     )
     basis = row.get("verdict_basis")
     if v is not None and basis:
         c.caption(("Not meaningful yet: " if not valid else "Because: ") + str(basis))
-    lines = vt.control_lines(row)
-    if not compact:
-        lines += vt.companion_lines(row, n_modes)
+    lines = vt.control_lines(row) + vt.companion_lines(row, n_modes)
     c.caption("  \n".join(lines))
     return row

@@ -32,6 +32,7 @@ from dmdcore.sweep.jobs import (
 from dmdcore.sweep.pool import RUNNING_DIR, WORKER_DIED, LocalPoolExecutor
 from dmdcore.sweep.results import (
     METRIC_COLUMNS,
+    VERDICT_TEXT_COLUMNS,
     aggregate,
     list_sweeps,
     mean_ci,
@@ -61,7 +62,7 @@ from dmdcore.sweep.summary import summarize
 from dmdcore.sweep.workers import THREAD_ENV, _make_pool, _start_orphan_watchdog, _threads_limited, _worker_init
 
 __all__ = [
-    "FINISHED", "METRIC_COLUMNS", "PRESETS_DIR", "RUNNING_DIR", "SEED_AXIS", "SEED_FIELDS", "SPEC_FORMAT",
+    "FINISHED", "METRIC_COLUMNS", "VERDICT_TEXT_COLUMNS", "PRESETS_DIR", "RUNNING_DIR", "SEED_AXIS", "SEED_FIELDS", "SPEC_FORMAT",
     "SPEC_KEYS", "THREAD_ENV", "WORKER_DIED", "Cell", "Executor", "LocalPoolExecutor", "SerialExecutor",
     "SweepContext", "SweepJob", "SweepProgress", "SweepResult", "SweepSnapshot", "SweepSpec", "SweepSpecError",
     "aggregate", "cell_config_dict", "cli_main", "config_fields", "expand", "is_replicate_axis", "list_presets",

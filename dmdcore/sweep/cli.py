@@ -43,7 +43,8 @@ def cli_main(args) -> int:
     except ValueError as exc:
         print(f"sweep: {exc}".splitlines()[0], file=sys.stderr)
         raise SystemExit(2) from None
-    bar = tqdm(total=len(cells), desc=f"sweep {spec.name}", unit="cell", file=sys.stderr)
+    # delay: a sweep refused at once (its directory is busy) leaves no empty bar before the error
+    bar = tqdm(total=len(cells), desc=f"sweep {spec.name}", unit="cell", file=sys.stderr, delay=1.0)
     seen_failures = 0
 
     def on_progress(p: SweepProgress) -> None:
@@ -55,8 +56,11 @@ def cli_main(args) -> int:
             bar.write(f"FAILED {key}: {reason}")
         seen_failures = len(p.failures)
 
-    res = run_sweep(spec, args.out, workers=args.workers, quick=args.quick, callback=on_progress, device=args.device)
-    bar.close()
+    try:
+        res = run_sweep(spec, args.out, workers=args.workers, quick=args.quick, callback=on_progress,
+                        device=args.device)
+    finally:
+        bar.close()
     print(f"results: {Path(res.out_dir) / 'results.csv'} ({res.n_cells} cells, {res.n_skipped} resumed, "
           f"{len(res.failures)} failed, {res.wall_s:.1f} s)")
     print(summarize(res.table, list(spec.grid)))

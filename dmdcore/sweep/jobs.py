@@ -19,6 +19,15 @@ from pathlib import Path
 FINISHED = "finished"
 
 _JOB_RUNNING = threading.Event()  # set while a worker runs a job (_drive); see workers._start_orphan_watchdog
+# pid of the sweep process, recorded by a pool worker when it starts (workers._worker_init); None
+# in the sweep process itself and under other backends. Read at every job start and every step:
+# a job taken after the sweep process died must not start (os.getppid() then names init, and a
+# parent pid read at job start would look "alive" forever).
+_SWEEP_PARENT: int | None = None
+
+
+def _parent_gone() -> bool:
+    return _SWEEP_PARENT is not None and os.getppid() != _SWEEP_PARENT
 
 
 def _stop_requested(stop_file: str | None) -> bool:
@@ -56,6 +65,8 @@ def _call_safely(fn, kwargs: dict, marker: str | None = None) -> dict:
     ``marker``: a file that exists exactly while the job runs (written first, removed when ``fn``
     returns or raises); one left behind names a job whose process died under it."""
     t0 = time.perf_counter()
+    if _parent_gone():  # the sweep was killed: take no more work, touch nothing
+        return {"status": "stopped", "message": "sweep process gone; not started", "wall_s": 0.0}
     if marker:
         Path(marker).parent.mkdir(parents=True, exist_ok=True)
         Path(marker).write_text(f"{os.getpid()}\n")
@@ -96,7 +107,7 @@ def _drive_steps(exp, stop_file: str | None) -> tuple[str, str]:
 
     steps = 0
     status, message = FINISHED, ""
-    parent = os.getppid()
+    parent = _SWEEP_PARENT if _SWEEP_PARENT is not None else os.getppid()
     try:
         while not exp.done:
             if _stop_requested(stop_file):

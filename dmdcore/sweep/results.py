@@ -19,17 +19,32 @@ from dmdcore.sweep.jobs import FINISHED
 # Columns of the results table taken from the last student evaluation row of metrics.csv.
 METRIC_COLUMNS = ("delta_e", "delta_e_lo", "delta_e_hi", "e_pair", "e_ot", "e_ind", "w2", "w2_data",
                   "eta_teacher", "eta_student", "copy_rate", "retrieval",
+                  "dim", "delta_e_twin", "delta_e_cross", "resolution", "delta_e_valid",
                   # plateau criterion at the last evaluation; ablation power (dmdcore.ablations)
-                  "converged", "gan_dm_ratio", "memorization", "w2_teacher_data",
-                  # copy-verdict controls (dmdcore.verdict)
-                  "delta_e_twin", "resolution")
+                  "converged", "gan_dm_ratio", "memorization", "w2_teacher_data")
+# ... and the copy verdict's text columns (empty for runs made before it existed)
+VERDICT_TEXT_COLUMNS = ("verdict", "verdict_basis")
 
 
 def _manifest(out: Path) -> dict:
+    """sweep.json of ``out`` as a dict with the fields the readers use; ValueError naming the
+    file and the field when it is not valid JSON or not a sweep manifest."""
     p = out / "sweep.json"
     if not p.is_file():
         raise ValueError(f"out_dir: {str(out)!r} is not a sweep directory (no sweep.json)")
-    return json.loads(p.read_text())
+    try:
+        man = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting
+        raise ValueError(f"sweep.json: {str(p)!r} is not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(man, dict):
+        raise ValueError(f"sweep.json: {str(p)!r} holds a JSON {type(man).__name__}, not an object")
+    spec, cells = man.get("spec"), man.get("cells")
+    if not isinstance(spec, dict) or not isinstance(spec.get("grid", {}), dict):
+        raise ValueError(f"sweep.json: {str(p)!r}: field spec is not an object with a grid")
+    if not isinstance(cells, list) or not all(isinstance(c, dict) and isinstance(c.get("key"), str)
+                                              and isinstance(c.get("overrides", {}), dict) for c in cells):
+        raise ValueError(f"sweep.json: {str(p)!r}: field cells is not a list of {{key, overrides}} objects")
+    return man
 
 
 def _final_student_row(rows: list[dict]) -> dict:
@@ -49,8 +64,9 @@ def results_table(out_dir: str | os.PathLike) -> pd.DataFrame:
     ``status``, ``message``, ``step``, ``n_eval`` (noises ΔE is computed on), ``wall_s`` (cell
     wall time in its worker, seconds), then the final student evaluation's METRIC_COLUMNS
     (``delta_e`` with its bootstrap CI ``delta_e_lo``/``delta_e_hi``, ``w2``, ``eta_teacher``,
-    ``eta_student``, ``copy_rate`` …; NaN where the cell has not finished an evaluation),
-    and ``run_dir``.
+    ``eta_student``, ``copy_rate`` …, and the copy verdict's ``dim``, ``delta_e_twin``,
+    ``delta_e_cross``, ``resolution``, ``delta_e_valid``, ``verdict``, ``verdict_basis``; NaN /
+    None where the cell has not finished an evaluation or predates the verdict), and ``run_dir``.
     """
     from dmdcore.runs import RunDir
 
@@ -60,12 +76,16 @@ def results_table(out_dir: str | os.PathLike) -> pd.DataFrame:
     rows = []
     for c in man["cells"]:
         run = RunDir(out / "cells" / c["key"])
-        st = run.read_status() if run.path.is_dir() else None
-        info = json.loads((run.path / "cell.json").read_text()) if (run.path / "cell.json").is_file() else {}
-        final = _final_student_row(run.read_metrics()) if run.path.is_dir() else {}
-        n_eval = None
-        if run.exists():
-            n_eval = run.read_config().get("experiment", {}).get("eval", {}).get("n")
+        try:
+            st = run.read_status() if run.path.is_dir() else None
+            info = json.loads((run.path / "cell.json").read_text()) if (run.path / "cell.json").is_file() else {}
+            info = info if isinstance(info, dict) else {}
+            final = _final_student_row(run.read_metrics()) if run.path.is_dir() else {}
+            n_eval = None
+            if run.exists():
+                n_eval = run.read_config().get("experiment", {}).get("eval", {}).get("n")
+        except (ValueError, OSError, AttributeError) as exc:  # one bad cell never hides the others
+            st, info, final, n_eval = {"status": "unreadable", "message": str(exc)}, {}, {}, None
         row = {"cell": c["key"]}
         row.update({a: c["overrides"].get(a) for a in axes})
         row.update({
@@ -78,6 +98,9 @@ def results_table(out_dir: str | os.PathLike) -> pd.DataFrame:
             "wall_s": info["wall_s"] if "wall_s" in info else (_last_wall(run) if run.path.is_dir() else None),
         })
         row.update({m: final.get(m) for m in METRIC_COLUMNS})
+        row.update({m: final.get(m) for m in VERDICT_TEXT_COLUMNS})
+        if final.get("n_eval") is not None:
+            row["n_eval"] = final["n_eval"]  # what ΔE was actually measured on
         row["run_dir"] = str(run.path)
         rows.append(row)
     df = pd.DataFrame(rows)
@@ -148,10 +171,19 @@ def aggregate(table: pd.DataFrame, x: str, by: list[str] | None = None, metric: 
     return pd.DataFrame(out_rows)
 
 
+def _mtime(p: Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def list_sweeps(root: str | os.PathLike) -> list[dict]:
     """Sweeps stored as sub-directories of ``root`` (each with sweep.json and its run index),
     newest first: ``{"id", "name", "path", "state", "quick", "n_cells", "finished", "failed",
-    "updated"}``; counts come from the sweep's RunIndex."""
+    "updated", "error"}``; counts come from the sweep's RunIndex. A sweep whose sweep.json or
+    index.sqlite cannot be read is listed with state "unreadable" and the reason in ``error``
+    (its id is the directory name); it never hides the others."""
     from dmdcore.runs import RunIndex
 
     root = Path(root)
@@ -160,17 +192,21 @@ def list_sweeps(root: str | os.PathLike) -> list[dict]:
         return found
     for p in root.glob("*/sweep.json"):
         try:
-            man = json.loads(p.read_text())
-        except json.JSONDecodeError:
-            continue  # a foreign or half-written file: not listed
-        recs = RunIndex(p.parent).list(sweep=man.get("id"), kind="experiment")
-        keys = {c["key"] for c in man.get("cells", [])}
+            man = _manifest(p.parent)
+            recs = RunIndex(p.parent).list(sweep=man.get("id"), kind="experiment")
+        except (ValueError, OSError) as exc:  # a bad sweep.json or index: listed as unreadable, never fatal
+            found.append({"id": p.parent.name, "name": "", "path": str(p.parent), "state": "unreadable",
+                          "quick": False, "n_cells": 0, "finished": 0, "failed": 0,
+                          "updated": _mtime(p), "error": str(exc)})
+            continue
+        keys = {c["key"] for c in man["cells"]}
         recs = [r for r in recs if Path(r.path).name in keys]
+        updated = man.get("updated", 0.0)
         found.append({
-            "id": man.get("id"), "name": man.get("spec", {}).get("name", ""), "path": str(p.parent),
+            "id": man.get("id") or p.parent.name, "name": man["spec"].get("name", ""), "path": str(p.parent),
             "state": man.get("state", ""), "quick": man.get("quick", False), "n_cells": len(keys),
             "finished": sum(r.status == FINISHED for r in recs),
             "failed": sum(r.status in ("failed", "diverged") for r in recs),
-            "updated": man.get("updated", 0.0),
+            "updated": updated if isinstance(updated, (int, float)) else 0.0, "error": "",
         })
     return sorted(found, key=lambda d: -d["updated"])

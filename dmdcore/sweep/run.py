@@ -17,7 +17,6 @@ executor (``dmdcore.sweep.executor``) and writes results.csv whatever happens. A
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 import threading
@@ -31,7 +30,7 @@ import pandas as pd
 from dmdcore.sweep.executor import Executor, SerialExecutor, SweepContext
 from dmdcore.sweep.jobs import FINISHED, _resolve_device, read_status
 from dmdcore.sweep.pool import RUNNING_DIR, LocalPoolExecutor
-from dmdcore.sweep.results import results_table
+from dmdcore.sweep.results import _manifest, results_table
 from dmdcore.sweep.spec import SPEC_FORMAT, Cell, SweepSpec, expand, load_spec
 
 
@@ -86,11 +85,13 @@ def _new_sweep_id(name: str) -> str:
 
 
 def sweep_id_of(out_dir: str | os.PathLike) -> str | None:
-    """The sweep id stored in ``out_dir/sweep.json`` (None when it is not a sweep directory)."""
+    """The sweep id stored in ``out_dir/sweep.json`` (None when it is not a sweep directory).
+    Raises ValueError naming the file when sweep.json is not a sweep manifest."""
     p = Path(out_dir) / "sweep.json"
     if not p.is_file():
         return None
-    return json.loads(p.read_text()).get("id")
+    sid = _manifest(Path(out_dir)).get("id")
+    return str(sid) if sid else None
 
 
 def _write_manifest(out: Path, sweep_id: str, spec: SweepSpec, cells: list[Cell], quick: bool,
@@ -98,7 +99,7 @@ def _write_manifest(out: Path, sweep_id: str, spec: SweepSpec, cells: list[Cell]
     from dmdcore.runs import atomic_write_json
 
     p = out / "sweep.json"
-    old = json.loads(p.read_text()) if p.is_file() else {}
+    old = _manifest(out) if p.is_file() else {}
     data = {
         "format": SPEC_FORMAT,
         "id": sweep_id,
@@ -158,10 +159,24 @@ def _check_run_args(workers, threads_per_process, device) -> None:
 
 
 def _prepare_dir(out: Path, spec: SweepSpec) -> tuple[str, object]:
-    """Create the sweep directory, clear what a killed earlier run left; (sweep id, RunIndex)."""
-    from dmdcore.runs import RunIndex
+    """Create and claim the sweep directory (``.lock``, O_EXCL: a second sweep in the same
+    directory is refused with RunBusyError naming the first), clear what a killed earlier run
+    left; (sweep id, RunIndex). The caller releases the claim (``dmdcore.runs.release_dir``)."""
+    from dmdcore.runs import RunIndex, claim_dir, release_dir
 
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    claimed = False
+    try:
+        claim_dir(out, "out_dir")
+        claimed = True
+        sweep_id_of(out)  # a sweep.json that is not a manifest is refused before anything changes
+    except BaseException:
+        if claimed:
+            release_dir(out)
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     (out / "cells").mkdir(exist_ok=True)
     (out / "teachers").mkdir(exist_ok=True)
     sweep_id = sweep_id_of(out) or _new_sweep_id(spec.name)
@@ -231,6 +246,18 @@ def run_sweep(
     _check_run_args(workers, threads_per_process, device)
     out = Path(out_dir)
     sweep_id, index = _prepare_dir(out, spec)
+    try:
+        return _run_claimed(out, sweep_id, index, spec, cells, quick, callback, stop_event, device, executor,
+                            workers, threads_per_process, t0)
+    finally:
+        from dmdcore.runs import release_dir
+
+        release_dir(out)
+
+
+def _run_claimed(out, sweep_id, index, spec, cells, quick, callback, stop_event, device, executor, workers,
+                 threads_per_process, t0) -> SweepResult:
+    """run_sweep's body once the directory is claimed."""
     _write_manifest(out, sweep_id, spec, cells, quick, "running")
     todo, teacher_cfgs, need_teacher = _plan(out, cells)
     skipped = len(cells) - len(todo)

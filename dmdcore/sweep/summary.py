@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from dmdcore.sweep.jobs import FINISHED
-from dmdcore.sweep.results import METRIC_COLUMNS, aggregate, mean_ci
+from dmdcore.sweep.results import METRIC_COLUMNS, VERDICT_TEXT_COLUMNS, aggregate, mean_ci
 from dmdcore.sweep.spec import is_replicate_axis
 
 
@@ -74,16 +74,40 @@ def summarize(table: pd.DataFrame, axes: list[str] | None = None, metric: str = 
     Returns markdown-free plain sentences separated by newlines.
     """
     if axes is None:
-        fixed = {"cell", "status", "message", "step", "n_eval", "wall_s", "run_dir", *METRIC_COLUMNS}
+        fixed = {"cell", "status", "message", "step", "n_eval", "wall_s", "run_dir", *METRIC_COLUMNS,
+                 *VERDICT_TEXT_COLUMNS}
         axes = [c for c in table.columns if c not in fixed]
     done = table[(table["status"] == FINISHED) & table[metric].notna()] if len(table) else table
     n_total = len(table)
     label = "ΔE" if metric == "delta_e" else metric
     if len(done) == 0:
         return f"No cell has finished yet (0 of {n_total}): nothing to summarise."
+    # copy verdicts: unreadable cells (invalid / below resolution) are left out, and cells measured
+    # at different n (or d) are summarised separately, never pooled silently (sweep/verdicts.py)
+    from dmdcore.sweep.verdicts import pool_groups, screen
+
+    n_finished = len(done)
+    done, lines = screen(done)
+    if len(done) == 0:
+        lines.insert(0, f"{n_finished} of {n_total} cells finished, none with a readable ΔE: nothing to summarise.")
+    else:
+        groups, pool_lines = pool_groups(done, axes)
+        lines += pool_lines
+        for name, g in groups:
+            body = _summary_body(g, n_total, axes, metric, label)
+            lines += [f"[{name}] {x}" for x in body] if name else body
+    failed = table[table["status"].isin(["failed", "diverged", "stopped"])]
+    if len(failed):
+        lines.append(f"{len(failed)} cell(s) did not finish ({', '.join(sorted(set(failed['status'])))}); "
+                     "they are left out of the numbers above.")
+    return "\n".join(lines)
+
+
+def _summary_body(done: pd.DataFrame, n_total: int, axes: list[str], metric: str, label: str) -> list[str]:
+    """The summary sentences of cells measured alike (see summarize)."""
     n_eval = done["n_eval"].dropna()
     lines = [
-        f"{len(done)} of {n_total} cells finished; ΔE ranges from {_fmt(done[metric].min())} "
+        f"{len(done)} of {n_total} cells finished with a readable ΔE; ΔE ranges from {_fmt(done[metric].min())} "
         f"to {_fmt(done[metric].max())} (mean {_fmt(done[metric].mean())})"
         + (f", each ΔE computed on n = {int(n_eval.iloc[0])} noise vectors." if len(n_eval) and n_eval.nunique() == 1 else ".")
     ]
@@ -96,11 +120,7 @@ def summarize(table: pd.DataFrame, axes: list[str] | None = None, metric: str = 
             lines.extend(_trend_lines(done, axis, others, metric, label))
         else:
             lines.extend(_paired_lines(done, axis, levels, others, replicates, metric, label))
-    failed = table[table["status"].isin(["failed", "diverged", "stopped"])]
-    if len(failed):
-        lines.append(f"{len(failed)} cell(s) did not finish ({', '.join(sorted(set(failed['status'])))}); "
-                     "they are left out of the numbers above.")
-    return "\n".join(lines)
+    return lines
 
 
 def _trend_lines(done: pd.DataFrame, axis: str, others: list[str], metric: str, label: str) -> list[str]:

@@ -64,7 +64,24 @@ def _library_thread_limit(n: int):
     return threadpool_limits(limits=n)
 
 
-def _worker_init() -> None:
+class _OrphanQuietStream:
+    """A worker's stderr that goes silent once the sweep process is gone: the pool's queue
+    readers then fail with EOFError tracebacks that no one asked for (the sweep was killed; the
+    cells' own outcomes and status files carry every real error)."""
+
+    def __init__(self, stream, parent: int):
+        self._stream, self._parent = stream, parent
+
+    def write(self, text):
+        if os.getppid() != self._parent:
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _worker_init(parent: int | None = None) -> None:
     """Pool initializer: every thread pool of a worker process has one thread (workers are the
     parallelism; library pools on top of them would oversubscribe the cores). Sets the
     OMP/BLAS thread variables for libraries loaded later, loads the job libraries, then limits
@@ -73,17 +90,28 @@ def _worker_init() -> None:
         os.environ[var] = "1"
     import torch
 
+    import sys
+
+    from dmdcore.sweep import jobs
+
+    # The sweep's pid comes from the sweep process itself (initargs): a worker that starts after
+    # the sweep was killed would read init's pid from os.getppid() and wait for work forever.
+    parent = os.getppid() if parent is None else int(parent)
+    if os.getppid() != parent:
+        os._exit(0)
+    jobs._SWEEP_PARENT = parent  # every job checks it before it starts (jobs._parent_gone)
+    sys.stderr = _OrphanQuietStream(sys.stderr, parent)
     torch.set_num_threads(1)
-    _start_orphan_watchdog()
+    _start_orphan_watchdog(parent=parent)
     _load_numeric_libraries()
     _library_thread_limit(1)  # applied now, kept for the worker's lifetime (never exited)
 
 
-def _start_orphan_watchdog(poll_s: float = 1.0, grace_s: float = 60.0) -> None:
+def _start_orphan_watchdog(poll_s: float = 1.0, grace_s: float = 60.0, parent: int | None = None) -> None:
     """Exit the worker when the sweep process is gone (killed: its pool cannot shut us down, and
     an idle worker would otherwise wait for work forever). A job in progress notices first and
     stops at its next step, saving its status; the watchdog waits for it (at most ``grace_s``)."""
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -99,4 +127,4 @@ def _start_orphan_watchdog(poll_s: float = 1.0, grace_s: float = 60.0) -> None:
 def _make_pool(n_workers: int) -> cf.ProcessPoolExecutor:
     """The sweep's process pool: ``spawn``-ed workers set up by ``_worker_init``."""
     return cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=mp.get_context("spawn"),
-                                  initializer=_worker_init)
+                                  initializer=_worker_init, initargs=(os.getpid(),))

@@ -70,8 +70,9 @@ def streamlit_server(runs_dir: Path, extra_env: dict[str, str] | None = None):
 
 
 @contextlib.contextmanager
-def browser_page(width: int = 1600, height: int = 1000):
-    """A fresh chromium page (Playwright, Debian's chromium binary)."""
+def browser_page(width: int = 1400, height: int = 1000):
+    """A fresh chromium page (Playwright, Debian's chromium binary), 1400 px wide by default:
+    the width the screenshots are checked at."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -59,6 +59,19 @@ DELTA_E_POINTS_JS = """() => {
   }
   return 0;
 }"""
+# x of the time-cursor lines (shapes named "cursor", ui/curves.py) of the student curves figure.
+CURSOR_JS = """() => {
+  for (const gd of document.querySelectorAll('.js-plotly-plot')) {
+    const xs = ((gd.layout && gd.layout.shapes) || []).filter(s => s.name === 'cursor').map(s => s.x0);
+    if (xs.length) return xs;
+  }
+  return [];
+}"""
+# ΔE at the first evaluation (student step 0), read from the ΔE trace Plotly drew.
+FIRST_DELTA_E_JS = DELTA_E_POINTS_JS.replace(
+    "return values(tr.y).filter(v => v !== null && isFinite(v)).length;", "return values(tr.y)[0];")
+LAST_DELTA_E_JS = DELTA_E_POINTS_JS.replace(
+    "return values(tr.y).filter(v => v !== null && isFinite(v)).length;", "return values(tr.y).slice(-1)[0];")
 # A quick distillation of the shipped 8-gaussians teacher (URL keys of ui/urlstate.py).
 QUICK = "tn=8gaussians&ss=20&ee=5&en=200&boot=20"
 
@@ -81,6 +94,37 @@ def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
         assert n_points == 20 // 5 + 1, n_points  # evaluations at student steps 0, 5, ..., 20
         page.screenshot(path=str(ARTIFACTS / "toy_lab_done.png"), full_page=True)
         screenshot_charts(page, "toy_lab_done_chart")
+        assert page.evaluate(CURSOR_JS) == [20] * 4  # the time cursor follows the newest evaluation
+        # time travel: move the cursor to student step 0; the tiles, the basin maps and the
+        # cursor line on every curve follow it
+        first_de = page.evaluate(FIRST_DELTA_E_JS)
+        page.get_by_role("slider").first.focus()
+        page.keyboard.press("Home")
+        main = page.locator('[data-testid="stMain"]')
+        main.get_by_text("Evaluation at student step 0 of 20", exact=False).first.wait_for(timeout=60000)
+        main.get_by_text("Basin maps at student step 0 ", exact=False).first.wait_for(timeout=60000)
+        page.wait_for_function(f"JSON.stringify(({CURSOR_JS})()) === '[0,0,0,0]'", timeout=60000, polling=250)
+        wait_app_idle(page, timeout_ms=60000)
+        tile = main.locator('[data-testid="stMetric"]', has_text="ΔE (pairing inefficiency)")
+        assert tile.locator('[data-testid="stMetricValue"]').inner_text().strip() == f"{first_de:.3f}"
+        page.screenshot(path=str(ARTIFACTS / "toy_lab_time_cursor.png"), full_page=True)
+        screenshot_charts(page, "toy_lab_cursor_chart")
+        # the share link names the saved run: a fresh browser context (new session, no job)
+        # opened from it shows the run's headline numbers
+        assert "run=" in page.url, page.url
+        last_de = page.evaluate(LAST_DELTA_E_JS)
+        fresh = page.context.browser.new_context(viewport={"width": 1400, "height": 1000})
+        try:
+            other = fresh.new_page()
+            other.goto(page.url, wait_until="domcontentloaded")
+            other.get_by_text("opened from the run index", exact=False).first.wait_for(timeout=60000)
+            wait_app_idle(other, timeout_ms=60000)
+            tile = other.locator('[data-testid="stMain"] [data-testid="stMetric"]', has_text="ΔE (pairing inefficiency)")
+            assert tile.locator('[data-testid="stMetricValue"]').inner_text().strip() == f"{last_de:.3f}"
+            other.screenshot(path=str(ARTIFACTS / "toy_lab_share_link.png"), full_page=True)
+            assert other.locator('[data-testid="stException"]').count() == 0
+        finally:
+            fresh.close()
         # the configuration lives in the URL
         assert "tn=8gaussians" in page.url and "ss=20" in page.url
         assert page.locator('[data-testid="stException"]').count() == 0

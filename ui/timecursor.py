@@ -1,0 +1,122 @@
+"""Toy Lab's one time cursor: the selected student evaluation that every tile, panel, basin map
+and curve shows, a slider labelled in student steps, and a play button that walks the
+evaluations. Streamlit helpers (the page stays thin); the numbers come from the job's
+metrics rows (metrics.csv) and saved snapshots.
+"""
+
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+from ui import plots
+from ui.verdict import render_verdict
+
+CURSOR_KEY = "toylab_cursor"          # the selected student step (select_slider)
+NEXT_KEY = "toylab_cursor_next"       # a step to select on the next run (play, follow)
+FOLLOW_KEY = "toylab_cursor_follow"   # True while the cursor sits on the newest evaluation
+PLAY_KEY = "toylab_playing"
+SHOWN_KEY = "toylab_cursor_shown"     # the step the slider showed on the previous run
+
+TILE_HELP = {
+    "delta_e": plots.DELTA_E_HELP + " Chance level (a random pairing): 1.",
+    "copy_rate": "Copy rate = fraction of noises z whose student sample S(z) falls in the same mode as "
+                 "the teacher's T(z) (the diagonal mass of the mode-transition matrix). Chance level "
+                 "(an independent pairing over K equally likely modes): 1/K.",
+    "w2": "W₂² S↔T = exact optimal-transport cost between the student and teacher sample sets "
+          "(min over pairings of mean‖S − T‖², = E_OT of ΔE). 0 = same distribution; it measures "
+          "quality, not pairing (no chance level).",
+    "eta_student": "η(S) = E‖S(z) − z‖² / W₂²(z, S(z)) − 1: how far the student's noise→sample map is "
+                   "from the optimal transport of the noise (0 = optimal). Compare with η(T) of the teacher.",
+    "retrieval": "Pair retrieval = fraction of i whose nearest teacher sample to S(z_i) is T(z_i) itself "
+                 "(top-1). Chance level: 1/n.",
+}
+TILES = (("delta_e", "ΔE (pairing inefficiency)"), ("copy_rate", "copy rate"), ("w2", "W₂² S↔T"),
+         ("eta_student", "η(S)"), ("retrieval", "pair retrieval"))
+
+
+def _num(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def student_rows(metrics) -> list[dict]:
+    return [r for r in metrics if r.get("phase", "student") == "student"]
+
+
+def row_at(metrics, step: int | None) -> dict | None:
+    """The student evaluation row at ``step`` (the newest one when step is None)."""
+    rows = student_rows(metrics)
+    if not rows:
+        return None
+    if step is None:
+        return rows[-1]
+    return next((r for r in reversed(rows) if int(r["step"]) == int(step)), None)
+
+
+def cursor_slider(steps: list[int], *, total: int | None) -> int | None:
+    """The time cursor over the saved student evaluations ``steps``: a slider in student steps
+    and a play button. Follows the newest evaluation until moved. Returns the selected step."""
+    if not steps:
+        return None
+    pending = st.session_state.pop(NEXT_KEY, None)
+    current = st.session_state.get(CURSOR_KEY)
+    moved = current != st.session_state.get(SHOWN_KEY)  # the user moved the slider since the last run
+    if pending in steps:
+        st.session_state[CURSOR_KEY] = pending
+    elif current not in steps or (not moved and st.session_state.get(FOLLOW_KEY, True)):
+        st.session_state[CURSOR_KEY] = steps[-1]
+    if len(steps) < 2:
+        st.session_state[FOLLOW_KEY] = True
+        st.session_state[SHOWN_KEY] = steps[-1]
+        return steps[-1]
+    c1, c2 = st.columns([8, 1], vertical_alignment="bottom")
+    of = f" of {total}" if total else ""
+    step = c1.select_slider(f"Time cursor — student step{of} (every panel, tile, basin map and curve "
+                            "shows this evaluation)", options=steps, key=CURSOR_KEY)
+    playing = bool(st.session_state.get(PLAY_KEY))
+    if c2.button("Pause" if playing else "Play", key="toylab_play_btn",
+                 icon=":material/pause:" if playing else ":material/play_arrow:"):
+        st.session_state[PLAY_KEY] = not playing
+        if not playing:
+            st.session_state[NEXT_KEY] = steps[0]
+        st.rerun()
+    st.session_state[FOLLOW_KEY] = step == steps[-1] and not playing
+    st.session_state[SHOWN_KEY] = step
+    return step
+
+
+def play_tick(steps: list[int]) -> None:
+    """One animation frame (called from a fragment every ~0.8 s while playing): select the next
+    evaluation, or stop at the newest."""
+    if not st.session_state.get(PLAY_KEY) or not steps:
+        return
+    cur = st.session_state.get(CURSOR_KEY)
+    i = steps.index(cur) if cur in steps else -1
+    if i + 1 < len(steps):
+        st.session_state[NEXT_KEY] = steps[i + 1]
+    else:
+        st.session_state[PLAY_KEY] = False
+    st.rerun(scope="app")
+
+
+def headline(row: dict | None, *, n: int | None, d: int | None, modes=None, total: int | None = None) -> None:
+    """Metric tiles of the selected evaluation row (each with its formula and chance level)."""
+    cols = st.columns(len(TILES))
+    if row is None or _num(row.get("delta_e")) is None:
+        cols[0].metric(TILES[0][1], "—", help=TILE_HELP["delta_e"])
+        return
+    for col, (key, label) in zip(cols, TILES):
+        v = _num(row.get(key))
+        col.metric(label, "—" if v is None else f"{v:.3f}", help=TILE_HELP[key])
+    lo, hi = _num(row.get("delta_e_lo")), _num(row.get("delta_e_hi"))
+    ci = f" · ΔE 95% CI [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
+    of = f" of {total}" if total else ""
+    st.caption(f"Evaluation at student step {row.get('step')}{of} · n = {n or '—'} · d = {d or '—'}{ci}")
+    # the copy verdict of the selected evaluation: ΔE with n, d, its controls (ui/verdict.py)
+    render_verdict(row, n_modes=None if modes is None else int(modes.centers.shape[0]))
+
