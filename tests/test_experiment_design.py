@@ -75,3 +75,10 @@ def test_random_full_student_is_not_a_scaled_copy_of_the_noise():
     assert abs(de0) < 0.1
     s1, de1 = out["random_full"]
     assert not np.allclose(s1, c_skip * 80.0 * z.numpy(), atol=1e-3) and de1 > de0 + 0.2
+
+
+def test_every_preset_stops_students_at_their_plateau_and_records_it():
+    for name in sw.list_presets():
+        for variant in (name, f"{name}:full"):
+            cells = sw.expand(sw.load_preset(variant))
+            assert {c.config.eval.stop_when_converged for c in cells} == {"student"}, variant
