@@ -79,9 +79,14 @@ def usable(table: pd.DataFrame | None) -> tuple[pd.DataFrame | None, str]:
         return None, NOT_RUN
     if "converged" not in table or table["converged"].isna().all():
         return None, NOT_RUN + " (its runs predate the plateau criterion)"
+    from dmdcore.sweep.verdicts import screen
+
     done = table[(table["status"] == "finished") & (table["converged"] == 1)]
     if len(done) == 0:
         return None, f"no converged cell ({len(table)} cells ran; raise the step cap)"
+    done, _ = screen(done)  # and whose ΔE can be read (copy verdict not invalid / unresolved)
+    if len(done) == 0:
+        return None, "no converged cell whose ΔE can be read (verdicts invalid or unresolved)"
     return done, ""
 
 

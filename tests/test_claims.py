@@ -110,3 +110,14 @@ def test_experiments_page_shows_the_claim_board(tmp_path, monkeypatch):
     board = next(d.value for d in at.dataframe if "status" in d.value.columns)
     assert list(board["preset"]) == [c.preset for c in claims.CLAIMS]
     assert set(board["status"]) == {"inconclusive"} and set(board["reason"]) == {claims.NOT_RUN}
+
+
+def test_sweep_summaries_leave_out_unconverged_cells():
+    from dmdcore.sweep.verdicts import screen
+
+    t = _table("data.dim", [2, 16], lambda d: 0.2)
+    t.loc[t["data.dim"] == 16, "converged"] = 0
+    kept, lines = screen(t)
+    assert set(kept["data.dim"]) == {2} and any("had not converged" in line and "16-0" in line for line in lines)
+    older = t.drop(columns=["converged"])  # runs made before the criterion: nothing to screen on
+    assert len(screen(older)[0]) == len(older)
