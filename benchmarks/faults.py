@@ -334,6 +334,7 @@ def main() -> int:
                     help="comma-separated subset of kill,disk,race,sessions,sweeps (default: all)")
     a = ap.parse_args()
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="dmd-faults-"))
+    work.mkdir(parents=True, exist_ok=True)
     t = Tally()
     t0 = time.perf_counter()
     try:

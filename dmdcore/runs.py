@@ -991,12 +991,27 @@ class RunIndex:
                     sweep = self._sweep_of(run.path)
                     if sweep is not None:
                         self.update(rec.id, sweep=sweep)
+                if rec.delta_e is None and rec.status != "unreadable":
+                    self._fill_latest(rec, run)
                 continue
             try:
-                added.append(self.register(run, sweep=self._sweep_of(run.path)))
+                added.append(self._fill_latest(self.register(run, sweep=self._sweep_of(run.path)), run))
             except ValueError as exc:  # malformed config/status: listed as unreadable, never fatal
                 added.append(self.register_unreadable(run.path, str(exc)))
         return added
+
+    def _fill_latest(self, rec: RunRecord, run: RunDir) -> RunRecord:
+        """Fill ΔE / W₂² / summary of a run registered from its files (e.g. a sweep cell recorded
+        in its sweep's own index) from the last metrics.csv row that has ΔE."""
+        try:
+            rows = run.read_metrics()
+        except (ValueError, OSError):
+            return rec
+        with_de = [r for r in rows if r.get("delta_e") is not None]
+        if not with_de:
+            return rec
+        last = with_de[-1]
+        return self.update(rec.id, delta_e=last.get("delta_e"), w2=last.get("w2"), summary=last)
 
     def mark_interrupted(self) -> list[RunRecord]:
         """Find runs left ``running`` by a process that no longer exists and mark them ``failed``

@@ -63,7 +63,7 @@ class CopyControls:
     n: int
     d: int
     seed: int
-    eig: np.ndarray
+    eig: Any  # covariance spectrum of the teacher samples (see noisy_copy_population)
     xi: np.ndarray
     ladder: tuple
     resolution: float
@@ -111,19 +111,28 @@ class CopyReport:
 
 # ------------------------------------------------------------------------------ populations
 
-def noisy_copy_population(eig: np.ndarray, sigma: float) -> float:
+def noisy_copy_population(eig: Any, sigma: float) -> float:
     """Population ΔE of s = t + σξ (ξ ~ N(0, I_d)) for t ~ N(μ, Σ) with eigenvalues ``eig``:
-    E_pair = dσ², E_ind = 2 tr Σ + dσ², E_OT = W₂²(N(μ,Σ), N(μ,Σ+σ²I)) = Σ_k (√(λ_k+σ²) − √λ_k)²."""
-    eig = np.clip(np.asarray(eig, dtype=np.float64), 0.0, None)
+    E_pair = dσ², E_ind = 2 tr Σ + dσ², E_OT = W₂²(N(μ,Σ), N(μ,Σ+σ²I)) = Σ_k (√(λ_k+σ²) − √λ_k)².
+    ``eig`` may also be a spectrum ``(tr Σ_total, d, [(w_k, eig_k), ...])`` of a mixture of Gaussian
+    modes: then E_OT is taken as Σ_k w_k W₂²(mode k, mode k + noise) — the cost of the coupling
+    that keeps every mode, an upper bound on the population E_OT, so the value is a lower bound
+    on the population ΔE (exact when the modes are Gaussian and far apart)."""
+    if isinstance(eig, tuple):
+        tr, d, parts = eig
+    else:
+        e = np.clip(np.asarray(eig, dtype=np.float64), 0.0, None)
+        tr, d, parts = float(e.sum()), e.size, [(1.0, e)]
     s2 = float(sigma) ** 2
-    w = float(np.sum((np.sqrt(eig + s2) - np.sqrt(eig)) ** 2))
-    e_pair = eig.size * s2
-    return (e_pair - w) / (2.0 * eig.sum() + e_pair - w)
+    w = sum(wk * float(np.sum((np.sqrt(ek + s2) - np.sqrt(ek)) ** 2)) for wk, ek in parts)
+    e_pair = d * s2
+    return (e_pair - w) / (2.0 * tr + e_pair - w)
 
 
-def _sigma_for(eig: np.ndarray, target: float) -> float:
+def _sigma_for(eig: Any, target: float) -> float:
     """σ whose noisy copy has population ΔE ``target`` (bisection; the map σ ↦ ΔE is increasing)."""
-    scale = math.sqrt(max(float(np.mean(eig)), 1e-300))
+    mean = eig[0] / eig[1] if isinstance(eig, tuple) else float(np.mean(eig))
+    scale = math.sqrt(max(mean, 1e-300))
     lo, hi = 0.0, scale
     while noisy_copy_population(eig, hi) < target:
         hi *= 2.0
@@ -131,6 +140,21 @@ def _sigma_for(eig: np.ndarray, target: float) -> float:
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if noisy_copy_population(eig, mid) < target else (lo, mid)
     return 0.5 * (lo + hi)
+
+
+def _spectrum(t: np.ndarray, modes: np.ndarray | None) -> Any:
+    """The teacher's covariance spectrum: its eigenvalues, or with modes the mixture spectrum
+    (tr Σ_total, d, [(weight, eigenvalues of the mode's covariance), ...]) of noisy_copy_population."""
+    eig = _cov_eigenvalues(t)
+    if modes is None:
+        return eig
+    n, d = t.shape
+    parts = [(float(np.sum(modes == k)) / n, np.clip(_cov_eigenvalues(t[modes == k]), 0.0, None))
+             for k in np.unique(modes) if np.sum(modes == k) >= 2]
+    if not parts:
+        return eig
+    total = sum(w for w, _ in parts)
+    return (float(np.clip(eig, 0.0, None).sum()), d, [(w / total, e) for w, e in parts])
 
 
 def _delta(s: np.ndarray, t: np.ndarray, **kw) -> Any:
@@ -186,7 +210,8 @@ def copy_controls(teacher: Any, *, twin: Any = None, seed: int = 0, centers: Any
     n, d = t.shape
     seed = _p._check_int(seed, "seed", 0)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
-    eig = _cov_eigenvalues(t)
+    modes = _modes(t, centers, n_modes, seed)
+    eig = _spectrum(t, modes)  # per-mode when the modes are known (population values: docs)
     xi = rng.standard_normal((n, d))
     kw = dict(seed=seed, max_exact=max_exact, solver=solver)
     ladder = []
@@ -199,7 +224,6 @@ def copy_controls(teacher: Any, *, twin: Any = None, seed: int = 0, centers: Any
     # a permutation of the teacher's own set: its exact OT cost is 0, so ΔE = E_pair / E_ind
     refs["permutation"] = _bound(t[perm], t)
     pops["permutation"] = 1.0
-    modes = _modes(t, centers, n_modes, seed)
     if modes is not None:
         wm = _within_mode(t, modes, rng)
         if wm is not None:
@@ -344,8 +368,11 @@ def decide(r: dict) -> tuple[str, str]:
         if twin is None and bound <= COPY_MAX_NO_TWIN:
             return "copies", (f"E_pair/E_ind = {bound:.3f} ≤ {COPY_MAX_NO_TWIN} bounds the population ΔE "
                               "(no twin control: copying this teacher and the map any model learns are not separated)")
-        return "unresolved", (f"ΔE {de:.3f} is below the resolution {res_txt} at n={r['n']}, d={r['d']}, and the "
-                              f"per-pair bound E_pair/E_ind = {bound:.3f} does not rule out a remap")
+        twin_txt = (f", the independent teacher's at most {tbound:.3f}" if tbound is not None else
+                    " (no twin to compare with)")
+        return "unresolved", (f"ΔE {de:.3f} is below the resolution {res_txt} at n={r['n']}, d={r['d']}: the per-pair "
+                              f"bound allows a population ΔE up to E_pair/E_ind = {bound:.3f}{twin_txt}; whether the "
+                              "student copies its teacher cannot be told at this n and d")
     if twin is None:
         if hi <= COPY_MAX_NO_TWIN:
             return "copies", (f"ΔE {de:.3f} (CI up to {hi:.3f}) ≤ {COPY_MAX_NO_TWIN} "

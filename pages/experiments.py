@@ -79,7 +79,11 @@ def _spec_controls():
     """Preset / custom spec widgets; returns (spec, quick, n_teachers), or None after an error."""
     presets = sw.list_presets()
     c1, c2, c3 = st.columns([2, 1, 1])
-    choice = c1.selectbox("Preset", [*presets, CUSTOM], index=presets.index("dimension") if "dimension" in presets else 0,
+    # The default preset goes first (index 0): a non-zero index is a "default value" that, with the
+    # value kept across pages through session state (ui.session.keep_page_controls), made
+    # Streamlit log a "created with a default value but also set via the Session State API" warning.
+    first = ["dimension"] if "dimension" in presets else []
+    choice = c1.selectbox("Preset", [*first, *(p for p in presets if p not in first), CUSTOM], index=0,
                           key="exp_preset")
     variant = c2.radio("Size", ["default", "full"], horizontal=True, key="exp_variant",
                        disabled=choice == CUSTOM, help="'full' is the larger variant of a preset (slower).")
@@ -346,6 +350,12 @@ with tab_past:
 with tab_claims:
     claims_panel()
 progress_panel()
+if VIEW_KEY not in st.session_state:  # a new session shows the newest sweep's results
+    try:
+        _newest = sw.list_sweeps(sweeps_root())
+    except (ValueError, OSError):
+        _newest = []
+    st.session_state[VIEW_KEY] = [_newest[0]["path"]] if _newest else []
 view = st.session_state.get(VIEW_KEY)
 if view:
     results_panel(view)

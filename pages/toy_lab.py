@@ -599,7 +599,7 @@ if opened is not None:
 if job is not None and not live and snap0 is not None and snap0.teacher_samples is not None:
     st.subheader("Export")
     e1, e2, e3 = st.columns(3)
-    e1.download_button("Metrics CSV", toylab.metrics_csv_bytes(snap0.metrics),
+    e1.download_button("Metrics CSV", toylab.metrics_csv_bytes(snap0.metrics, snap0.run_dir),
                        file_name=f"{snap0.job_id}-metrics.csv", mime="text/csv",
                        key="dl_metrics")
     e2.download_button("Eval samples NPZ",

@@ -114,6 +114,11 @@ def test_launch_tiny_sweep_and_show_results(app, tmp_path, auto_reruns):
     past = at.dataframe[0].value
     assert past["finished"].tolist() == [2] and past["name"].tolist() == ["page-tiny"]
     assert list(Path(tmp_path, "sweeps").glob("page-tiny-*/results.csv"))
+    # a new session opens on the newest sweep's results (not an empty page)
+    fresh = AppTest.from_file(PAGE, default_timeout=120).run()
+    assert _errors(fresh) == []
+    assert any(h.value.startswith("Results") for h in fresh.subheader)
+    assert len(fresh.get("plotly_chart")) >= 3
 
 
 def test_second_sweep_waits_for_the_server_wide_slot(app, tmp_path):
@@ -163,3 +168,31 @@ def test_launch_button_keeps_its_place_when_the_spec_area_changes(app):
     at.selectbox(key="exp_preset").set_value("custom (JSON spec)").run()
     assert _errors(at) == []
     assert _tree_path(at.main, "exp_launch") == preset_path
+
+
+def test_default_preset_is_the_first_option(app):
+    """index=0: Streamlit logs a 'created with a default value but also had its value set via the
+    Session State API' warning for a keyed widget whose default index is not 0 and whose value the
+    app keeps in session state across pages."""
+    at = app.run()
+    sb = at.selectbox(key="exp_preset")
+    assert sb.options[0] == "dimension" and sb.value == "dimension" and sb.index == 0
+
+
+def test_result_figures_are_readable():
+    """Swept values are categories on the heatmap (data.dim 2, 16, 64 — not a continuous axis
+    from -20 to 80); log axes label 1-2-5 ticks with full values (not '10 9 8 7 …'); legends sit
+    beside the plot, not over the x-axis title."""
+    import pandas as pd
+
+    from ui import experiments_plots as xp
+
+    table = pd.DataFrame({"cell": ["a", "b", "c", "d"], "status": "finished", "data.dim": [2, 2, 64, 64],
+                          "distill.gan": [False, True, False, True], "delta_e": [0.5, 0.4, 0.1, 0.05],
+                          "delta_e_lo": 0.0, "delta_e_hi": 0.6, "w2": [0.1, 0.2, 0.3, 0.4], "seed": 0})
+    heat = xp.heatmap_figure(table, "data.dim", "distill.gan")
+    assert heat.layout.xaxis.type == "category" and heat.layout.yaxis.type == "category"
+    assert heat.data[0].textfont.size >= 12
+    line = xp.delta_e_vs_x_figure(table, "data.dim", ["data.dim", "distill.gan"], log_x=True)
+    assert line.layout.xaxis.type == "log" and line.layout.xaxis.tickformat and line.layout.xaxis.dtick == "D2"
+    assert line.layout.legend.orientation == "v" and line.layout.legend.x > 1

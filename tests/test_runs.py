@@ -315,3 +315,19 @@ def test_sigkill_mid_write_leaves_readable_run_and_index(tmp_path):
     assert idx.get(run.path).status == "failed" and run.read_status()["status"] == "failed"
     with sqlite3.connect(idx.path) as con:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_scan_fills_delta_e_of_runs_recorded_elsewhere(tmp_path):
+    """A sweep cell is recorded in its sweep's own index; the root index finds it by scanning and
+    must show its ΔE (from metrics.csv), not '-'."""
+    from dmdcore.runs import RunDir, RunIndex
+
+    cell = tmp_path / "sweeps" / "s1" / "cells" / "c0"
+    cell.parent.mkdir(parents=True)
+    run = RunDir.create(cell, kind="experiment", experiment={"data": {"dataset": "mixture", "dim": 2}})
+    run.append_metrics({"step": 0, "phase": "student", "delta_e": 0.5, "w2": 0.2})
+    run.append_metrics({"step": 5, "phase": "student", "delta_e": 0.25, "w2": 0.1})
+    run.write_status("finished", "done", step=5)
+    idx = RunIndex(tmp_path)
+    [rec] = idx.scan()
+    assert rec.delta_e == 0.25 and rec.w2 == 0.1 and rec.summary["step"] == 5

@@ -613,3 +613,13 @@ def test_compare_two_runs_overlays_their_curves_and_differences(runs_dir):
     assert {f"run {ids[0]} · ΔE", f"run {ids[1]} · ΔE", f"run {ids[1]} · W₂²"} <= names
     diff = next(d.value for d in at.dataframe if "field" in d.value.columns)
     assert diff["field"].tolist() == ["distill.seed"]
+
+
+def test_metrics_csv_export_has_the_run_files_columns(tmp_path):
+    from dmdcore.runs import METRIC_COLUMNS
+
+    rows = [{"step": 0, "phase": "student", "delta_e": 0.5, "w2": 0.1}]
+    header = toylab.metrics_csv_bytes(rows).decode().splitlines()[0].split(",")
+    assert header == list(METRIC_COLUMNS)
+    (tmp_path / "metrics.csv").write_bytes(b"step,phase\n0,student\n")
+    assert toylab.metrics_csv_bytes(rows, tmp_path) == b"step,phase\n0,student\n"

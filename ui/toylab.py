@@ -177,8 +177,15 @@ def metrics_frame(metrics: list[dict]) -> pd.DataFrame:
     return df
 
 
-def metrics_csv_bytes(metrics: list[dict]) -> bytes:
-    return metrics_frame(metrics).to_csv(index=False).encode("utf-8")
+def metrics_csv_bytes(metrics: list[dict], run_dir: str | Path | None = None) -> bytes:
+    """The run's metrics.csv itself when it has one on disk (the same columns and bytes as the
+    CLI and sweeps write); else the rows with metrics.csv's columns, in its order."""
+    from dmdcore.runs import METRIC_COLUMNS
+
+    if run_dir is not None and (Path(run_dir) / "metrics.csv").is_file():
+        return (Path(run_dir) / "metrics.csv").read_bytes()
+    df = metrics_frame(metrics)
+    return df.reindex(columns=list(METRIC_COLUMNS)).to_csv(index=False).encode("utf-8")
 
 
 def samples_npz_bytes(z, teacher, student, history) -> bytes:
