@@ -60,10 +60,12 @@ METRIC_COLUMNS = (
     "w2", "w2_data", "eta_teacher", "eta_student", "copy_rate", "retrieval",
     # the copy verdict (dmdcore.verdict.report_row): n and d of ΔE, its controls and validity
     "n_eval", "dim", "delta_e_twin", "delta_e_cross", "resolution", "delta_e_valid", "verdict", "verdict_basis",
+    # plateau criterion (dmdcore.convergence) and ablation power (dmdcore.ablations)
+    "converged", "gan_dm_ratio", "memorization", "w2_teacher_data",
 )
 # metrics.csv columns holding text / integers (the rest are floats)
 _TEXT_COLUMNS = ("phase", "verdict", "verdict_basis")
-_INT_COLUMNS = ("step", "n_eval", "dim", "delta_e_valid")
+_INT_COLUMNS = ("step", "n_eval", "dim", "delta_e_valid", "converged")
 # Columns of timing.csv: per evaluation, the cumulative seconds spent inside Experiment.step().
 TIMING_COLUMNS = ("step", "phase", "wall_s")
 
@@ -144,12 +146,14 @@ class RunDir:
         experiment: dict,
         teacher_source: str | None = None,
         overwrite: bool = False,
+        extra: dict | None = None,
     ) -> "RunDir":
         """Create (or, with ``overwrite``, reset) a run directory: writes config.json and a
         ``running`` status.json and removes metrics/samples/checkpoints of an earlier run there.
 
         Raises ValueError if ``kind`` is unknown or ``path`` already holds a run and
-        ``overwrite`` is False.
+        ``overwrite`` is False. ``extra``: more top-level config.json sections (e.g. the
+        pipeline's ``{"precond": {"sigma_data": ...}}``); they cannot replace the fixed keys.
         """
         if kind not in KINDS:
             raise ValueError(f"kind: {kind!r} not in {KINDS}")
@@ -177,15 +181,17 @@ class RunDir:
                 p = run.path / name
                 if p.exists():
                     p.unlink()
-            atomic_write_json(
-                run.path / CONFIG_FILE,
-                {
-                    "kind": kind,
-                    "experiment": experiment,
-                    "teacher_source": teacher_source,
-                    "dmdcore_version": __version__,
-                },
-            )
+            content = {
+                "kind": kind,
+                "experiment": experiment,
+                "teacher_source": teacher_source,
+                "dmdcore_version": __version__,
+            }
+            clash = sorted(set(extra or {}) & set(content))
+            if clash:
+                raise ValueError(f"extra: key(s) {clash} would replace config.json's own fields")
+            content.update(extra or {})
+            atomic_write_json(run.path / CONFIG_FILE, content)
             run.write_status("running", "created", step=0)
         except BaseException:
             run.release()

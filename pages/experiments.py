@@ -344,14 +344,32 @@ def past_panel() -> None:
             st.rerun()
 
 
+# ------------------------------------------------------------------------------------------ claims
+def claims_panel() -> None:
+    """The study's claims against the newest full-size sweep of each preset (dmdcore.claims)."""
+    from dmdcore import claims
+
+    st.caption("Each claim of the study, the preset that tests it, what the newest non-quick sweep of that "
+               "preset measured (converged cells only) and a status: supported, contradicted or inconclusive. "
+               "Also in docs/experiments.md (scripts/preset_report.py --board).")
+    try:
+        rows = claims.claim_board(claims.tables_from_sweeps(sweeps_root()))
+    except (ValueError, OSError) as exc:
+        st.error(f"Claim board: {exc}")
+        return
+    st.dataframe(claims.board_frame(rows), hide_index=True, key="exp_claims_table")
+
+
 st.title("Experiments")
 st.caption("Sweeps over data dimension, losses, teacher training and student freedom — each cell a full "
            "teacher → DMD student run, measured with the pairing inefficiency ΔE.")
-tab_run, tab_past = st.tabs(["Run a sweep", "Past sweeps"])
+tab_run, tab_past, tab_claims = st.tabs(["Run a sweep", "Past sweeps", "Claim board"])
 with tab_run:
     define_panel()
 with tab_past:
     past_panel()
+with tab_claims:
+    claims_panel()
 progress_panel()
 if VIEW_KEY not in st.session_state:  # a new session shows the newest sweep's results
     try:
