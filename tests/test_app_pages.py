@@ -243,3 +243,19 @@ def test_ast_parse_is_serialized_against_the_cpython_thread_race():
     finally:
         gc.set_threshold(*old)
     assert errors == []
+
+
+def test_app_script_runs_as_a_spawned_workers_main_module():
+    """A spawn-ed sweep worker started from the server re-runs the main script (app.py) as
+    ``__mp_main__`` outside Streamlit; it must not raise (it did, and every sweep worker launched
+    from the browser died before running a cell), nor call Streamlit (each call logged a
+    'missing ScriptRunContext' warning, dozens per sweep launch)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import runpy, sys; sys.path.insert(0, %r); runpy.run_path(%r, run_name='__mp_main__')"
+            % (str(root), str(root / "app.py")))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ScriptRunContext" not in proc.stderr  # no Streamlit call at all in a worker

@@ -347,13 +347,13 @@ def test_evaluation_runs_off_the_training_thread_and_changes_no_number(tmp_path,
 
     cfg = tiny_cfg()
     threads: set[str] = set()
-    real = pairing.pairing_inefficiency
+    real = pairing.pair_retrieval_accuracy  # computed at every student evaluation, and only there
 
     def spy(*args, **kw):
         threads.add(threading.current_thread().name)
         return real(*args, **kw)
 
-    monkeypatch.setattr(pairing, "pairing_inefficiency", spy)
+    monkeypatch.setattr(pairing, "pair_retrieval_accuracy", spy)
     exp = Experiment(cfg, run_dir=tmp_path / "async", device="cpu")
     exp.run()
     assert threads and not threads & {threading.current_thread().name}, threads

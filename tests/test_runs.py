@@ -114,7 +114,8 @@ def test_samples_and_checkpoints_roundtrip(tmp_path):
     hist = np.stack([s, s * 2])
     run.save_samples(z=z, teacher=t, student=s, history_steps=np.array([0, 100]), history_student=hist)
     got = run.load_samples()
-    assert set(got) == {"z", "teacher", "student", "history_steps", "history_student"}
+    assert set(got) == {"z", "teacher", "student", "history_steps", "history_student", "basin_steps", "basin_student"}
+    assert got["basin_steps"].shape == (0,)  # none given: stored empty, same keys
     np.testing.assert_array_equal(got["teacher"], t)
     np.testing.assert_array_equal(got["history_student"], hist)
     assert got["history_steps"].tolist() == [0, 100]

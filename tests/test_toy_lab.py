@@ -115,6 +115,8 @@ def test_transition_and_basin_figures():
     m = np.array([[0.9, 0.1], [0.2, 0.8]])
     fig = plots.transition_figure(m, copy_rate=0.85)
     assert "0.850" in fig.layout.title.text
+    assert fig.data[0].textfont.size >= 12 and fig.data[0].texttemplate == "%{z:.0%}"  # readable cells
+    assert len(fig.layout.title.text) <= 40  # fits the panel (it was cut: "…(copy rate = 0.796, diagona")
     assert np.allclose(np.asarray(fig.data[0].z), m)
     with pytest.raises(ValueError, match="matrix"):
         plots.transition_figure(np.zeros((2, 3)), 0.0)

@@ -271,10 +271,11 @@ def transition_figure(matrix: np.ndarray, copy_rate: float, *, uirevision: str =
     k = m.shape[0]
     fig = go.Figure(go.Heatmap(
         z=m, x=list(range(k)), y=list(range(k)), zmin=0.0, zmax=1.0, colorscale="Blues",
-        text=np.round(m, 2), texttemplate="%{text}" if k <= 12 else None,
-        textfont=dict(size=13 if k <= 8 else 11),
+        # percentages (3 characters) stay readable at 12 px in a narrow 8 x 8 panel
+        texttemplate="%{z:.0%}" if k <= 12 else None,
+        textfont=dict(size=12 if k <= 8 else 10),
         hovertemplate="teacher mode %{y} → student mode %{x}: %{z:.3f}<extra></extra>",
-        colorbar=dict(title="P"),
+        colorbar=dict(title="P", thickness=12),
     ))
     fig.update_layout(
         title=dict(text=f"Mode transition · copy rate {copy_rate:.3f}", font=dict(size=14)),

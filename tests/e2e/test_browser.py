@@ -175,10 +175,12 @@ def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
             other.get_by_text("Saved runs (run index)", exact=False).first.click()
             box = other.locator(".st-key-rb_compare").get_by_role("combobox")
             box.scroll_into_view_if_needed()
-            for _ in range(2):  # the two newest runs: this session's and the one made beforehand
-                box.click()
-                other.get_by_role("option").first.click()
-                wait_app_idle(other, timeout_ms=60000)
+            for n in (1, 2):  # the two newest runs: this session's and the one made beforehand
+                option = other.get_by_role("option").first
+                if not option.is_visible():  # the list may stay open after a pick, or close
+                    box.click()
+                option.click()
+                other.locator(".st-key-rb_compare").locator('[data-baseweb="tag"]').nth(n - 1).wait_for(timeout=30000)
             other.keyboard.press("Escape")
             other.wait_for_function(COMPARE_JS, timeout=60000, polling=250)
             wait_app_idle(other, timeout_ms=60000)
