@@ -164,7 +164,7 @@ def test_short_run_lowers_w2_to_data(teachers, family, method):
     data = _data(seed=1)
     cfg = ExperimentConfig(
         teacher=teacher.teacher_config,
-        distill=DistillConfig(method=method, init="random", steps=40, batch=64, ratio=2, lr_gen=1e-3, lr_fake=3e-3, seed=0),
+        distill=DistillConfig(method=method, init="random", steps=40, batch=64, ratio=2, lr_gen=1e-3, lr_fake=3e-3, warmup=0, seed=0),
     )
     cfg = cfg.replace(adversarial=cfg.adversarial.replace(lr_disc=3e-3))
     sampler = make_sampler(data, seed=3) if needs_data(method) else None
