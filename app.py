@@ -35,7 +35,11 @@ def _route() -> None:
     keep_page_controls(nav.url_path)  # Experiments / Image models controls outlive a visit elsewhere
     from ui.errors import page_boundary  # noqa: E402
 
-    with page_boundary(nav.title):  # one error boundary for every page: one line on screen, traceback in the log
+    try:
+        title = nav.title
+    except AttributeError:  # bare mode (no Streamlit runtime): no page title to name
+        title = ""
+    with page_boundary(title):  # one error boundary for every page: one line on screen, traceback in the log
         nav.run()
 
 

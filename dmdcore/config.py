@@ -271,16 +271,16 @@ class SamplerConfig(_ConfigMixin):
 class DistillConfig(_ConfigMixin):
     """DMD / DMD2 student training (Yin et al. 2023, 2024)."""
 
-    init: str = "teacher"                # generator init: "teacher" (copy) or "random"
+    init: str = "teacher"                # generator init: "teacher" (copy), "random" (zero output layer: S(z) = c_skip*sigma_max*z at step 0) or "random_full" (output layer randomly initialised too)
     ratio: int = 5                       # fake-score steps per generator step (TTUR 1:ratio)
     steps: int = 1000                    # generator steps
     batch: int = 256                     # batch size (generator and fake score)
     lr_gen: float = 1e-4                 # AdamW learning rate of the generator
-    lr_fake: float = 1e-3                # AdamW learning rate of the fake score
+    lr_fake: float = 1e-4                # AdamW learning rate of the fake score (DMD2: equal to lr_gen; 10x = the older "fast critic" option)
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas (both optimisers)
     weight_decay: float = 0.01           # AdamW weight decay
     grad_clip: float = 10.0              # max gradient norm (0 = no clipping)
-    warmup: int = 0                      # linear learning-rate warm-up steps (both optimisers)
+    warmup: int = 50                     # linear learning-rate warm-up steps (both optimisers; DMD2 warms up, 0 = none)
     fake_sigma: str = "karras"           # fake-score sigma: "karras" (uniform over 1000 levels, DMD2) or "lognormal" (EDM)
     regression: bool = False             # add the DMD regression loss on teacher pairs
     reg_weight: float = 0.25             # lambda_reg of the regression loss
@@ -295,7 +295,7 @@ class DistillConfig(_ConfigMixin):
     seed: int = 0                        # noise / sigma seed of the distillation
 
     def validate(self) -> None:
-        _check_choice(self, "init", ("teacher", "random"))
+        _check_choice(self, "init", ("teacher", "random", "random_full"))
         _check_int(self, "ratio", 1, 1000)
         _check_int(self, "steps", 1, 10_000_000)
         _check_int(self, "batch", 1, 1_000_000)
@@ -324,12 +324,12 @@ class DistillConfig(_ConfigMixin):
             _check_int(self, "student_width", 1, 8192)
         if self.student_depth is not None:
             _check_int(self, "student_depth", 1, 64)
-        if (self.student_width is not None or self.student_depth is not None) and self.init != "random":
+        if (self.student_width is not None or self.student_depth is not None) and self.init == "teacher":
             _fail(
                 self,
                 "init",
                 self.init,
-                "{'random'} when student_width/student_depth are set (a teacher copy has the teacher's shape)",
+                "{'random', 'random_full'} when student_width/student_depth are set (a teacher copy has the teacher's shape)",
             )
         _check_int(self, "seed", 0, 2**63 - 1)
 
@@ -342,12 +342,40 @@ class EvalConfig(_ConfigMixin):
     n: int = 1024                        # number of fixed evaluation noises (the standard n, docs/metrics.md)
     bootstrap: int = 200                 # bootstrap resamples for the Delta-E confidence interval
     seed: int = 1234                     # seed of the fixed evaluation noise
+    # plateau criterion (dmdcore.convergence; docs/metrics.md "Convergence"); left out of
+    # to_dict() at their defaults, so existing configs and sweep cell keys are unchanged
+    stop_when_converged: str = "off"     # end a phase at its first converged evaluation: "off" | "student" | "all"
+    plateau_window: int = 4              # k: evaluations the plateau must hold over
+    plateau_tol_delta_e: float = 0.02    # max - min of Delta-E over the window (absolute)
+    plateau_tol_w2: float = 0.1          # max - min of W2^2 over the window, relative to its mean
+    plateau_floor_tol: float = 0.5       # with a twin floor f: W2^2(S, T) <= f * (1 + tol)
+    twin_floor_w2: float | None = None   # teacher-twin floor W2^2(T', T); None = use W2^2 stability
 
     def validate(self) -> None:
         _check_int(self, "every", 1, 10_000_000)
         _check_int(self, "n", 2, 1_000_000)
         _check_int(self, "bootstrap", 0, 100_000)
         _check_int(self, "seed", 0, 2**63 - 1)
+        _check_choice(self, "stop_when_converged", ("off", "student", "all"))
+        _check_int(self, "plateau_window", 2, 1000)
+        _check_float(self, "plateau_tol_delta_e", 0.0, 10.0)
+        _check_float(self, "plateau_tol_w2", 0.0, 10.0)
+        _check_float(self, "plateau_floor_tol", 0.0, 100.0)
+        if self.twin_floor_w2 is not None:
+            _check_float(self, "twin_floor_w2", 0.0, 1e9)
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        for f in dataclasses.fields(self):
+            if f.name in _EVAL_OPTIONAL and d[f.name] == _encode(f.default):
+                del d[f.name]
+        return d
+
+
+_EVAL_OPTIONAL = (
+    "stop_when_converged", "plateau_window", "plateau_tol_delta_e", "plateau_tol_w2",
+    "plateau_floor_tol", "twin_floor_w2",
+)
 
 
 @dataclass(frozen=True)

@@ -198,13 +198,31 @@ class TeacherTrainer:
 
 
 class GANHead(nn.Module):
-    """DMD2 classifier on the fake score's features: Linear -> SiLU -> Linear -> logit (B,)."""
+    """DMD2 classifier on the fake score's features -> logit (B,).
 
-    def __init__(self, feature_dim: int, width: int = 256):
+    Vector features (toy MLPs, (B, feature_dim)): Linear -> SiLU -> Linear. Spatial features
+    (image U-Nets, (B, C, H, W), ``spatial=True``): DMD2's convolutional branch — Conv 4×4 stride 2
+    -> GroupNorm -> SiLU -> Conv 1×1 to one logit per location, averaged over locations — so the
+    head sees where things are, not only a spatial mean of the bottleneck."""
+
+    def __init__(self, feature_dim: int, width: int = 256, *, spatial: bool = False):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(feature_dim, width), nn.SiLU(), nn.Linear(width, 1))
+        self.spatial = bool(spatial)
+        if self.spatial:
+            groups = next(g for g in (32, 16, 8, 4, 2, 1) if feature_dim % g == 0)
+            self.net = nn.Sequential(
+                nn.Conv2d(feature_dim, feature_dim, kernel_size=4, stride=2, padding=1),
+                nn.GroupNorm(groups, feature_dim), nn.SiLU(),
+                nn.Conv2d(feature_dim, 1, kernel_size=1),
+            )
+        else:
+            self.net = nn.Sequential(nn.Linear(feature_dim, width), nn.SiLU(), nn.Linear(width, 1))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.spatial:
+            if h.ndim != 4:
+                raise ValueError(f"GANHead: spatial head needs (B, C, H, W) features, got shape {tuple(h.shape)}")
+            return self.net(h).mean(dim=(1, 2, 3))
         return self.net(h.flatten(1)).squeeze(1)
 
 
@@ -212,6 +230,16 @@ def _reinit(module: nn.Module) -> nn.Module:
     for m in module.modules():
         if hasattr(m, "reset_parameters") and m is not module:
             m.reset_parameters()
+    return module
+
+
+def _randomize_output(module: nn.Module) -> nn.Module:
+    """Give a toy denoiser's zero-initialised output layer (``nets.MLPBackbone.out``) PyTorch's
+    default random init, so an untrained student is not D = c_skip·x (init "random_full")."""
+    out = getattr(getattr(module, "model", None), "out", None)
+    if not isinstance(out, nn.Linear):
+        raise ValueError("DistillConfig.init: 'random_full' needs a toy denoiser with an MLP output layer (model.out)")
+    out.reset_parameters()
     return module
 
 
@@ -297,6 +325,8 @@ class DMDTrainer:
                 generator = _seeded(cfg.seed + 1, lambda: build_denoiser(a["dim"], a["width"], a["depth"], a["emb_dim"], a["label_dim"], real.sigma_data))
             else:
                 generator = _seeded(cfg.seed + 1, lambda: _reinit(copy.deepcopy(real)))
+            if cfg.init == "random_full":
+                _seeded(cfg.seed + 4, lambda: _randomize_output(generator))
         self.generator = generator.to(self.device).requires_grad_(True).train()
         self.fake = (fake if fake is not None else copy.deepcopy(real)).to(self.device).requires_grad_(True).train()
         self.gan_head = None
@@ -304,7 +334,8 @@ class DMDTrainer:
             fdim = int(getattr(self.fake, "feature_dim", 0))
             if fdim <= 0 or not hasattr(self.fake, "features"):
                 raise ValueError("DistillConfig.gan: the fake score needs features() and feature_dim > 0 for the GAN head")
-            self.gan_head = _seeded(cfg.seed + 2, lambda: GANHead(fdim)).to(self.device)
+            spatial = bool(getattr(self.fake, "feature_spatial", False))
+            self.gan_head = _seeded(cfg.seed + 2, lambda: GANHead(fdim, spatial=spatial)).to(self.device)
 
         self.gen_params = list(self.generator.parameters())
         self.fake_params = list(self.fake.parameters()) + (list(self.gan_head.parameters()) if self.gan_head is not None else [])

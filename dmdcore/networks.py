@@ -424,6 +424,7 @@ class EDMPrecond(nn.Module):
         self.model = DhariwalUNet(img_resolution=img_resolution, in_channels=img_channels,
                                   out_channels=img_channels, label_dim=label_dim, **model_kwargs)
         self.feature_dim = self.model.bottleneck_channels
+        self.feature_spatial = True  # features() keep their H×W layout (DMD2's conv GAN head)
 
     def _prepare(self, x, sigma, class_labels):
         x = x.to(torch.float32)
@@ -458,13 +459,14 @@ class EDMPrecond(nn.Module):
         return c_skip * x + c_out * F_x.to(torch.float32)
 
     def features(self, x: torch.Tensor, sigma, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Bottleneck features for a GAN head: spatial mean of the decoder's ``*_in1`` output,
-        shape (B, feature_dim) with feature_dim = model_channels·channel_mult[-1]."""
+        """Bottleneck features for a GAN head: the decoder's ``*_in1`` output with its spatial
+        layout, shape (B, feature_dim, H, W) with feature_dim = model_channels·channel_mult[-1]
+        (H = W = the lowest resolution)."""
         x, sigma, labels = self._prepare(x, sigma, labels)
         _, _, c_in, c_noise = self._coefficients(sigma)
         _, h = self.model((c_in * x).to(self._dtype(x, False)), c_noise.flatten(), class_labels=labels,
                           return_bottleneck=True)
-        return h.to(torch.float32).mean(dim=(2, 3))
+        return h.to(torch.float32)
 
     def forward_and_features(self, x: torch.Tensor, sigma, labels: torch.Tensor | None = None):
         """(D(x; σ), features) from one network pass: the denoised output as ``forward`` and the
@@ -474,7 +476,7 @@ class EDMPrecond(nn.Module):
         F_x, h = self.model((c_in * x).to(self._dtype(x, False)), c_noise.flatten(), class_labels=labels,
                             return_bottleneck=True)
         # D(x; σ) = c_skip·x + c_out·F(c_in·x, c_noise, labels)  (EDM eq. 7)
-        return c_skip * x + c_out * F_x.to(torch.float32), h.to(torch.float32).mean(dim=(2, 3))
+        return c_skip * x + c_out * F_x.to(torch.float32), h.to(torch.float32)
 
     def round_sigma(self, sigma):
         return torch.as_tensor(sigma)

@@ -283,6 +283,9 @@ class Experiment:
         sub = rng.choice(n_rows, size=cfg.eval.n, replace=cfg.eval.n > n_rows)
         self.data_eval = self.dataset.x[torch.from_numpy(sub)].numpy().astype(np.float32)
 
+        # σ_data of the preconditioning: the given teacher's, else what the teacher trainer will use
+        self.sigma_data = run_sigma_data(cfg, self.dataset.x, self.teacher if self._teacher_given else None)
+
         # Phases.
         self.phases: tuple[str, ...] = ()
         self._set_phases_unchecked(phases if phases is not None else PHASES)
@@ -310,6 +313,11 @@ class Experiment:
         self._centers: np.ndarray | None = None
         self._eta_teacher: float | None = None
         self._finalized = False
+        self._memo_probe = None                 # ablations.MemorizationProbe (False: no held-out draw)
+        self._memo_student = None               # (teacher samples, their memorization score)
+        self._teacher_quality = None            # (teacher samples, W2^2(T(z), data))
+        self._stopped_at: dict[str, int] = {}   # phase -> step where the plateau criterion ended it
+        self.stop_reasons: dict[str, str] = {}  # phase -> "converged" | "cap" (status.json "stop")
         self.status = "running"
         self.message = ""
         self._published: dict = {}
@@ -320,7 +328,8 @@ class Experiment:
         self.index = index
         if run_dir is not None:
             self.rundir = RunDir.create(
-                run_dir, kind=self.kind, experiment=cfg.to_dict(), teacher_source=teacher_source, overwrite=overwrite
+                run_dir, kind=self.kind, experiment=cfg.to_dict(), teacher_source=teacher_source, overwrite=overwrite,
+                extra={"precond": {"sigma_data": self.sigma_data}},
             )
             if self._teacher_given:
                 self._save_teacher(self.teacher)
@@ -417,6 +426,8 @@ class Experiment:
         self.phases = phases
 
     def _phase_len(self, phase: str) -> int:
+        if phase in self._stopped_at:  # ended early by the plateau criterion
+            return self._stopped_at[phase]
         return self.cfg.teacher.steps if phase == "teacher" else self.cfg.distill.steps
 
     def step(self) -> dict:
@@ -449,6 +460,7 @@ class Experiment:
                 evaluated = end or self.phase_step % self.cfg.eval.every == 0
                 if evaluated:
                     self._evaluate()
+                    end = self._plateau_stop(phase, end)
                 if end:
                     self._end_phase()
             finally:
@@ -527,7 +539,7 @@ class Experiment:
             try:
                 if self.rundir is not None:
                     try:
-                        self.rundir.write_status(status, message, step=self.step_count)
+                        self.rundir.write_status(status, message, step=self.step_count, extra=self._stop_extra())
                     except OSError as exc:
                         errors.append(exc)
                 if self.index is not None and self.rundir is not None:
@@ -613,16 +625,25 @@ class Experiment:
         self._evaluate()  # student step 0
 
     def _begin_controls(self, z: torch.Tensor, labels: torch.Tensor | None) -> None:
-        """T′(z) of the twin and the teacher-side controls of the copy verdict (once per run)."""
-        from dmdcore.verdict import copy_controls
-
+        """T′(z) of the twin (here, with the teacher's samples); the OT-heavy teacher-side controls
+        of the copy verdict are computed once by the first student evaluation (_copy_controls)."""
         if self.twin is not None:
             self.twin_samples = self._np(self.twin.sample(z, self.cfg.sampler, labels=labels))
-        try:
-            self._controls = copy_controls(self.teacher_samples, twin=self.twin_samples, seed=self.cfg.eval.seed,
-                                           centers=self._centers)
-        except ValueError:
-            self._controls = None  # a zero-spread teacher: ΔE is undefined, cells stay empty
+        self._controls = None
+        self._controls_due = True
+
+    def _copy_controls(self):
+        """dmdcore.verdict.CopyControls of this student phase (evaluation worker; once per run)."""
+        if getattr(self, "_controls_due", False):
+            from dmdcore.verdict import copy_controls
+
+            self._controls_due = False
+            try:
+                self._controls = copy_controls(self.teacher_samples, twin=self.twin_samples,
+                                               seed=self.cfg.eval.seed, centers=self._centers)
+            except ValueError:
+                self._controls = None  # a zero-spread teacher: ΔE is undefined, cells stay empty
+        return self._controls
 
     def _end_phase(self) -> None:
         if self.phase == "teacher":
@@ -700,6 +721,10 @@ class Experiment:
         else:
             samples = self._np(self._dmd.student(zeval, labels))
             self._check_finite("student samples S(z)", samples)
+            if self.cfg.distill.gan:  # needs the trainer as it is now: measured here, not on the worker
+                from dmdcore.ablations import gan_dm_grad_ratio
+
+                row["gan_dm_ratio"] = gan_dm_grad_ratio(self._dmd, seed=self.cfg.eval.seed)
             if self.rundir is not None:
                 modules = tuple((role, copy.deepcopy(m)) for role, m in
                                 (("student", self._dmd.generator), ("fake", self._dmd.fake)))
@@ -728,10 +753,11 @@ class Experiment:
             # ΔE = (E_pair − E_OT) / (E_ind − E_OT) with a bootstrap CI, n, d, the twin and
             # reference controls, validity and the copy verdict (dmdcore.verdict, pairing.md)
             rep = None
-            if self._controls is not None:
+            controls = self._copy_controls()
+            if controls is not None:
                 from dmdcore.verdict import copy_report, report_row
 
-                rep = copy_report(s, t, seed=cfg.eval.seed, bootstrap=cfg.eval.bootstrap, controls=self._controls)
+                rep = copy_report(s, t, seed=cfg.eval.seed, bootstrap=cfg.eval.bootstrap, controls=controls)
                 row.update(report_row(rep))
             if rep is not None and rep.delta_e is not None and rep.exact:
                 row["w2"] = rep.e_ot  # W₂²(S, T) is the E_OT of the same exact matching
@@ -755,6 +781,8 @@ class Experiment:
                     self._basin_history = {k: v for k, v in self._basin_history.items() if k in kept}
             for role, module in ev.modules:
                 self._save_student_module(role, module, ev.step)
+        self._ablation_columns(phase, row, ev.samples if phase == "teacher" else self.teacher_samples)
+        row["converged"] = self._converged_flag(phase, row)
         # Wall-clock time goes to timing.csv, not metrics.csv (which must be reproducible to the byte).
         timing = {"step": ev.step, "phase": phase, "wall_s": ev.wall_s}
         with self._pub_lock:
@@ -769,6 +797,63 @@ class Experiment:
                 self.index.update(self.rundir, step=ev.step_count, delta_e=row.get("delta_e"), w2=row.get("w2"),
                                   summary=row)
         self._publish()
+
+    # ------------------------------------------------------------------ ablation power
+    def _ablation_columns(self, phase: str, row: dict, tsamples: np.ndarray | None) -> None:
+        """memorization of the teacher's samples ``tsamples`` (teacher rows: this evaluation's
+        T(z); student rows repeat the fixed teacher's score), dmdcore.ablations, and
+        w2_teacher_data = W2^2(T(z), data) of the fixed teacher in student rows. (gan_dm_ratio is
+        measured on the training thread, in _eval_snapshot, where the trainer is.)"""
+        from dmdcore import ablations
+
+        if self._memo_probe is None:
+            held = ablations.heldout_data(self.cfg.data, max(1000, self.cfg.eval.n), seed=self.cfg.eval.seed)
+            self._memo_probe = False if held is None else ablations.MemorizationProbe(self.dataset.x.numpy(), held)
+        if self._memo_probe is not False and tsamples is not None:
+            if self._memo_student is None or self._memo_student[0] is not tsamples:
+                self._memo_student = (tsamples, self._memo_probe.score(tsamples).fraction)
+            row["memorization"] = self._memo_student[1]
+        if phase == "student" and tsamples is not None:
+            # the teacher's quality beside every student row (sweep cells load their teacher)
+            if self._teacher_quality is None or self._teacher_quality[0] is not tsamples:
+                self._teacher_quality = (tsamples, self._safe(pairing.wasserstein2_squared, tsamples, self.data_eval))
+            row["w2_teacher_data"] = self._teacher_quality[1]
+
+    # ------------------------------------------------------------------ convergence
+    def _converged_flag(self, phase: str, row: dict) -> int:
+        """1 when this evaluation satisfies the plateau criterion (dmdcore.convergence), else 0."""
+        from dmdcore import convergence
+
+        rows = [r for r in self._metrics if r.get("phase") == phase] + [row]  # worker thread: no wait
+        floor = self.cfg.eval.twin_floor_w2
+        twin = getattr(self._controls, "twin", None) if phase == "student" else None
+        if floor is None and twin is not None:
+            floor = twin.e_ot  # the run's own teacher-twin floor W₂²(T′, T) (copy-verdict controls)
+        crit = convergence.Plateau.from_eval(self.cfg.eval)
+        return int(convergence.phase_converged(phase, rows, crit, floor_w2=floor))
+
+    def _plateau_stop(self, phase: str, end: bool) -> bool:
+        """After an evaluation: whether the phase ends now (at its cap, or converged when
+        ``EvalConfig.stop_when_converged`` covers it); records the reason for status.json."""
+        from dmdcore import convergence
+
+        if end:
+            self.stop_reasons[phase] = "cap"
+            return True
+        if not convergence.should_stop(self.cfg.eval.stop_when_converged, phase):
+            return False
+        row = self.metrics[-1]  # waits for the evaluation worker: stopping needs this row's flag
+        if row.get("converged") == 1:
+            self._stopped_at[phase] = self.phase_step
+            self.stop_reasons[phase] = "converged"
+            return True
+        return False
+
+    def _stop_extra(self) -> dict:
+        """status.json fields: per phase how it ended ("converged" | "cap") and whether the last
+        evaluation of the last phase run was converged."""
+        last = self._metrics[-1] if self._metrics else {}
+        return {"stop": dict(self.stop_reasons), "converged": bool(last.get("converged") == 1)}
 
     def _add_history(self, step: int, s: np.ndarray) -> None:
         self._history.append((step, s))
@@ -913,6 +998,17 @@ class Experiment:
                 step = self.phase_step
         return BasinMaps(xs=xs, ys=xs.copy(), teacher_modes=tm, student_modes=sm, centers=np.asarray(centers),
                          agreement=agreement, step=step)
+
+
+def run_sigma_data(cfg: ExperimentConfig, x: torch.Tensor, teacher=None) -> float:
+    """The σ_data a run uses (recorded in config.json as ``precond.sigma_data``): a given
+    teacher's own, else ``cfg.teacher.sigma_data``, else the std of the training data over all
+    coordinates (``TeacherTrainer``'s estimate)."""
+    if teacher is not None:
+        return float(teacher.sigma_data)
+    if cfg.teacher.sigma_data is not None:
+        return float(cfg.teacher.sigma_data)
+    return float(x.double().std())
 
 
 def _nearest(x: np.ndarray, centers: np.ndarray) -> np.ndarray:

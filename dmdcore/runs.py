@@ -23,7 +23,6 @@ per call, one connection per call so it is safe from threads and from several pr
 from __future__ import annotations
 
 import csv
-import errno
 import io
 import json
 import math
@@ -31,7 +30,6 @@ import os
 import shutil
 import socket
 import sqlite3
-import tempfile
 import time
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -41,6 +39,11 @@ from typing import Any, Iterator
 import numpy as np
 
 from dmdcore import __version__
+from dmdcore.fsutil import (  # noqa: F401  (re-exported: the run store's file helpers)
+    LOCK_FILE, DiskFullError, RunBusyError, _atomic_path, _proc_start_token, _proc_state, atomic_torch_save,
+    atomic_write_bytes, atomic_write_json, atomic_write_text, claim_dir, disk_full_as_error, is_disk_full,
+    lock_owner, pid_alive, release_dir, this_process,
+)
 
 STATUSES = ("running", "finished", "stopped", "diverged", "failed", "abandoned", "unreadable")
 # abandoned: a Toy Lab job whose browser session went away (dmdcore.jobs); unreadable: a run whose
@@ -57,10 +60,12 @@ METRIC_COLUMNS = (
     "w2", "w2_data", "eta_teacher", "eta_student", "copy_rate", "retrieval",
     # the copy verdict (dmdcore.verdict.report_row): n and d of ΔE, its controls and validity
     "n_eval", "dim", "delta_e_twin", "delta_e_cross", "resolution", "delta_e_valid", "verdict", "verdict_basis",
+    # plateau criterion (dmdcore.convergence) and ablation power (dmdcore.ablations)
+    "converged", "gan_dm_ratio", "memorization", "w2_teacher_data",
 )
 # metrics.csv columns holding text / integers (the rest are floats)
 _TEXT_COLUMNS = ("phase", "verdict", "verdict_basis")
-_INT_COLUMNS = ("step", "n_eval", "dim", "delta_e_valid")
+_INT_COLUMNS = ("step", "n_eval", "dim", "delta_e_valid", "converged")
 # Columns of timing.csv: per evaluation, the cumulative seconds spent inside Experiment.step().
 TIMING_COLUMNS = ("step", "phase", "wall_s")
 
@@ -71,169 +76,7 @@ STATUS_FILE = "status.json"
 SAMPLES_FILE = "samples.npz"
 CHECKPOINT_ROLES = ("teacher", "student", "fake", "twin")
 INDEX_FILE = "index.sqlite"
-LOCK_FILE = ".lock"  # O_EXCL claim of a run directory: {"pid", "pid_start", "host", "since"}
 SCAN_DEPTH = 4  # RunIndex.scan: deepest run directory below the root (root/sweeps/<id>/cells/<key>)
-
-
-# ----------------------------------------------------------------------------- atomic files
-
-class DiskFullError(OSError):
-    """No space left on the device while writing ``path`` (message: "disk full at PATH")."""
-
-    def __init__(self, path: str | os.PathLike):
-        super().__init__(errno.ENOSPC, f"disk full at {os.fspath(path)}")
-        self.path = os.fspath(path)
-
-    def __str__(self) -> str:
-        return f"disk full at {self.path}"
-
-
-_FULL_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
-
-
-def _nearly_full(path: str | os.PathLike | None) -> bool:
-    if path is None:
-        return False
-    p = Path(path)
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    try:
-        return shutil.disk_usage(p).free < 1 << 20
-    except OSError:
-        return False
-
-
-def is_disk_full(exc: BaseException, path: str | os.PathLike | None = None) -> bool:
-    """True for ENOSPC/EDQUOT, SQLite's "database or disk is full", and an I/O error (SQLite's
-    "disk I/O error" when its WAL cannot grow, torch's writer failures) while the device holding
-    ``path`` has less than 1 MiB free."""
-    if isinstance(exc, DiskFullError):
-        return True
-    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
-        return True
-    text = str(exc).lower()
-    if "disk is full" in text or "no space left" in text:
-        return True
-    io_error = "i/o error" in text or "file write failed" in text or "inline_container" in text
-    return io_error and _nearly_full(path)
-
-
-@contextmanager
-def disk_full_as_error(path: str | os.PathLike) -> Iterator[None]:
-    """Re-raise a disk-full failure inside the block as ``DiskFullError(path)``."""
-    try:
-        yield
-    except DiskFullError:
-        raise
-    except (OSError, RuntimeError, sqlite3.DatabaseError) as exc:
-        if is_disk_full(exc, path):
-            raise DiskFullError(path) from exc
-        raise
-
-
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success fsync it and ``os.replace`` it onto
-    ``path`` (atomic on POSIX and Windows); on failure remove it. A full disk raises
-    ``DiskFullError(path)`` and leaves no temporary file."""
-    path = Path(path)
-    tmp_path = None
-    try:
-        with disk_full_as_error(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            tmp_path = Path(tmp)
-            os.chmod(tmp_path, 0o644)  # mkstemp creates 0600; run files are meant to be shared/readable
-            yield tmp_path
-            with open(tmp_path, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp_path, path)
-    finally:
-        if tmp_path is not None and tmp_path.exists():
-            tmp_path.unlink()
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    with _atomic_path(Path(path)) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (DiskFullError when the device is full)."""
-    with _atomic_path(Path(path)) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (inf/nan allowed, as Python writes
-    them, so configs with ``S_max=inf`` round-trip)."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
-    """``torch.save(obj)`` to ``path`` atomically (the file is either the old or the new one).
-    The object is serialised in memory first (toy checkpoints are small), so a full disk is a
-    plain ENOSPC on write, reported as ``DiskFullError(path)``, never torch's writer error."""
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-# ----------------------------------------------------------------------------- process identity
-
-def _proc_start_token(pid: int) -> str | None:
-    """Start time of ``pid`` in clock ticks since boot (Linux /proc), used to tell a live process
-    from a later one that reused the pid; None where /proc is unavailable."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Fields after the parenthesised command name; field 22 (starttime) is index 19 there.
-    rest = raw[raw.rfind(")") + 2:].split()
-    return rest[19] if len(rest) > 19 else None
-
-
-def _proc_state(pid: int) -> str | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    rest = raw[raw.rfind(")") + 2:].split()
-    return rest[0] if rest else None
-
-
-def pid_alive(pid: int | None, start_token: str | None = None) -> bool:
-    """True when process ``pid`` exists on this host, is not a zombie and (if ``start_token`` is
-    given and /proc is available) is the same process that recorded the token."""
-    if pid is None or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    except OSError:
-        return False
-    if _proc_state(pid) in ("Z", "X"):
-        return False
-    if start_token is not None:
-        now = _proc_start_token(pid)
-        if now is not None and now != start_token:
-            return False
-    return True
-
-
-def this_process() -> dict:
-    """``{"pid", "host", "pid_start"}`` of the calling process."""
-    pid = os.getpid()
-    return {"pid": pid, "host": socket.gethostname(), "pid_start": _proc_start_token(pid)}
 
 
 # ----------------------------------------------------------------------------- metrics csv
@@ -279,85 +122,8 @@ def _check_status(data: Any, p: Path) -> dict:
     return data
 
 
-def lock_owner(path: str | os.PathLike) -> dict | None:
-    """The claim in ``path/.lock`` ({"pid", "pid_start", "host", "since"}), {} when unreadable,
-    None when there is none."""
-    try:
-        data = json.loads((Path(path) / LOCK_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def claim_dir(path: str | os.PathLike, what: str = "run_dir") -> None:
-    """Claim directory ``path`` (which must exist) for the calling process: create ``.lock`` with
-    O_EXCL (atomic on every POSIX file system). A lock of a live process on this host refuses with
-    ``RunBusyError`` naming it; a stale lock (its process is gone, or unreadable and older than
-    60 s) is taken over. The calling process may re-claim its own lock. Used for run directories
-    and sweep directories (``what`` names the field in the message)."""
-    path = Path(path)
-    me = this_process()
-    body = json.dumps({**me, "since": time.time()}).encode()
-    lock = path / LOCK_FILE
-    for _ in range(3):
-        try:
-            with disk_full_as_error(lock):
-                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                try:
-                    os.write(fd, body)
-                finally:
-                    os.close(fd)
-            return
-        except FileExistsError:
-            pass
-        owner = lock_owner(path)
-        if owner is None:
-            continue  # released in between: try again
-        if owner.get("pid") == me["pid"] and owner.get("pid_start") == me["pid_start"]:
-            return
-        pid = owner.get("pid") if isinstance(owner.get("pid"), int) else None
-        if owner and owner.get("host") not in (None, me["host"]):
-            alive = True  # cannot check a process on another host
-        elif owner:
-            alive = pid_alive(pid, owner.get("pid_start"))
-        else:  # unreadable: a writer between O_EXCL and write, unless it is old
-            try:
-                alive = time.time() - lock.stat().st_mtime < 60
-            except FileNotFoundError:
-                continue
-        if alive:
-            since = owner.get("since")
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
-            raise RunBusyError(f"{what}: {str(path)!r} is being written by process {owner.get('pid', '?')} "
-                               f"on {owner.get('host', '?')} (since {when}); choose another directory or wait")
-        stale = lock.with_name(f"{LOCK_FILE}.stale.{os.getpid()}.{time.monotonic_ns()}")
-        try:
-            os.replace(lock, stale)  # only one taker wins the stale file; the others retry O_EXCL
-            stale.unlink()
-        except FileNotFoundError:
-            pass
-    raise RunBusyError(f"{what}: {str(path)!r}: could not claim {LOCK_FILE} (another writer keeps taking it)")
-
-
-def release_dir(path: str | os.PathLike) -> None:
-    """Remove ``path/.lock`` if the calling process holds it (idempotent)."""
-    owner = lock_owner(path)
-    me = this_process()
-    if owner and owner.get("pid") == me["pid"] and owner.get("pid_start") == me["pid_start"]:
-        try:
-            (Path(path) / LOCK_FILE).unlink()
-        except FileNotFoundError:
-            pass
-
-
 class RunExistsError(ValueError):
     """The run directory already holds a run and overwrite was not asked for."""
-
-
-class RunBusyError(ValueError):
-    """Another live process holds the run (or sweep) directory's ``.lock``."""
 
 
 class RunDir:
@@ -380,12 +146,14 @@ class RunDir:
         experiment: dict,
         teacher_source: str | None = None,
         overwrite: bool = False,
+        extra: dict | None = None,
     ) -> "RunDir":
         """Create (or, with ``overwrite``, reset) a run directory: writes config.json and a
         ``running`` status.json and removes metrics/samples/checkpoints of an earlier run there.
 
         Raises ValueError if ``kind`` is unknown or ``path`` already holds a run and
-        ``overwrite`` is False.
+        ``overwrite`` is False. ``extra``: more top-level config.json sections (e.g. the
+        pipeline's ``{"precond": {"sigma_data": ...}}``); they cannot replace the fixed keys.
         """
         if kind not in KINDS:
             raise ValueError(f"kind: {kind!r} not in {KINDS}")
@@ -413,15 +181,17 @@ class RunDir:
                 p = run.path / name
                 if p.exists():
                     p.unlink()
-            atomic_write_json(
-                run.path / CONFIG_FILE,
-                {
-                    "kind": kind,
-                    "experiment": experiment,
-                    "teacher_source": teacher_source,
-                    "dmdcore_version": __version__,
-                },
-            )
+            content = {
+                "kind": kind,
+                "experiment": experiment,
+                "teacher_source": teacher_source,
+                "dmdcore_version": __version__,
+            }
+            clash = sorted(set(extra or {}) & set(content))
+            if clash:
+                raise ValueError(f"extra: key(s) {clash} would replace config.json's own fields")
+            content.update(extra or {})
+            atomic_write_json(run.path / CONFIG_FILE, content)
             run.write_status("running", "created", step=0)
         except BaseException:
             run.release()

@@ -54,7 +54,12 @@ def _parse_json(text: str, what: str):
 
 
 def _launch(spec, out_dir: Path, *, quick: bool, workers: int) -> None:
-    job = sw.SweepJob(spec, out_dir, workers=workers, quick=quick, slots=sweep_slots())
+    backend = st.session_state.get("exp_backend", "local")
+    address = None
+    if backend == "ray":
+        address = (st.session_state.get("exp_ray_address") or "").strip() or None
+    job = sw.SweepJob(spec, out_dir, workers=workers, quick=quick, slots=sweep_slots(), backend=backend,
+                      address=address)
     job.start()
     st.session_state[JOB_KEY] = job
     st.session_state[VIEW_KEY] = [str(out_dir)]
@@ -62,6 +67,20 @@ def _launch(spec, out_dir: Path, *, quick: bool, workers: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------ define
+def backend_panel() -> None:
+    """Backend choice, shown only when Ray is installed (else every sweep runs on the local pool)."""
+    backends = sw.available_backends()
+    if len(backends) < 2:
+        return
+    c1, c2 = st.columns([1, 3])
+    backend = c1.radio("Backend", backends, horizontal=True, key="exp_backend",
+                       help="local: a process pool on this machine. ray: Ray tasks (teachers first, each "
+                            "teacher's cells as soon as it is saved), on a local or a remote cluster.")
+    c2.text_input("Ray cluster address", key="exp_ray_address", disabled=backend != "ray",
+                  placeholder="empty: start a local Ray cluster; 'auto': the cluster running here; host:port",
+                  help="A multi-node cluster needs the runs folder on storage every node mounts at the same path.")
+
+
 def define_panel() -> None:
     """The spec controls, then the launch row. Each in its own container, so the launch button
     keeps its place in the element tree whatever the spec area draws (a preset draws ~12
@@ -143,9 +162,11 @@ def _spec_controls():
 
 
 def _launch_row(spec, quick: bool, n_teachers: int) -> None:
+    backend_panel()
     c1, c2, c3 = st.columns([1, 1, 2])
     workers = c1.number_input("Worker processes", min_value=1, max_value=os.cpu_count() or 1,
-                              value=os.cpu_count() or 1, key="exp_workers")
+                              value=os.cpu_count() or 1, key="exp_workers",
+                              help="local: pool processes; ray without an address: CPUs of the local Ray cluster")
     c2.metric("Cells", spec.n_cells, help=f"{n_teachers} distinct teachers, each trained once and shared")
     job = st.session_state.get(JOB_KEY)
     busy = job is not None and job.snapshot().state in ("queued", "running")
@@ -323,14 +344,32 @@ def past_panel() -> None:
             st.rerun()
 
 
+# ------------------------------------------------------------------------------------------ claims
+def claims_panel() -> None:
+    """The study's claims against the newest full-size sweep of each preset (dmdcore.claims)."""
+    from dmdcore import claims
+
+    st.caption("Each claim of the study, the preset that tests it, what the newest non-quick sweep of that "
+               "preset measured (converged cells only) and a status: supported, contradicted or inconclusive. "
+               "Also in docs/experiments.md (scripts/preset_report.py --board).")
+    try:
+        rows = claims.claim_board(claims.tables_from_sweeps(sweeps_root()))
+    except (ValueError, OSError) as exc:
+        st.error(f"Claim board: {exc}")
+        return
+    st.dataframe(claims.board_frame(rows), hide_index=True, key="exp_claims_table")
+
+
 st.title("Experiments")
 st.caption("Sweeps over data dimension, losses, teacher training and student freedom — each cell a full "
            "teacher → DMD student run, measured with the pairing inefficiency ΔE.")
-tab_run, tab_past = st.tabs(["Run a sweep", "Past sweeps"])
+tab_run, tab_past, tab_claims = st.tabs(["Run a sweep", "Past sweeps", "Claim board"])
 with tab_run:
     define_panel()
 with tab_past:
     past_panel()
+with tab_claims:
+    claims_panel()
 progress_panel()
 if VIEW_KEY not in st.session_state:  # a new session shows the newest sweep's results
     try:

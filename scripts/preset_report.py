@@ -1,6 +1,11 @@
 """Markdown report of finished sweeps, as printed in docs/experiments.md.
 
     python scripts/preset_report.py runs/sweeps/dim [more sweep dirs ...]
+    python scripts/preset_report.py --board [sweep dirs ...]   # the claim board (dmdcore.claims)
+
+``--board`` prints the claim board that opens docs/experiments.md: each sweep directory's preset
+(the name in its sweep.json, ":full" stripped) feeds its claim; a preset with no directory, or
+runs made before the plateau criterion, is "inconclusive: not yet run with the current code".
 
 For each sweep directory: a table with one row per grid point over the non-seed axes (ΔE mean
 with a Student-t 95% CI over replicate seeds and n; ΔE at the student's step 0 (the teacher copy
@@ -78,7 +83,20 @@ def report(out: Path) -> str:
     return "\n".join(lines)
 
 
+def board(dirs: list[Path]) -> str:
+    from dmdcore import claims
+
+    tables = {}
+    for out in dirs:
+        name = json.loads((out / "sweep.json").read_text())["spec"]["name"].partition(":")[0]
+        tables[name] = pd.concat([tables[name], sw.results_table(out)]) if name in tables else sw.results_table(out)
+    return claims.board_markdown(claims.claim_board(tables))
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "--board":
+        print(board([Path(d) for d in argv[1:]]))
+        return 0
     if not argv:
         print(__doc__)
         return 2

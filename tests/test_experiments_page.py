@@ -145,6 +145,31 @@ def test_second_sweep_waits_for_the_server_wide_slot(app, tmp_path):
         slots.release()
 
 
+def test_backend_and_ray_address_reach_the_sweep_job(app):
+    # Ray is installed (requirements.txt): the page offers the backend and the cluster address.
+    # The sweep stays queued behind a held slot, so no cluster is started here.
+    from ui.session import sweep_slots
+
+    at = app.run()
+    assert at.radio(key="exp_backend").options == ["local", "ray"]
+    assert at.text_input(key="exp_ray_address").disabled       # local: no address
+    at.radio(key="exp_backend").set_value("ray").run()
+    at.text_input(key="exp_ray_address").set_value(" auto ").run()
+    assert not at.text_input(key="exp_ray_address").disabled
+    slots = sweep_slots()
+    assert slots.acquire(blocking=False)
+    try:
+        at.selectbox(key="exp_preset").set_value("custom (JSON spec)").run()
+        at.text_area(key="exp_custom").set_value(json.dumps(TINY)).run()
+        at.button(key="exp_launch").click().run()
+        job = at.session_state["exp_sweep_job"]
+        assert (job.backend, job.address, job.snapshot().state) == ("ray", "auto", "queued")
+        at.button(key="exp_stop").click().run()
+        assert job.wait(timeout=30) and job.snapshot().state == "stopped"
+    finally:
+        slots.release()
+
+
 def _tree_path(node, key, path=()):
     """Index path of the widget ``key`` in an AppTest element tree (the delta path the browser
     uses to place it), or None."""

@@ -95,14 +95,14 @@ def test_upload_bad_files_and_full_disk(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="empty"):
         toylab.save_upload(b"", "e.npy", tmp_path)
 
-    import dmdcore.runs as runs
+    import dmdcore.fsutil as fsutil
 
     def full_open(path, mode="r", *a, **k):
         if "w" in mode:
             raise OSError(errno.ENOSPC, "No space left on device")
         return open(path, mode, *a, **k)
 
-    monkeypatch.setattr(runs, "open", full_open, raising=False)
+    monkeypatch.setattr(fsutil, "open", full_open, raising=False)
     with pytest.raises(DiskFullError, match="disk full at .*uploads"):
         toylab.save_upload(b"1,2\n" * 200, "ok.csv", tmp_path)
     monkeypatch.undo()

@@ -279,4 +279,33 @@ def test_forward_and_features_consistent():
         d, h = net.forward_and_features(x, s, y)
         assert torch.allclose(d, net(x, s, y), atol=1e-6)
         assert torch.allclose(h, net.features(x, s, y), atol=1e-6)
-    assert h.shape == (2, net.feature_dim) and net.feature_dim == 64
+    assert h.shape[:2] == (2, net.feature_dim) and h.ndim == 4 and net.feature_dim == 64 and net.feature_spatial
+
+
+def test_image_gan_head_uses_spatial_layout():
+    from dmdcore.distill import GANHead
+
+    torch.manual_seed(0)
+    head = GANHead(64, spatial=True)
+    h = torch.randn(3, 64, 4, 4, generator=torch.Generator().manual_seed(1))
+    flipped = h.flip(-1)  # same spatial mean, different layout
+    with torch.no_grad():
+        a, b = head(h), head(flipped)
+    assert a.shape == (3,) and not torch.allclose(a, b, atol=1e-4)
+    with pytest.raises(ValueError, match="spatial"):
+        head(h.mean(dim=(2, 3)))
+
+
+@pytest.mark.slow
+def test_dmd2_gan_step_on_an_image_net_uses_the_spatial_head():
+    from dmdcore.config import DistillConfig
+    from dmdcore.distill import DMDTrainer
+
+    net = _random_demo_net(4)
+    g = torch.Generator().manual_seed(2)
+    sampler = lambda n: (torch.randn(n, 1, 16, 16, generator=g), torch.randint(0, 10, (n,), generator=g))  # noqa: E731
+    dmd = DMDTrainer(net, DistillConfig(gan=True, batch=2, ratio=1, steps=2), sample_shape=(1, 16, 16),
+                     sigma_data=net.sigma_data, label_dim=10, data_sampler=sampler, device="cpu")
+    assert dmd.gan_head.spatial
+    out = dmd.step()
+    assert math.isfinite(out["loss_gan_g"]) and math.isfinite(out["loss_gan_d"])

@@ -167,7 +167,7 @@ def warm_up_process() -> threading.Thread:
 # listed: buttons, uploads and downloads cannot be set, and selections whose options change with
 # the data (past sweeps, the image pair shown large) start fresh on purpose.
 KEPT_CONTROLS = re.compile(
-    r"^(exp_(preset|variant|quick|custom|workers|axis_.+|extra_.+|base_.+)"
+    r"^(exp_(preset|variant|quick|custom|workers|backend|ray_address|axis_.+|extra_.+|base_.+)"
     r"|img_((teacher|student)_(src|entry|path)|classes|per_class|seed0|steps|churn|batch|boot))$"
 )
 _SHADOW = "_kept::"

@@ -6,6 +6,8 @@ The package is split by concept; every public name is importable from ``dmdcore.
 - ``run``: ``run_sweep`` (what is left to do, progress, manifest, results.csv), SweepProgress/Result;
 - ``executor``: the executor interface (``SweepContext``, ``Executor``) and ``SerialExecutor``;
 - ``pool``: ``LocalPoolExecutor``, the process pool that survives dying workers;
+- ``ray_backend``: ``RayExecutor``, teachers and cells as Ray tasks (optional ``ray`` package);
+- ``backends``: ``make_executor(backend, …)`` for ``local`` / ``ray``;
 - ``workers``: worker-process setup (thread limits, orphan watchdog, the spawn pool);
 - ``jobs``: what a worker runs for one teacher or one cell (the same for every executor);
 - ``results``: results table, training curves, replicate statistics, the list of sweeps;
@@ -16,6 +18,7 @@ The package is split by concept; every public name is importable from ``dmdcore.
 See ``dmdcore.sweep.spec`` for the spec format and ``dmdcore.sweep.run`` for the directory layout.
 """
 
+from dmdcore.sweep.backends import BACKENDS, available_backends, check_backend, make_executor
 from dmdcore.sweep.cli import cli_main, register_cli
 from dmdcore.sweep.executor import Executor, SerialExecutor, SweepContext
 from dmdcore.sweep.job import SweepJob, SweepSnapshot
@@ -30,6 +33,7 @@ from dmdcore.sweep.jobs import (
     read_status,
 )
 from dmdcore.sweep.pool import RUNNING_DIR, WORKER_DIED, LocalPoolExecutor
+from dmdcore.sweep.ray_backend import RayExecutor, ray_available
 from dmdcore.sweep.results import (
     METRIC_COLUMNS,
     VERDICT_TEXT_COLUMNS,
@@ -42,6 +46,7 @@ from dmdcore.sweep.results import (
 from dmdcore.sweep.run import SweepProgress, SweepResult, run_sweep, sweep_id_of
 from dmdcore.sweep.spec import (
     PRESETS_DIR,
+    RESOURCE_KEYS,
     SEED_AXIS,
     SEED_FIELDS,
     SPEC_FORMAT,
@@ -62,7 +67,10 @@ from dmdcore.sweep.summary import summarize
 from dmdcore.sweep.workers import THREAD_ENV, _make_pool, _start_orphan_watchdog, _threads_limited, _worker_init
 
 __all__ = [
-    "FINISHED", "METRIC_COLUMNS", "VERDICT_TEXT_COLUMNS", "PRESETS_DIR", "RUNNING_DIR", "SEED_AXIS", "SEED_FIELDS", "SPEC_FORMAT",
+    "BACKENDS", "RESOURCE_KEYS", "RayExecutor", "available_backends", "check_backend", "make_executor",
+    "ray_available",
+    "FINISHED", "METRIC_COLUMNS", "VERDICT_TEXT_COLUMNS", "PRESETS_DIR", "RUNNING_DIR", "SEED_AXIS", "SEED_FIELDS",
+    "SPEC_FORMAT",
     "SPEC_KEYS", "THREAD_ENV", "WORKER_DIED", "Cell", "Executor", "LocalPoolExecutor", "SerialExecutor",
     "SweepContext", "SweepJob", "SweepProgress", "SweepResult", "SweepSnapshot", "SweepSpec", "SweepSpecError",
     "aggregate", "cell_config_dict", "cli_main", "config_fields", "expand", "is_replicate_axis", "list_presets",

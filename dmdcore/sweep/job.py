@@ -8,6 +8,7 @@ import os
 import threading
 from dataclasses import dataclass
 
+from dmdcore.sweep.backends import check_backend
 from dmdcore.sweep.run import SweepProgress, SweepResult, run_sweep
 from dmdcore.sweep.spec import expand, load_spec
 
@@ -32,15 +33,19 @@ class SweepJob:
     """
 
     def __init__(self, spec, out_dir: str | os.PathLike, *, workers: int | None = None, quick: bool = False,
-                 device: str | None = "cpu", slots: threading.Semaphore | None = None):
+                 device: str | None = "cpu", slots: threading.Semaphore | None = None, backend: str = "local",
+                 address: str | None = None):
         """``slots``: an optional semaphore shared by every SweepJob of a server (each sweep's pool
-        already uses every core): a started job stays ``queued`` until it holds a slot."""
+        already uses every core): a started job stays ``queued`` until it holds a slot.
+        ``backend`` / ``address``: where the jobs run (``run_sweep``); checked here."""
         self.spec = load_spec(spec)
         self._slots = slots
         self._message = ""
         expand(self.spec, quick=quick)
         self.out_dir = str(out_dir)
-        self._kw = dict(workers=workers, quick=quick, device=device)
+        check_backend(backend, address)
+        self.backend, self.address = backend, address or None
+        self._kw = dict(workers=workers, quick=quick, device=device, backend=backend, address=address or None)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

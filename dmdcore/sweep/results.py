@@ -19,7 +19,9 @@ from dmdcore.sweep.jobs import FINISHED
 # Columns of the results table taken from the last student evaluation row of metrics.csv.
 METRIC_COLUMNS = ("delta_e", "delta_e_lo", "delta_e_hi", "e_pair", "e_ot", "e_ind", "w2", "w2_data",
                   "eta_teacher", "eta_student", "copy_rate", "retrieval",
-                  "dim", "delta_e_twin", "delta_e_cross", "resolution", "delta_e_valid")
+                  "dim", "delta_e_twin", "delta_e_cross", "resolution", "delta_e_valid",
+                  # plateau criterion at the last evaluation; ablation power (dmdcore.ablations)
+                  "converged", "gan_dm_ratio", "memorization", "w2_teacher_data")
 # ... and the copy verdict's text columns (empty for runs made before it existed)
 VERDICT_TEXT_COLUMNS = ("verdict", "verdict_basis")
 

@@ -27,9 +27,10 @@ from typing import Callable
 
 import pandas as pd
 
-from dmdcore.sweep.executor import Executor, SerialExecutor, SweepContext
+from dmdcore.sweep.backends import make_executor
+from dmdcore.sweep.executor import Executor, SweepContext
 from dmdcore.sweep.jobs import FINISHED, _resolve_device, read_status
-from dmdcore.sweep.pool import RUNNING_DIR, LocalPoolExecutor
+from dmdcore.sweep.pool import RUNNING_DIR
 from dmdcore.sweep.results import _manifest, results_table
 from dmdcore.sweep.spec import SPEC_FORMAT, Cell, SweepSpec, expand, load_spec
 
@@ -199,10 +200,16 @@ def _plan(out: Path, cells: list[Cell]) -> tuple[list[Cell], dict, dict]:
     return todo, teacher_cfgs, need_teacher
 
 
-def _default_executor(workers: int | None, threads_per_process: int | None, n_jobs: int) -> Executor:
-    if workers == 0:
-        return SerialExecutor(threads_per_process)
-    return LocalPoolExecutor(min(workers or (os.cpu_count() or 1), max(1, n_jobs)))
+def _context(out: Path, todo: list[Cell], need_teacher: dict, common: dict, stop_event, rep: _Reporter,
+             index) -> SweepContext:
+    by_teacher: dict[str, list[Cell]] = {}
+    for c in todo:
+        by_teacher.setdefault(c.teacher_key, []).append(c)
+    return SweepContext(
+        out=out, need_teacher=need_teacher, by_teacher=by_teacher,
+        ready_cells=[c for c in todo if c.teacher_key not in need_teacher], common=common,
+        stop_event=stop_event, stop_file=out / "STOP", running_dir=out / RUNNING_DIR, progress=rep.prog,
+        record=rep.record, emit=rep.emit, index=index)
 
 
 def run_sweep(
@@ -216,6 +223,11 @@ def run_sweep(
     device: str | None = "cpu",
     threads_per_process: int | None = None,
     executor: Executor | None = None,
+    backend: str = "local",
+    address: str | None = None,
+    cpus_per_cell: float | None = None,
+    gpus_per_cell: float | None = None,
+    max_retries: int | None = None,
 ) -> SweepResult:
     """Run every cell of ``spec`` into ``out_dir`` and return the results table.
 
@@ -232,8 +244,11 @@ def run_sweep(
     stop_event: when set, pending cells are cancelled and running ones stop at their next step
     (status "stopped"); re-running the sweep later re-runs them.
     device: "cpu" (default: many small processes), "auto" or "cuda".
-    executor: where the jobs run (``dmdcore.sweep.executor``); default from ``workers``:
-    ``SerialExecutor`` for 0, else ``LocalPoolExecutor``.
+    executor: where the jobs run (``dmdcore.sweep.executor``); default from ``backend``:
+    ``"local"`` (default; ``SerialExecutor`` for ``workers=0``, else ``LocalPoolExecutor``) or
+    ``"ray"`` (``RayExecutor``: Ray tasks on the cluster at ``address``, a local one of ``workers``
+    CPUs when None; ``cpus_per_cell`` / ``gpus_per_cell`` / ``max_retries`` per task, defaults
+    from the spec's ``resources``). The run files are the same whichever executor runs the jobs.
 
     Re-running into the same ``out_dir`` skips finished cells. A failing cell (exception,
     divergence, dead worker) is listed in ``failures`` and never stops the others (see
@@ -245,18 +260,22 @@ def run_sweep(
     cells = expand(spec, quick=quick)
     _check_run_args(workers, threads_per_process, device)
     out = Path(out_dir)
+    todo, _, need_teacher = _plan(out, cells)  # sizes the pool; planned again once the directory is claimed
+    executor = executor or make_executor(
+        backend, workers=workers, threads_per_process=threads_per_process, n_jobs=len(need_teacher) + len(todo),
+        address=address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell, max_retries=max_retries,
+        resources=spec.resources)  # options checked before anything is written
     sweep_id, index = _prepare_dir(out, spec)
     try:
-        return _run_claimed(out, sweep_id, index, spec, cells, quick, callback, stop_event, device, executor,
-                            workers, threads_per_process, t0)
+        return _run_claimed(out, sweep_id, index, spec, cells, quick, callback, stop_event, device, executor, t0)
     finally:
         from dmdcore.runs import release_dir
 
         release_dir(out)
 
 
-def _run_claimed(out, sweep_id, index, spec, cells, quick, callback, stop_event, device, executor, workers,
-                 threads_per_process, t0) -> SweepResult:
+def _run_claimed(out, sweep_id, index, spec, cells, quick, callback, stop_event, device, executor: Executor,
+                 t0) -> SweepResult:
     """run_sweep's body once the directory is claimed."""
     _write_manifest(out, sweep_id, spec, cells, quick, "running")
     todo, teacher_cfgs, need_teacher = _plan(out, cells)
@@ -266,17 +285,9 @@ def _run_claimed(out, sweep_id, index, spec, cells, quick, callback, stop_event,
                          done_teachers=len(teacher_cfgs) - len(need_teacher))
     rep = _Reporter(prog, callback, t0)
     rep.emit(f"{len(cells)} cells ({skipped} already finished), {len(need_teacher)} teachers to train")
-    by_teacher: dict[str, list[Cell]] = {}
-    for c in todo:
-        by_teacher.setdefault(c.teacher_key, []).append(c)
     stop_file = out / "STOP"
-    ctx = SweepContext(
-        out=out, need_teacher=need_teacher, by_teacher=by_teacher,
-        ready_cells=[c for c in todo if c.teacher_key not in need_teacher],
-        common=dict(sweep_id=sweep_id, index_root=str(out), stop_file=str(stop_file), device=device),
-        stop_event=stop_event, stop_file=stop_file, running_dir=out / RUNNING_DIR, progress=prog,
-        record=rep.record, emit=rep.emit, index=index)
-    executor = executor or _default_executor(workers, threads_per_process, ctx.n_jobs())
+    ctx = _context(out, todo, need_teacher, dict(sweep_id=sweep_id, index_root=str(out), stop_file=str(stop_file),
+                                                 device=device), stop_event, rep, index)
     try:
         stopped = executor.run(ctx)
     finally:

@@ -32,7 +32,9 @@ from typing import Any
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 SPEC_FORMAT = "dmdcore.sweep.v1"
-SPEC_KEYS = ("name", "description", "claim", "base", "grid", "quick", "full", "plot")
+SPEC_KEYS = ("name", "description", "claim", "base", "grid", "quick", "full", "plot", "resources")
+# Optional per-task resources of a spec ("resources": {...}); used by the ray backend.
+RESOURCE_KEYS = ("cpus_per_cell", "gpus_per_cell", "max_retries")
 SEED_AXIS = "seed"
 SEED_FIELDS = ("data.seed", "teacher.seed", "distill.seed")
 
@@ -111,6 +113,7 @@ class SweepSpec:
     claim: str = ""                  # the claim the sweep tests (shown in the page and docs)
     full: dict = field(default_factory=dict)    # {"grid": {...}, "base": {...}} larger variant
     plot: dict = field(default_factory=dict)    # optional hints: {"x": axis, "log_x": bool}
+    resources: dict = field(default_factory=dict)  # optional: cpus_per_cell, gpus_per_cell, max_retries
 
     @classmethod
     def from_dict(cls, d: dict) -> "SweepSpec":
@@ -162,7 +165,7 @@ class SweepSpec:
                 raise SweepSpecError(f"spec.{key}: must be a string")
         spec = cls(name=name, grid=norm_grid, levels=levels, base=base, quick=quick,
                    description=d.get("description", ""), claim=d.get("claim", ""), full=dict(full),
-                   plot=dict(plot))
+                   plot=dict(plot), resources=_check_resources(d.get("resources", {}) or {}))
         expand(spec, quick=False)   # validates every cell's config
         if spec.quick:
             expand(spec, quick=True)
@@ -178,6 +181,8 @@ class SweepSpec:
             d["full"] = copy.deepcopy(self.full)
         if self.plot:
             d["plot"] = dict(self.plot)
+        if self.resources:
+            d["resources"] = dict(self.resources)
         return d
 
     def variant(self, name: str) -> "SweepSpec":
@@ -199,6 +204,24 @@ class SweepSpec:
     @property
     def n_cells(self) -> int:
         return math.prod(len(v) for v in self.grid.values())
+
+
+def _check_resources(res) -> dict:
+    """spec.resources: per-task CPUs/GPUs and retries of the ray backend, each checked."""
+    if not isinstance(res, dict) or any(k not in RESOURCE_KEYS for k in res):
+        raise SweepSpecError(f"spec.resources: must be a mapping with optional keys {list(RESOURCE_KEYS)}")
+    for k, v in res.items():
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if k == "max_retries":
+            ok = ok and isinstance(v, int) and 0 <= v <= 100
+        elif k == "cpus_per_cell":
+            ok = ok and 0 < v <= 1024
+        else:
+            ok = ok and 0 <= v <= 64
+        if not ok:
+            raise SweepSpecError(f"spec.resources.{k}: {v!r} is out of range "
+                                 "(cpus_per_cell in (0, 1024], gpus_per_cell in [0, 64], max_retries in 0..100)")
+    return dict(res)
 
 
 def list_presets() -> list[str]:

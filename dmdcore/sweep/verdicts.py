@@ -31,6 +31,22 @@ def verdict_counts(done: pd.DataFrame) -> str | None:
 
 
 def screen(done: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Drop cells whose ΔE cannot be read (verdict invalid or unresolved) and cells whose student
+    had not converged at its last evaluation (``converged`` = 0, dmdcore.convergence); say which
+    and why."""
+    kept, lines = _screen_verdicts(done)
+    if "converged" in kept and kept["converged"].notna().any():
+        unconv = kept["converged"] != 1
+        if unconv.any():
+            cells = list(kept.loc[unconv, "cell"].astype(str)) if "cell" in kept else []
+            shown = "; ".join(cells[:8]) + (f"; … {len(cells) - 8} more" if len(cells) > 8 else "")
+            lines.append(f"{int(unconv.sum())} cell(s) left out because their student had not converged at its last "
+                         f"evaluation (plateau criterion, docs/metrics.md){': ' + shown if shown else ''}.")
+            kept = kept[~unconv]
+    return kept, lines
+
+
+def _screen_verdicts(done: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Drop cells whose ΔE cannot be read (verdict invalid or unresolved); say which and why."""
     lines = []
     counts = verdict_counts(done)

@@ -1,0 +1,242 @@
+"""The claim board: each of the study's five claims, the preset that tests it, the answer our runs
+give (with its CI and controls) and a status word — ``supported``, ``contradicted`` or
+``inconclusive`` — with the reason.
+
+``claim_board(tables)`` takes ``{preset name: sweep results table}`` (``dmdcore.sweep.
+results_table``; a preset missing from the mapping has not been run). Only finished cells whose
+last evaluation satisfied the plateau criterion (``converged`` = 1, dmdcore.convergence) count;
+a table without that column was made by older code and is not read. Tests, per claim:
+
+* **dimension** (ΔE falls with d): ΔE at the highest d against the lowest d (mean and 95% CI over
+  replicates); supported when the high-d interval lies below the low-d one, contradicted when
+  above, else inconclusive.
+* **gan** (copying not caused by the GAN): paired difference ΔE(GAN) − ΔE(no GAN) over the GAN
+  levels whose GAN/DM gradient ratio is ≥ 0.1 (``gan_dm_ratio``; a GAN too weak to matter proves
+  nothing); supported when its 95% CI lies within ±``EQUIVALENCE`` (no effect, measured
+  precisely), contradicted when it excludes 0, else inconclusive.
+* **memorization** (copying not caused by memorization): first the 100-sample teachers must
+  memorize more than the 20000-sample ones (``memorization`` column), then the paired difference
+  of ΔE between them is read as for the GAN.
+* **convergence** (ΔE monotone in the teacher's training steps): level means monotone and the
+  extreme levels' intervals separate → supported; the extremes' intervals separated against the
+  overall direction → contradicted; else inconclusive.
+* **freedom** (teacher-initialised students copy more): paired difference ΔE(teacher-init) −
+  ΔE(random-full); supported when its CI lies below 0, contradicted when above, else inconclusive.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from dmdcore.sweep.results import mean_ci
+
+STATUSES = ("supported", "contradicted", "inconclusive")
+EQUIVALENCE = 0.05        # |ΔE difference| below which two conditions count as equal
+MIN_GAN_RATIO = 0.1       # a GAN level needs at least this GAN/DM gradient ratio to be read
+NOT_RUN = "not yet run with the current code"
+
+
+@dataclass(frozen=True)
+class Claim:
+    key: str
+    preset: str
+    text: str
+
+
+CLAIMS = (
+    Claim("dimension", "dimension", "Copying grows with dimension: ΔE well above 0 in low d, near 0 in high d."),
+    Claim("gan", "adversarial", "Copying is not caused by the adversarial (GAN) loss."),
+    Claim("memorization", "memorization", "Copying is not caused by teacher memorization (100 vs 20000 samples)."),
+    Claim("convergence", "convergence", "Copying changes monotonically with how converged the teacher is."),
+    Claim("freedom", "freedom", "Teacher-initialised students copy more (lower ΔE) than random-initialised ones."),
+)
+
+
+@dataclass(frozen=True)
+class BoardRow:
+    claim: str
+    preset: str
+    answer: str       # the measured answer with CI and n ("" when not run)
+    controls: str     # controls / power checks behind it
+    status: str       # one of STATUSES
+    reason: str
+
+
+def _fmt(m, lo, hi, n) -> str:
+    if n == 0 or not math.isfinite(m):
+        return "n = 0"
+    ci = f" [{lo:+.3f}, {hi:+.3f}]" if math.isfinite(lo) and math.isfinite(hi) else " (no CI)"
+    return f"{m:+.3f}{ci}, n = {n}"
+
+
+def usable(table: pd.DataFrame | None) -> tuple[pd.DataFrame | None, str]:
+    """Finished, converged cells of a results table, or (None, reason)."""
+    if table is None or len(table) == 0:
+        return None, NOT_RUN
+    if "converged" not in table or table["converged"].isna().all():
+        return None, NOT_RUN + " (its runs predate the plateau criterion)"
+    from dmdcore.sweep.verdicts import screen
+
+    done = table[(table["status"] == "finished") & (table["converged"] == 1)]
+    if len(done) == 0:
+        return None, f"no converged cell ({len(table)} cells ran; raise the step cap)"
+    done, _ = screen(done)  # and whose ΔE can be read (copy verdict not invalid / unresolved)
+    if len(done) == 0:
+        return None, "no converged cell whose ΔE can be read (verdicts invalid or unresolved)"
+    return done, ""
+
+
+def _paired(done: pd.DataFrame, axis: str, level, ref) -> pd.Series:
+    keys = [c for c in done.columns if c not in _value_columns(done) and c != axis]
+    a = done[done[axis] == level].set_index(keys)["delta_e"]
+    b = done[done[axis] == ref].set_index(keys)["delta_e"]
+    return (a - b).dropna()
+
+
+def _value_columns(df: pd.DataFrame) -> set:
+    from dmdcore.sweep.results import METRIC_COLUMNS
+
+    return set(METRIC_COLUMNS) | {"cell", "status", "message", "step", "n_eval", "wall_s", "run_dir"}
+
+
+def _equal_test(diff: pd.Series, what: str) -> tuple[str, str, str]:
+    m, lo, hi, n = mean_ci(diff.to_numpy(float))
+    ans = f"ΔE difference {what}: {_fmt(m, lo, hi, n)} pairs"
+    if n < 2 or not math.isfinite(lo):
+        return ans, "inconclusive", "fewer than 2 converged pairs"
+    if lo > 0 or hi < 0:
+        return ans, "contradicted", "the 95% CI of the difference excludes 0"
+    if -EQUIVALENCE <= lo and hi <= EQUIVALENCE:
+        return ans, "supported", f"the 95% CI lies within ±{EQUIVALENCE}"
+    return ans, "inconclusive", f"the CI contains 0 but is wider than ±{EQUIVALENCE}"
+
+
+def _dimension(done: pd.DataFrame) -> tuple[str, str, str, str]:
+    dims = sorted(done["data.dim"].unique())
+    lo_d, hi_d = dims[0], dims[-1]
+    a = mean_ci(done[done["data.dim"] == lo_d]["delta_e"].to_numpy(float))
+    b = mean_ci(done[done["data.dim"] == hi_d]["delta_e"].to_numpy(float))
+    ans = f"ΔE at d={lo_d}: {_fmt(*a)}; at d={hi_d}: {_fmt(*b)}"
+    controls = _controls(done)
+    if len(dims) < 2 or a[3] < 2 or b[3] < 2:
+        return ans, controls, "inconclusive", "fewer than 2 converged cells at the lowest or highest d"
+    if b[2] < a[1]:
+        return ans, controls, "supported", "high-d interval lies below the low-d one"
+    if b[1] > a[2]:
+        return ans, controls, "contradicted", "ΔE is higher at the highest d than at the lowest"
+    return ans, controls, "inconclusive", "the intervals overlap"
+
+
+def _controls(done: pd.DataFrame) -> str:
+    parts = []
+    for col, label in (("delta_e_twin", "twin ΔE(T′,T)"), ("resolution", "resolution")):
+        if col in done and done[col].notna().any():
+            parts.append(f"{label} {np.nanmean(done[col].to_numpy(float)):.3f}")
+    return "; ".join(parts) or "no twin controls in these runs"
+
+
+def _gan(done: pd.DataFrame):
+    powered = done[done["loss"].str.startswith("dmd+gan") & (done["gan_dm_ratio"] >= MIN_GAN_RATIO)]
+    levels = sorted(powered["loss"].unique())
+    if not levels:
+        return "", "no GAN level reached GAN/DM ratio ≥ 0.1", "inconclusive", "the GAN had no measurable power"
+    diffs = pd.concat([_paired(done[done["loss"].isin([lv, "dmd"])], "loss", lv, "dmd") for lv in levels])
+    ans, status, reason = _equal_test(diffs, "GAN − no GAN")
+    ratio = f"GAN/DM gradient ratio {powered['gan_dm_ratio'].min():.2f}–{powered['gan_dm_ratio'].max():.2f} in {', '.join(levels)}"
+    return ans, ratio + "; " + _controls(done), status, reason
+
+
+def _memorization(done: pd.DataFrame):
+    small, large = done[done["data.n_samples"] == 100], done[done["data.n_samples"] == 20000]
+    ms, ml = np.nanmean(small["memorization"].to_numpy(float)), np.nanmean(large["memorization"].to_numpy(float))
+    controls = f"memorization score 100-sample {ms:.3f} vs 20000-sample {ml:.3f}"
+    if not (math.isfinite(ms) and math.isfinite(ml) and ms > ml + 0.1):
+        return "", controls, "inconclusive", "the 100-sample teachers did not measurably memorize"
+    ans, status, reason = _equal_test(_paired(done, "data.n_samples", 100, 20000), "100 − 20000 samples")
+    return ans, controls + "; " + _controls(done), status, reason
+
+
+def _convergence(done: pd.DataFrame):
+    levels = sorted(done["teacher.steps"].unique())
+    stats = [mean_ci(done[done["teacher.steps"] == lv]["delta_e"].to_numpy(float)) for lv in levels]
+    ans = "; ".join(f"{lv} steps: {s[0]:.3f}" for lv, s in zip(levels, stats))
+    controls = "teacher W₂²(T,data) " + ", ".join(
+        f"{np.nanmean(done[done['teacher.steps'] == lv]['w2_teacher_data'].to_numpy(float)):.3f}" for lv in levels)
+    if len(levels) < 3 or any(s[3] < 2 for s in stats):
+        return ans, controls, "inconclusive", "fewer than 3 levels with 2 converged cells"
+    means = np.array([s[0] for s in stats])
+    steps = np.diff(means)
+    monotone = bool(np.all(steps > 0) or np.all(steps < 0))
+    first, last = stats[0], stats[-1]
+    separated = last[1] > first[2] or last[2] < first[1]
+    if monotone and separated:
+        return ans, controls, "supported", "level means monotone and the extremes' CIs separate"
+    if not monotone and separated:
+        return ans, controls, "contradicted", "the extremes differ but the level means are not monotone"
+    return ans, controls, "inconclusive", "the extreme levels' CIs overlap"
+
+
+def _freedom(done: pd.DataFrame):
+    ref = "random-full" if (done["student"] == "random-full").any() else "random-init"
+    m, lo, hi, n = mean_ci(_paired(done, "student", "teacher-init", ref).to_numpy(float))
+    ans = f"ΔE(teacher-init) − ΔE({ref}): {_fmt(m, lo, hi, n)} pairs"
+    controls = _controls(done)
+    if n < 2 or not math.isfinite(lo):
+        return ans, controls, "inconclusive", "fewer than 2 converged pairs"
+    if hi < 0:
+        return ans, controls, "supported", "the 95% CI lies below 0"
+    if lo > 0:
+        return ans, controls, "contradicted", "teacher-initialised students copy less"
+    return ans, controls, "inconclusive", "the CI contains 0"
+
+
+_TESTS = {"dimension": _dimension, "gan": _gan, "memorization": _memorization,
+          "convergence": _convergence, "freedom": _freedom}
+
+
+def claim_board(tables: dict) -> list[BoardRow]:
+    """One BoardRow per claim in CLAIMS from ``{preset: results table}`` (see module docstring)."""
+    rows = []
+    for c in CLAIMS:
+        done, why = usable(tables.get(c.preset))
+        if done is None:
+            rows.append(BoardRow(c.text, c.preset, "", "", "inconclusive", why))
+            continue
+        ans, controls, status, reason = _TESTS[c.key](done)
+        rows.append(BoardRow(c.text, c.preset, ans, controls, status, reason))
+    return rows
+
+
+def board_markdown(rows: list[BoardRow]) -> str:
+    """The board as a markdown table (the opening table of docs/experiments.md)."""
+    head = "| claim | preset | measured answer (95% CI, n) | controls | status | reason |"
+    out = [head, "|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = [r.claim, f"`{r.preset}`", r.answer or "—", r.controls or "—", f"**{r.status}**", r.reason]
+        out.append("| " + " | ".join(x.replace("|", "/") for x in cells) + " |")
+    return "\n".join(out)
+
+
+def tables_from_sweeps(root) -> dict:
+    """``{preset: results table}`` from the sweeps under ``root`` (``dmdcore.sweep.list_sweeps``):
+    the newest non-quick sweep of each preset (":full" counts as its preset; quick sweeps are
+    smoke tests and are not evidence)."""
+    from dmdcore.sweep.results import list_sweeps, results_table
+
+    tables: dict = {}
+    for s in list_sweeps(root):  # newest first
+        name = str(s.get("name", "")).partition(":")[0]
+        if s.get("quick") or name in tables or name not in {c.preset for c in CLAIMS}:
+            continue
+        tables[name] = results_table(s["path"])
+    return tables
+
+
+def board_frame(rows: list[BoardRow]) -> pd.DataFrame:
+    """The board as a table for display (status in its own column)."""
+    return pd.DataFrame([{"claim": r.claim, "preset": r.preset, "measured answer (95% CI, n)": r.answer,
+                          "controls": r.controls, "status": r.status, "reason": r.reason} for r in rows])

@@ -1,0 +1,123 @@
+"""The claim board (dmdcore.claims): status words from results tables, converged cells only."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dmdcore import claims
+
+
+def _table(axis, levels, delta, *, seeds=(0, 1, 2), converged=1, extra=None, noise=0.005):
+    rng = np.random.default_rng(0)
+    rows = []
+    for lv in levels:
+        for s in seeds:
+            de = delta(lv) + noise * rng.normal()
+            r = {"cell": f"{lv}-{s}", axis: lv, "distill.seed": s, "status": "finished", "message": "",
+                 "step": 100, "n_eval": 256, "wall_s": 1.0, "delta_e": de, "delta_e_lo": de - 0.05,
+                 "delta_e_hi": de + 0.05, "converged": converged, "delta_e_twin": 0.3, "resolution": 0.02}
+            r.update((extra or {}).get(lv, {}))
+            rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def _status(tables):
+    return {r.preset: (r.status, r.reason) for r in claims.claim_board(tables)}
+
+
+def test_unrun_and_old_runs_are_inconclusive():
+    board = claims.claim_board({})
+    assert len(board) == 5 and all(r.status == "inconclusive" and r.reason == claims.NOT_RUN for r in board)
+    old = _table("data.dim", [2, 64], lambda d: 0.1).drop(columns=["converged"])
+    assert "predate" in _status({"dimension": old})["dimension"][1]
+    md = claims.board_markdown(board)
+    assert md.count("**inconclusive**") == 5 and md.splitlines()[0].startswith("| claim |")
+
+
+def test_dimension_status_follows_the_intervals_and_skips_unconverged_cells():
+    down = _table("data.dim", [2, 16, 128], lambda d: 0.5 / np.log2(2 * d))
+    up = _table("data.dim", [2, 16, 128], lambda d: 0.05 * np.log2(d))
+    assert _status({"dimension": down})["dimension"][0] == "supported"
+    assert _status({"dimension": up})["dimension"][0] == "contradicted"
+    # the same contradicting cells, none converged: not read at all
+    st = _status({"dimension": up.assign(converged=0)})["dimension"]
+    assert st[0] == "inconclusive" and "no converged cell" in st[1]
+
+
+def test_gan_claim_needs_power_then_equivalence():
+    same = lambda lv: 0.2
+    weak = _table("loss", ["dmd", "dmd+gan"], same, extra={"dmd+gan": {"gan_dm_ratio": 0.01}})
+    st = _status({"adversarial": weak})["adversarial"]
+    assert st[0] == "inconclusive" and "power" in st[1]
+    strong = _table("loss", ["dmd", "dmd+gan x300"], same, extra={"dmd+gan x300": {"gan_dm_ratio": 0.4}}, noise=0.0)
+    assert _status({"adversarial": strong})["adversarial"][0] == "supported"
+    moved = _table("loss", ["dmd", "dmd+gan x300"], lambda lv: 0.5 if "gan" in lv else 0.2,
+                   extra={"dmd+gan x300": {"gan_dm_ratio": 0.4}})
+    assert _status({"adversarial": moved})["adversarial"][0] == "contradicted"
+
+
+def test_memorization_claim_requires_a_memorizing_teacher():
+    t = _table("data.n_samples", [100, 20000], lambda n: 0.2,
+               extra={100: {"memorization": 0.05}, 20000: {"memorization": 0.04}})
+    st = _status({"memorization": t})["memorization"]
+    assert st[0] == "inconclusive" and "memorize" in st[1]
+    t = _table("data.n_samples", [100, 20000], lambda n: 0.2, noise=0.0,
+               extra={100: {"memorization": 0.6}, 20000: {"memorization": 0.04}})
+    assert _status({"memorization": t})["memorization"][0] == "supported"
+
+
+def test_freedom_and_convergence_claims():
+    f = _table("student", ["teacher-init", "random-full"], lambda s: 0.1 if s == "teacher-init" else 0.8)
+    assert _status({"freedom": f})["freedom"][0] == "supported"
+    c = _table("teacher.steps", [50, 200, 800], lambda s: 1.0 / np.log(s), extra={})
+    c["w2_teacher_data"] = 1.0
+    assert _status({"convergence": c})["convergence"][0] == "supported"
+    flat = _table("teacher.steps", [50, 200, 800], lambda s: 0.3, noise=0.05)
+    flat["w2_teacher_data"] = 1.0
+    assert _status({"convergence": flat})["convergence"][0] == "inconclusive"
+
+
+@pytest.mark.slow
+def test_board_reads_the_newest_full_size_sweep_of_a_preset(tmp_path):
+    from dmdcore import sweep as sw
+
+    spec = {
+        "name": "dimension",
+        "base": {"data": {"dataset": "mixture", "n_modes": 4, "n_samples": 400},
+                 "teacher": {"width": 16, "depth": 2, "emb_dim": 8, "steps": 10, "batch": 64, "twin": False},
+                 "sampler": {"steps": 4}, "distill": {"steps": 4, "ratio": 1, "batch": 32},
+                 "eval": {"every": 2, "n": 48, "bootstrap": 0}},
+        "grid": {"data.dim": [2, 3]},
+    }
+    sw.run_sweep(spec, tmp_path / "dim", workers=0)
+    sw.run_sweep(dict(spec, name="freedom"), tmp_path / "quick", workers=0, quick=True)
+    tables = claims.tables_from_sweeps(tmp_path)
+    assert set(tables) == {"dimension"}  # the quick sweep is a smoke test, not evidence
+    assert len(tables["dimension"]) == 2 and tables["dimension"]["converged"].notna().all()
+    row = {r.preset: r for r in claims.claim_board(tables)}["dimension"]
+    assert row.reason != claims.NOT_RUN and row.status in claims.STATUSES
+
+
+def test_experiments_page_shows_the_claim_board(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("DMD_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "experiments.py"), default_timeout=120)
+    at.run()
+    assert not at.exception and not at.error
+    board = next(d.value for d in at.dataframe if "status" in d.value.columns)
+    assert list(board["preset"]) == [c.preset for c in claims.CLAIMS]
+    assert set(board["status"]) == {"inconclusive"} and set(board["reason"]) == {claims.NOT_RUN}
+
+
+def test_sweep_summaries_leave_out_unconverged_cells():
+    from dmdcore.sweep.verdicts import screen
+
+    t = _table("data.dim", [2, 16], lambda d: 0.2)
+    t.loc[t["data.dim"] == 16, "converged"] = 0
+    kept, lines = screen(t)
+    assert set(kept["data.dim"]) == {2} and any("had not converged" in line and "16-0" in line for line in lines)
+    older = t.drop(columns=["converged"])  # runs made before the criterion: nothing to screen on
+    assert len(screen(older)[0]) == len(older)
