@@ -72,14 +72,6 @@ FIRST_DELTA_E_JS = DELTA_E_POINTS_JS.replace(
     "return values(tr.y).filter(v => v !== null && isFinite(v)).length;", "return values(tr.y)[0];")
 LAST_DELTA_E_JS = DELTA_E_POINTS_JS.replace(
     "return values(tr.y).filter(v => v !== null && isFinite(v)).length;", "return values(tr.y).slice(-1)[0];")
-# True when a comparison overlay draws two runs' ΔE curves ("run <id> · ΔE", ui/curves.compare_figure).
-COMPARE_JS = """() => {
-  for (const gd of document.querySelectorAll('.js-plotly-plot')) {
-    const runs = (gd.data || []).filter(tr => / · ΔE$/.test(tr.name || '') && tr.x);
-    if (runs.length >= 2) return true;
-  }
-  return false;
-}"""
 # selectedpoints of the point traces of the pairing figure (ui/plots.pairing_figure).
 SELECTED_JS = """() => {
   const out = {};
@@ -95,22 +87,9 @@ SELECTED_JS = """() => {
 QUICK = "tn=8gaussians&ss=20&ee=5&en=200&boot=20"
 
 
-def _saved_run(root) -> None:
-    """A tiny finished distillation of the shipped 8-gaussians teacher in root's run index."""
-    from dmdcore.config import DistillConfig, EvalConfig
-    from dmdcore.pipeline import Experiment, load_teacher, teacher_experiment_config
-    from dmdcore.runs import RunIndex
-
-    teacher = load_teacher("8gaussians", device="cpu")
-    cfg = teacher_experiment_config(teacher, distill=DistillConfig(steps=10, batch=64, ratio=2, seed=5),
-                                    eval=EvalConfig(every=5, n=200, bootstrap=0))
-    Experiment(cfg, run_dir=root / "premade", index=RunIndex(root), teacher=teacher, device="cpu").run()
-
-
 @pytest.mark.e2e
 @pytest.mark.timeout(400)
 def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
-    _saved_run(tmp_path)  # a second run in the index, for the comparison
     with app_in_browser(tmp_path) as (url, page, errors):
         # first render: noise and the shipped teacher's samples, before any training
         open_page(page, f"{url}/toy_lab?{QUICK}", "Teacher samples T(z)", "toy_lab_preview")
@@ -171,23 +150,6 @@ def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
             tile = other.locator('[data-testid="stMain"] [data-testid="stMetric"]', has_text="ΔE (pairing inefficiency)")
             assert tile.locator('[data-testid="stMetricValue"]').inner_text().strip() == f"{last_de:.3f}"
             other.screenshot(path=str(ARTIFACTS / "toy_lab_share_link.png"), full_page=True)
-            # compare runs: the browser's run and the one made beforehand, both curves drawn
-            other.get_by_text("Saved runs (run index)", exact=False).first.click()
-            box = other.locator(".st-key-rb_compare").get_by_role("combobox")
-            box.scroll_into_view_if_needed()
-            for n in (1, 2):  # the two newest runs: this session's and the one made beforehand
-                option = other.get_by_role("option").first
-                if not option.is_visible():  # the list may stay open after a pick, or close
-                    box.click()
-                option.click()
-                other.locator(".st-key-rb_compare").locator('[data-baseweb="tag"]').nth(n - 1).wait_for(timeout=30000)
-            other.keyboard.press("Escape")
-            other.wait_for_function(COMPARE_JS, timeout=60000, polling=250)
-            wait_app_idle(other, timeout_ms=60000)
-            chart = other.locator(".st-key-rb_compare_fig")
-            chart.scroll_into_view_if_needed()
-            chart.screenshot(path=str(ARTIFACTS / "toy_lab_compare.png"))
-            assert other.locator('[data-testid="stException"]').count() == 0
         finally:
             fresh.close()
         # the configuration lives in the URL
