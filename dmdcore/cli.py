@@ -58,7 +58,7 @@ _DATA_FLAGS = {
 _TEACHER_FLAGS = {
     "width": "teacher.width", "depth": "teacher.depth", "teacher_batch": "teacher.batch", "lr": "teacher.lr",
     "ema": "teacher.ema", "teacher_seed": "teacher.seed", "teacher_steps": "teacher.steps", "twin": "teacher.twin",
-    "family": "teacher.family", "solver": "sampler.solver",
+    "twin_data": "teacher.twin_data", "family": "teacher.family", "solver": "sampler.solver",
 }
 _DISTILL_FLAGS = {
     "distill_steps": "distill.steps", "distill_batch": "distill.batch", "ratio": "distill.ratio",
@@ -165,6 +165,9 @@ def _add_teacher_options(p: argparse.ArgumentParser, *, steps_flag: str) -> None
     g.add_argument("--no-twin", dest="twin", action="store_const", const=False, default=None,
                    help="do not train the independent twin teacher (seed + 1) in the same job: faster, "
                         "but the ΔE controls ΔE(T′,T) and ΔE(S,T′) are then absent")
+    g.add_argument("--twin-data", default=None, choices=("same", "disjoint"),
+                   help="same (default): the twin trains on the teacher's data; disjoint: teacher and twin "
+                        "each train on one of two disjoint halves of it (a stricter independent control)")
 
 
 def _add_distill_options(p: argparse.ArgumentParser, *, steps_flag: str) -> None:

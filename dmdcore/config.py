@@ -31,6 +31,7 @@ DATASETS = DATASETS_2D + DATASETS_HD
 MAX_DIM = 4096
 
 TEACHER_FAMILIES = ("edm", "fm", "otcfm")
+TWIN_DATA = ("same", "disjoint")  # what the independent twin trains on (TeacherConfig.twin_data, dmdcore.twins)
 # dmd: DMD/DMD2 (default); cd: consistency distillation; fdistill-*: f-distill with the reverse-KL
 # (= DMD), Jensen-Shannon or forward-KL weight; sid: score identity distillation; gan: adversarial
 # only; phased: Phased-DMD style few-step student
@@ -245,9 +246,10 @@ class TeacherConfig(_ConfigMixin):
     conditional: bool = False            # condition on the data set's integer labels
     seed: int = 0                        # init + training seed
     twin: bool = True                    # also train an independent twin (seed + 1, same data) for the ΔE controls; False = faster, controls absent
+    twin_data: str = "same"              # "same": the twin sees the teacher's data; "disjoint": teacher and twin each train on one of two disjoint halves
     family: str = "edm"                  # teacher family: "edm" (denoiser), "fm" (flow matching / rectified flow), "otcfm" (minibatch-OT CFM)
 
-    _OMIT_DEFAULT = ("family",)
+    _OMIT_DEFAULT = ("family", "twin_data")
 
     def validate(self) -> None:
         _check_choice(self, "family", TEACHER_FAMILIES)
@@ -266,6 +268,7 @@ class TeacherConfig(_ConfigMixin):
         _check_float(self, "P_std", 0.0, 20.0, lo_open=True)
         _check_bool(self, "conditional")
         _check_bool(self, "twin")
+        _check_choice(self, "twin_data", TWIN_DATA)
         _check_int(self, "seed", 0, 2**63 - 1)
 
 

@@ -569,19 +569,25 @@ class Experiment:
             from dmdcore.teachers.training import make_teacher_trainer
 
             conditional = self.cfg.teacher.conditional
-            self._teacher_trainer = make_teacher_trainer(
-                self.cfg.teacher, self.dataset.x, labels=self.dataset.labels if conditional else None,
-                device=self.device, label_dim=self.dataset.n_classes if conditional else None,
-                data_config=self.cfg.data,
-            )
+            x, labels = self.dataset.x, self.dataset.labels if conditional else None
+            rows = (None, None)
+            if self._train_twin and self.cfg.teacher.twin_data == "disjoint":
+                from dmdcore.twins import split_halves
+
+                rows = split_halves(x.shape[0], self.cfg.teacher.seed)  # teacher and twin share no point
+
+            def trainer(cfg: Any, idx: Any) -> Any:
+                sel = slice(None) if idx is None else torch.as_tensor(idx)
+                return make_teacher_trainer(
+                    cfg, x[sel], labels=None if labels is None else labels[sel], device=self.device,
+                    label_dim=self.dataset.n_classes if conditional else None, data_config=self.cfg.data,
+                )
+
+            self._teacher_trainer = trainer(self.cfg.teacher, rows[0])
             if self._train_twin:
                 from dmdcore.twins import twin_config
 
-                self._twin_trainer = make_teacher_trainer(
-                    twin_config(self.cfg.teacher), self.dataset.x, labels=self.dataset.labels if conditional else None,
-                    device=self.device, label_dim=self.dataset.n_classes if conditional else None,
-                    data_config=self.cfg.data,
-                )
+                self._twin_trainer = trainer(twin_config(self.cfg.teacher), rows[1])
         else:
             self._begin_student()
 

@@ -5,6 +5,10 @@ A twin is a second teacher trained on the same data with the same settings and a
 reads for two models that never saw each other's pairing (docs/metrics.md).  Shipped toy
 teachers ship theirs (manifest entries with ``role == "twin"`` and ``twin_of``); a teacher run
 trained with ``TeacherConfig.twin`` (the default) saves ``twin.pt`` beside ``teacher.pt``.
+
+``TeacherConfig.twin_data = "disjoint"`` makes the control stricter: the training set is split
+into two disjoint halves (``split_halves``, seeded by the teacher seed), the teacher trains on
+one and its twin on the other, so T and T′ share no training point as well as no pairing.
 """
 
 from __future__ import annotations
@@ -21,6 +25,18 @@ TWIN_SEED_OFFSET = 1
 def twin_config(tc: TeacherConfig) -> TeacherConfig:
     """The twin's teacher config: the same settings, seed + TWIN_SEED_OFFSET."""
     return tc.replace(seed=tc.seed + TWIN_SEED_OFFSET)
+
+
+def split_halves(n: int, seed: int) -> tuple[Any, Any]:
+    """Two disjoint index sets covering range(n) (sizes ⌈n/2⌉ and ⌊n/2⌋), from a permutation
+    seeded by ``seed``: the teacher's and the twin's training rows for ``twin_data="disjoint"``."""
+    import numpy as np
+
+    if n < 4:
+        raise ValueError(f"teacher.twin_data: 'disjoint' needs at least 4 training samples, got {n}")
+    perm = np.random.default_rng(np.random.SeedSequence([seed, 0x7017])).permutation(n)
+    half = (n + 1) // 2
+    return np.sort(perm[:half]), np.sort(perm[half:])
 
 
 def twin_path(teacher_path: str | os.PathLike, canonical: str, checkpoints: Path) -> Path | None:

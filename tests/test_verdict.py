@@ -259,3 +259,39 @@ def test_twin_trained_in_the_teacher_phase_and_opt_out(tmp_path):
     off = Experiment(cfg.replace(teacher=cfg.teacher.replace(twin=False)), device="cpu")
     off.run()
     assert off.twin is None and off.metrics[-1]["delta_e_twin"] is None and off.metrics[-1]["n_eval"] == 64
+
+
+def test_disjoint_half_twin_trains_on_the_other_half(tmp_path, monkeypatch):
+    """twin_data="disjoint": teacher and twin are trained on two disjoint halves covering the data."""
+    from dmdcore.config import DataConfig, DistillConfig, EvalConfig, ExperimentConfig, TeacherConfig
+    from dmdcore.pipeline import Experiment
+    from dmdcore.teachers import training
+    from dmdcore.twins import split_halves
+
+    seen = []
+    real = training.make_teacher_trainer
+
+    def spy(cfg, data, *a, **kw):
+        seen.append((cfg.seed, data.clone()))
+        return real(cfg, data, *a, **kw)
+
+    monkeypatch.setattr(training, "make_teacher_trainer", spy)
+    tc = TeacherConfig(width=16, depth=1, steps=2, batch=64, twin_data="disjoint", seed=3)
+    cfg = ExperimentConfig(data=DataConfig(n_samples=501), teacher=tc, distill=DistillConfig(steps=1, batch=16),
+                           eval=EvalConfig(every=2, n=64, bootstrap=0))
+    exp = Experiment(cfg, run_dir=tmp_path / "t", device="cpu", phases=("teacher",))
+    exp.run()
+    (s0, a), (s1, b) = seen
+    assert (s0, s1) == (3, 4) and a.shape[0] == 251 and b.shape[0] == 250
+    rows = {tuple(r) for r in a.tolist()} | {tuple(r) for r in b.tolist()}
+    full = {tuple(r) for r in exp.dataset.x.tolist()}
+    assert not ({tuple(r) for r in a.tolist()} & {tuple(r) for r in b.tolist()}) and rows == full
+    ia, ib = split_halves(501, 3)
+    assert np.array_equal(np.sort(np.concatenate([ia, ib])), np.arange(501))
+    assert np.array_equal(split_halves(501, 3)[0], ia)  # seeded: the same halves every time
+    with pytest.raises(ValueError, match="twin_data"):
+        TeacherConfig(twin_data="half")
+    with pytest.raises(ValueError, match="twin_data"):
+        split_halves(3, 0)
+    # the default stays out of config.json (older runs' files unchanged)
+    assert "twin_data" not in TeacherConfig().to_dict() and TeacherConfig(twin_data="disjoint").to_dict()["twin_data"] == "disjoint"
