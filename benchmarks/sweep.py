@@ -16,7 +16,8 @@ their defaults (they may then use the second core between torch steps). Last lin
 ``RESULT cells=<int> wall_s=<float> serial_s=<float> speedup=<float>``.
 
 ``--backend ray`` also runs the sweep as Ray tasks (``--workers`` CPUs, one per task) after the
-local pool, on a cluster started here (timed apart: the cluster start is paid once, not per
+local pool (and before the serial run, which needs only one core and so is the least disturbed
+by other work on the machine), on a cluster started here (timed apart: the cluster start is paid once, not per
 sweep), and prints its ratio to the local pool (Ray's overhead per cell) and to serial:
 ``RESULT_RAY cells=<int> ray_s=<float> local_s=<float> serial_s=<float> ray_vs_local=<float>
 ray_vs_serial=<float> init_s=<float>``. ``--nodes N`` starts N Ray nodes on this machine (each
@@ -73,8 +74,9 @@ def _start_ray(workers: int, nodes: int):
     return stop
 
 
-def _ray_run(args, spec, tmp: Path, local_s: float, serial_s: float, par) -> str:
-    """The same sweep as Ray tasks; checks its metrics equal the pool's; returns the RESULT_RAY line."""
+def _ray_run(args, spec, tmp: Path, par):
+    """The same sweep as Ray tasks; checks its metrics equal the pool's; returns a function of
+    (local_s, serial_s) that prints the ratios and returns the RESULT_RAY line."""
     import ray
 
     t0 = time.perf_counter()
@@ -92,12 +94,15 @@ def _ray_run(args, spec, tmp: Path, local_s: float, serial_s: float, par) -> str
     same = all((tmp / "ray" / p.relative_to(Path(par.out_dir))).read_bytes() == p.read_bytes()
                for p in Path(par.out_dir).glob("*/*/metrics.csv"))
     print(f"ray ({nodes} node(s), {args.workers} CPUs, 1 per task): {ray_s:.1f} s (+ {init_s:.1f} s to start "
-          f"the cluster); metrics.csv identical to the pool's: {same}; load average {os.getloadavg()[0]:.2f}")
-    print(f"ray vs local pool {local_s / ray_s:.2f}x, ray vs serial {serial_s / ray_s:.2f}x "
-          f"(with the cluster start: {serial_s / (ray_s + init_s):.2f}x)")
-    return (f"RESULT_RAY cells={res.n_cells} ray_s={ray_s:.1f} local_s={local_s:.1f} serial_s={serial_s:.1f} "
-            f"ray_vs_local={local_s / ray_s:.2f} ray_vs_serial={serial_s / ray_s:.2f} init_s={init_s:.1f} "
-            f"nodes={nodes} identical={same}")
+          f"the cluster); metrics.csv identical to the pool's: {same}; load average {os.getloadavg()[0]:.2f}", flush=True)
+
+    def ratios(local_s: float, serial_s: float) -> str:
+        print(f"ray vs local pool {local_s / ray_s:.2f}x, ray vs serial {serial_s / ray_s:.2f}x "
+              f"(with the cluster start: {serial_s / (ray_s + init_s):.2f}x)")
+        return (f"RESULT_RAY cells={res.n_cells} ray_s={ray_s:.1f} local_s={local_s:.1f} serial_s={serial_s:.1f} "
+                f"ray_vs_local={local_s / ray_s:.2f} ray_vs_serial={serial_s / ray_s:.2f} init_s={init_s:.1f} "
+                f"nodes={nodes} identical={same}")
+    return ratios
 
 
 def main() -> None:
@@ -128,7 +133,10 @@ def main() -> None:
         par = run_sweep(spec, par_dir, workers=args.workers, quick=args.quick)
         wall = time.perf_counter() - t0
         par_cpu = _cpu_s(resource.RUSAGE_CHILDREN) - c0  # the pool's workers, reaped at shutdown
-        print(f"parallel ({args.workers} workers): {wall:.1f} s, {len(par.failures)} failures")
+        print(f"parallel ({args.workers} workers): {wall:.1f} s, {len(par.failures)} failures", flush=True)
+        # Ray right after the pool (both use every core; the serial run uses one, so it is the
+        # least disturbed by anything else running on the machine); ratios computed after serial.
+        ray = _ray_run(args, spec, Path(tmp), par) if args.backend == "ray" else None
         # Serial baseline with the workers' per-process setting: torch and every BLAS/OpenMP pool
         # (numpy, POT, scikit-learn) limited to --serial-threads while its cells run.
         c0 = _cpu_s(resource.RUSAGE_SELF)
@@ -152,9 +160,9 @@ def main() -> None:
                 torch.set_num_threads(threads)
             print(f"serial, library pools unrestricted (torch {args.serial_threads} thread): {free:.1f} s "
                   f"→ parallel speed-up over it {free / wall:.2f}x")
+        ray_line = ray(wall, serial) if ray else None
         if par.failures or ser.failures:
             raise SystemExit(f"failures: parallel {par.failures} serial {ser.failures}")
-        ray_line = _ray_run(args, spec, Path(tmp), wall, serial, par) if args.backend == "ray" else None
         d = np.abs(par.table["delta_e"].to_numpy() - ser.table["delta_e"].to_numpy())
         print(f"max |ΔE(parallel) − ΔE(serial)| over cells = {np.nanmax(d):.2e} (thread-count rounding only)")
         print(f"mean cell wall time: parallel {par.table['wall_s'].mean():.1f} s, serial {ser.table['wall_s'].mean():.1f} s")
