@@ -94,14 +94,22 @@ def board(dirs: list[Path]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == "--board":
-        print(board([Path(d) for d in argv[1:]]))
+    import argparse
+
+    ap = argparse.ArgumentParser(description=(__doc__ or "").strip().splitlines()[0])
+    ap.add_argument("--board", action="store_true", help="print the claim board of these sweep directories")
+    ap.add_argument("dirs", nargs="*", type=Path, help="sweep directories (python -m dmdcore sweep --out DIR)")
+    args = ap.parse_args(argv)
+    if not args.dirs and not args.board:
+        ap.error("give at least one sweep directory")
+    missing = [str(d) for d in args.dirs if not (d / "sweep.json").is_file()]
+    if missing:
+        ap.error("not a sweep directory (no sweep.json): " + ", ".join(missing))
+    if args.board:
+        print(board(args.dirs))
         return 0
-    if not argv:
-        print(__doc__)
-        return 2
-    for d in argv:
-        print(report(Path(d)))
+    for d in args.dirs:
+        print(report(d))
         print()
     return 0
 

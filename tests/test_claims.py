@@ -121,3 +121,23 @@ def test_sweep_summaries_leave_out_unconverged_cells():
     assert set(kept["data.dim"]) == {2} and any("had not converged" in line and "16-0" in line for line in lines)
     older = t.drop(columns=["converged"])  # runs made before the criterion: nothing to screen on
     assert len(screen(older)[0]) == len(older)
+
+
+def test_preset_report_script_arguments(capsys, tmp_path):
+    """scripts/preset_report.py: --board alone prints the five-row board; a bad directory or no
+    argument is a usage error (exit 2) naming what is wrong."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "preset_report.py"
+    spec = importlib.util.spec_from_file_location("preset_report", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--board"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("**inconclusive**") == 5 and "not yet run" in out
+    for argv in ([], [str(tmp_path)]):
+        with pytest.raises(SystemExit) as e:
+            mod.main(argv)
+        assert e.value.code == 2
+    assert "no sweep.json" in capsys.readouterr().err
