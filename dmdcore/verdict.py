@@ -25,8 +25,9 @@ otherwise. This module never prints and takes its randomness from ``seed``.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -202,10 +203,21 @@ def _within_mode(t: np.ndarray, modes: np.ndarray, rng: np.random.Generator) -> 
     return s, (within / total if total > 0 else math.nan)
 
 
-def copy_controls(teacher: Any, *, twin: Any = None, seed: int = 0, centers: Any = None,
-                  n_modes: int | None = None, max_exact: int = 4096, solver: str = "auto") -> CopyControls:
-    """The teacher-side controls of ``copy_report`` (ladder, resolution, twin ΔE, within-mode and
-    permutation references), computed once and reusable for every student on the same noise."""
+@dataclass
+class _Prep:
+    """The teacher side of a report before its OT solves: what the student side also needs."""
+
+    t: np.ndarray
+    seed: int
+    eig: Any
+    xi: np.ndarray
+    twin: np.ndarray | None
+
+
+def _control_jobs(teacher: Any, twin: Any, seed: int, centers: Any, n_modes: int | None,
+                  kw: dict) -> tuple[_Prep, dict, Callable[[dict], CopyControls]]:
+    """The OT solves of ``copy_controls`` as independent jobs (name → callable), with the
+    function that assembles their results into a CopyControls."""
     t, _, _ = _p._as_pair(teacher, teacher, "teacher", "teacher")
     n, d = t.shape
     seed = _p._check_int(seed, "seed", 0)
@@ -213,30 +225,76 @@ def copy_controls(teacher: Any, *, twin: Any = None, seed: int = 0, centers: Any
     modes = _modes(t, centers, n_modes, seed)
     eig = _spectrum(t, modes)  # per-mode when the modes are known (population values: docs)
     xi = rng.standard_normal((n, d))
-    kw = dict(seed=seed, max_exact=max_exact, solver=solver)
-    ladder = []
-    for pop in LADDER:
-        sigma = _sigma_for(eig, pop)
-        ladder.append((pop, _delta(t + sigma * xi, t, **kw).delta_e, sigma))
-    refs = {"copy": 0.0}  # s = t: E_pair = E_OT = 0 exactly
-    pops = {"copy": 0.0}
+    jobs: dict[str, Callable[[], Any]] = {}
+    sigmas = [_sigma_for(eig, pop) for pop in LADDER]
+    for i, sigma in enumerate(sigmas):
+        jobs[f"rung{i}"] = (lambda sg=sigma: _delta(t + sg * xi, t, **kw).delta_e)
     perm = rng.permutation(n)
-    # a permutation of the teacher's own set: its exact OT cost is 0, so ΔE = E_pair / E_ind
-    refs["permutation"] = _bound(t[perm], t)
-    pops["permutation"] = 1.0
-    if modes is not None:
-        wm = _within_mode(t, modes, rng)
-        if wm is not None:
-            refs["within_mode"] = _delta(wm[0], t, **kw).delta_e
-            pops["within_mode"] = wm[1]
-    tw = tb = tws = None
+    wm = _within_mode(t, modes, rng) if modes is not None else None
+    if wm is not None:
+        jobs["within_mode"] = lambda: _delta(wm[0], t, **kw).delta_e
+    tws = None
     if twin is not None:
         tws, _, _ = _p._as_pair(twin, t, "twin", "teacher")
-        tw = _delta(tws, t, **kw)
-        tb = _bound(tws, t)
-    return CopyControls(n=n, d=d, seed=seed, eig=eig, xi=xi, ladder=tuple(ladder),
-                        resolution=_resolution(ladder), twin=tw, twin_bound=tb, twin_samples=tws,
-                        references=refs, populations=pops)
+        jobs["twin"] = lambda: _delta(tws, t, **kw)
+
+    def assemble(res: dict) -> CopyControls:
+        ladder = [(pop, _value(res, f"rung{i}"), sigmas[i]) for i, pop in enumerate(LADDER)]
+        refs = {"copy": 0.0}  # s = t: E_pair = E_OT = 0 exactly
+        pops = {"copy": 0.0}
+        # a permutation of the teacher's own set: its exact OT cost is 0, so ΔE = E_pair / E_ind
+        refs["permutation"] = _bound(t[perm], t)
+        pops["permutation"] = 1.0
+        if wm is not None:
+            refs["within_mode"] = _value(res, "within_mode")
+            pops["within_mode"] = wm[1]
+        tw = _value(res, "twin") if tws is not None else None
+        return CopyControls(n=n, d=d, seed=seed, eig=eig, xi=xi, ladder=tuple(ladder),
+                            resolution=_resolution(ladder), twin=tw,
+                            twin_bound=None if tws is None else _bound(tws, t), twin_samples=tws,
+                            references=refs, populations=pops)
+
+    return _Prep(t=t, seed=seed, eig=eig, xi=xi, twin=tws), jobs, assemble
+
+
+def _value(res: dict, name: str) -> Any:
+    """A job's result, re-raising the exception it ended with."""
+    out = res[name]
+    if isinstance(out, BaseException):
+        raise out
+    return out
+
+
+def _run_jobs(jobs: dict) -> dict:
+    """Run independent OT jobs, concurrently on up to torch.get_num_threads() threads (POT's
+    network simplex, the KD-tree queries and the GEMMs release the GIL; 1 thread in sweep workers,
+    which limit every pool to one thread). Results are independent of the order: each job has
+    its own seed. Returns name → result or the exception it raised."""
+    import torch
+
+    def call(fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - handed back to the caller, which decides
+            return exc
+
+    workers = max(1, min(len(jobs), torch.get_num_threads()))
+    if workers == 1:
+        return {k: call(fn) for k, fn in jobs.items()}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        # the usually longest solves first (remapped references need refinement rounds)
+        order = sorted(jobs, key=lambda k: k not in ("within_mode", f"rung{len(LADDER) - 1}", "student"))
+        futures = {k: pool.submit(call, jobs[k]) for k in order}
+        return {k: futures[k].result() for k in jobs}
+
+
+def copy_controls(teacher: Any, *, twin: Any = None, seed: int = 0, centers: Any = None,
+                  n_modes: int | None = None, max_exact: int = 4096, solver: str = "auto") -> CopyControls:
+    """The teacher-side controls of ``copy_report`` (ladder, resolution, twin ΔE, within-mode and
+    permutation references), computed once and reusable for every student on the same noise."""
+    kw = dict(seed=_p._check_int(seed, "seed", 0), max_exact=max_exact, solver=solver)
+    _, jobs, assemble = _control_jobs(teacher, twin, seed, centers, n_modes, kw)
+    return assemble(_run_jobs(jobs))
 
 
 def _cov_eigenvalues(t: np.ndarray) -> np.ndarray:
@@ -276,41 +334,49 @@ def copy_report(student: Any, teacher: Any, *, twin: Any = None, seed: int = 0, 
     """
     s, t, _ = _p._as_pair(student, teacher, "student", "teacher")
     n, d = t.shape
-    if controls is None:
-        controls = copy_controls(t, twin=twin, seed=seed, centers=centers, n_modes=n_modes,
-                                 max_exact=max_exact, solver=solver)
+    kw = dict(seed=seed, max_exact=max_exact, solver=solver)
+    if controls is None:  # the teacher-side solves run in the same batch as the student's
+        prep, jobs, assemble = _control_jobs(t, twin, seed, centers, n_modes, kw)
+        xi, eig, tws = prep.xi, prep.eig, prep.twin
     elif (controls.n, controls.d) != (n, d):
         raise ValueError(f"controls: made for n={controls.n}, d={controls.d}, not n={n}, d={d}")
+    else:
+        jobs, assemble = {}, None
+        xi, eig, tws = controls.xi, controls.eig, controls.twin_samples
+    e_pair = float(np.mean(np.sum((s - t) ** 2, axis=1)))
+    sigma = math.sqrt(e_pair / d)
+    jobs["student"] = lambda: _p.pairing_inefficiency(s, t, bootstrap=bootstrap, level=level, **kw)
+    if sigma > 0:  # a noisy copy with the student's own per-pair error E_pair (σ² = E_pair / d)
+        jobs["noisy_copy"] = lambda: _delta(t + sigma * xi, t, **kw).delta_e
+    if tws is not None:
+        jobs["cross"] = lambda: _delta(s, tws, **kw).delta_e
+    res = _run_jobs(jobs)
+    if assemble is not None:
+        controls = assemble(res)
     reasons: list[str] = []
-    pr = None
-    try:
-        pr = _p.pairing_inefficiency(s, t, bootstrap=bootstrap, seed=seed, max_exact=max_exact, level=level, solver=solver)
-    except ValueError as exc:
+    pr = res["student"]
+    if isinstance(pr, ValueError):
+        exc, pr = pr, None
         if bootstrap:
             try:  # a degenerate bootstrap resample: ΔE without CI, flagged below
-                pr = _p.pairing_inefficiency(s, t, seed=seed, max_exact=max_exact, solver=solver)
+                pr = _p.pairing_inefficiency(s, t, **kw)
                 reasons.append(f"no CI: {exc}")
             except ValueError as exc2:
                 reasons.append(f"ΔE undefined: {exc2}")
         else:
             reasons.append(f"ΔE undefined: {exc}")
-    kw = dict(seed=seed, max_exact=max_exact, solver=solver)
+    elif isinstance(pr, BaseException):
+        raise pr
     refs = dict(controls.references)
     pops = dict(controls.populations)
-    cross = None
-    e_pair = float(np.mean(np.sum((s - t) ** 2, axis=1)))
-    sigma = math.sqrt(e_pair / d)
     if sigma > 0:
-        # a noisy copy with the student's own per-pair error E_pair (σ² = E_pair / d)
-        refs["noisy_copy"] = _delta(t + sigma * controls.xi, t, **kw).delta_e
-        pops["noisy_copy"] = float(noisy_copy_population(controls.eig, sigma))
+        refs["noisy_copy"] = _value(res, "noisy_copy")
+        pops["noisy_copy"] = float(noisy_copy_population(eig, sigma))
     else:
         refs["noisy_copy"], pops["noisy_copy"] = 0.0, 0.0
-    if controls.twin_samples is not None and pr is not None:
-        try:
-            cross = _delta(s, controls.twin_samples, **kw).delta_e
-        except ValueError:
-            cross = None
+    cross = None
+    if tws is not None and pr is not None and not isinstance(res["cross"], ValueError):
+        cross = _value(res, "cross")
     bound = _bound(s, t)
     tw = controls.twin
     reasons += _guard(pr, tw, n)

@@ -478,3 +478,49 @@ def test_unsigned_torch_integers_and_numpy_scalar_level_are_accepted():
     assert (a.ci_low, a.ci_high) == pytest.approx((b.ci_low, b.ci_high))
     with pytest.raises(ValueError, match="level"):
         P.pairing_inefficiency(_GOOD, _GOOD[::-1], bootstrap=20, level=np.bool_(True))
+
+
+def test_gaussian_ot_map_moves_candidates_to_the_exact_partners(monkeypatch):
+    """d = 2, a large-noise copy (its OT map contracts): with the Gaussian OT pre-alignment the
+    first sparse solve is already certified optimal, and it matches scipy's assignment."""
+    rng = np.random.default_rng(7)
+    t = rng.standard_normal((1200, 2)) * np.array([2.0, 0.7])
+    x, y = P._center(t + 1.8 * rng.standard_normal(t.shape), t)
+    moved = P._gaussian_ot_map(x, y)
+    assert np.allclose(moved.mean(0), y.mean(0)) and np.allclose(np.cov(moved.T), np.cov(y.T), rtol=1e-9)
+    assert np.array_equal(P._gaussian_ot_map(np.ones((5, 2)), y[:5]), np.ones((5, 2)))
+    c = P._cost_matrix(x, y)
+    calls = []
+    real = P._emd_plan
+    monkeypatch.setattr(P, "_emd_plan", lambda cost, **kw: calls.append(type(cost).__name__) or real(cost, **kw))
+    perm = P._assignment(c, "sparse", 2, (x, y))
+    r, col = linear_sum_assignment(c)
+    assert c[np.arange(1200), perm].sum() == pytest.approx(c[r, col].sum(), rel=1e-12)
+    assert calls == ["coo_matrix"]
+
+
+def test_blocked_cost_matrix_is_bit_identical_to_the_plain_formula():
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((700, 5)), rng.standard_normal((900, 5))
+    plain = np.maximum(-2.0 * (x @ y.T) + P._sq_norms(x)[:, None] + P._sq_norms(y)[None, :], 0.0)
+    assert np.array_equal(P._cost_matrix(x, y), plain)
+
+
+def test_copy_report_is_the_same_on_one_thread_and_on_several():
+    import torch
+
+    from dmdcore.verdict import copy_report
+
+    rng = np.random.default_rng(4)
+    t = rng.standard_normal((300, 2))
+    s = t + 0.3 * rng.standard_normal(t.shape)
+    twin = t + 0.1 * rng.standard_normal(t.shape)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = copy_report(s, t, twin=twin, n_modes=4, bootstrap=20).to_dict()
+        torch.set_num_threads(2)
+        two = copy_report(s, t, twin=twin, n_modes=4, bootstrap=20).to_dict()
+    finally:
+        torch.set_num_threads(threads)
+    assert one == two
