@@ -37,6 +37,7 @@ from dmdcore.sweep.results import mean_ci
 STATUSES = ("supported", "contradicted", "inconclusive")
 EQUIVALENCE = 0.05        # |ΔE difference| below which two conditions count as equal
 MIN_GAN_RATIO = 0.1       # a GAN level needs at least this GAN/DM gradient ratio to be read
+TEACHER_QUALITY_MAX = 1.5  # W₂²(T, data) / data floor above this: the teacher is not at the quality target
 NOT_RUN = "not yet run with the current code"
 
 
@@ -121,14 +122,32 @@ def _dimension(done: pd.DataFrame) -> tuple[str, str, str, str]:
     a = mean_ci(done[done["data.dim"] == lo_d]["delta_e"].to_numpy(float))
     b = mean_ci(done[done["data.dim"] == hi_d]["delta_e"].to_numpy(float))
     ans = f"ΔE at d={lo_d}: {_fmt(*a)}; at d={hi_d}: {_fmt(*b)}"
-    controls = _controls(done)
+    quality = {d: teacher_quality(done[done["data.dim"] == d]) for d in (lo_d, hi_d)}
+    controls = _controls(done) + "; teacher W₂²(T,data) / data floor " + ", ".join(
+        f"d={d}: {q:.1f}×" for d, q in quality.items() if math.isfinite(q))
     if len(dims) < 2 or a[3] < 2 or b[3] < 2:
         return ans, controls, "inconclusive", "fewer than 2 converged cells at the lowest or highest d"
+    off = [f"d={d} ({q:.1f}×)" if math.isfinite(q) else f"d={d} (not recorded)"
+           for d, q in quality.items() if not q <= TEACHER_QUALITY_MAX]
+    if off:
+        return ans, controls, "inconclusive", (
+            f"teachers not at the quality target (W₂²(T,data) ≤ {TEACHER_QUALITY_MAX}× the data floor) at "
+            + ", ".join(off) + ": the dimension axis is confounded with teacher quality")
     if b[2] < a[1]:
         return ans, controls, "supported", "high-d interval lies below the low-d one"
     if b[1] > a[2]:
         return ans, controls, "contradicted", "ΔE is higher at the highest d than at the lowest"
     return ans, controls, "inconclusive", "the intervals overlap"
+
+
+def teacher_quality(cells: pd.DataFrame) -> float:
+    """Mean W₂²(T, data) / W₂²(data, data′) (the data floor at the same n and d) of the cells'
+    teachers: 1 = as close to the data as a second data sample; NaN when not recorded."""
+    if len(cells) == 0 or "w2_data_floor" not in cells or "w2_teacher_data" not in cells:
+        return math.nan
+    r = cells["w2_teacher_data"].to_numpy(float) / cells["w2_data_floor"].to_numpy(float)
+    r = r[np.isfinite(r)]
+    return float(np.mean(r)) if r.size else math.nan
 
 
 def _controls(done: pd.DataFrame) -> str:

@@ -283,6 +283,12 @@ class Experiment:
         n_rows = self.dataset.x.shape[0]
         sub = rng.choice(n_rows, size=cfg.eval.n, replace=cfg.eval.n > n_rows)
         self.data_eval = self.dataset.x[torch.from_numpy(sub)].numpy().astype(np.float32)
+        # a second data sample of the same n (other rows where there are enough) for the data floor
+        rest = np.setdiff1d(np.arange(n_rows), sub)
+        sub2 = rng.choice(rest, size=cfg.eval.n, replace=False) if rest.size >= cfg.eval.n else \
+            rng.choice(n_rows, size=cfg.eval.n, replace=True)
+        self._data_floor_sample = self.dataset.x[torch.from_numpy(sub2)].numpy().astype(np.float32)
+        self._data_floor: float | None | bool = False  # computed at the first evaluation
 
         # σ_data of the preconditioning: the given teacher's, else what the teacher trainer will use
         self.sigma_data = run_sigma_data(cfg, self.dataset.x, self.teacher if self._teacher_given else None)
@@ -846,6 +852,9 @@ class Experiment:
             if self._memo_student is None or self._memo_student[0] is not tsamples:
                 self._memo_student = (tsamples, self._memo_probe.score(tsamples).fraction)
             row["memorization"] = self._memo_student[1]
+        if self._data_floor is False:  # once per run: W₂² between two independent data samples
+            self._data_floor = self._safe(pairing.wasserstein2_squared, self._data_floor_sample, self.data_eval)
+        row["w2_data_floor"] = self._data_floor
         if phase == "student" and tsamples is not None:
             # the teacher's quality beside every student row (sweep cells load their teacher)
             if self._teacher_quality is None or self._teacher_quality[0] is not tsamples:
@@ -858,10 +867,13 @@ class Experiment:
         from dmdcore import convergence
 
         rows = [r for r in self._metrics if r.get("phase") == phase] + [row]  # worker thread: no wait
-        floor = self.cfg.eval.twin_floor_w2
-        twin = getattr(self._controls, "twin", None) if phase == "student" else None
-        if floor is None and twin is not None:
-            floor = twin.e_ot  # the run's own teacher-twin floor W₂²(T′, T) (copy-verdict controls)
+        if phase == "teacher":
+            floor = row.get("w2_data_floor")  # W₂² between two data samples of this n (data floor)
+        else:
+            floor = self.cfg.eval.twin_floor_w2
+            twin = getattr(self._controls, "twin", None)
+            if floor is None and twin is not None:
+                floor = twin.e_ot  # the run's own teacher-twin floor W₂²(T′, T) (copy-verdict controls)
         crit = convergence.Plateau.from_eval(self.cfg.eval)
         return int(convergence.phase_converged(phase, rows, crit, floor_w2=floor))
 

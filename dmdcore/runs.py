@@ -62,6 +62,8 @@ METRIC_COLUMNS = (
     "n_eval", "dim", "delta_e_twin", "delta_e_cross", "resolution", "delta_e_valid", "verdict", "verdict_basis",
     # plateau criterion (dmdcore.convergence) and ablation power (dmdcore.ablations)
     "converged", "gan_dm_ratio", "memorization", "w2_teacher_data",
+    # W₂² between two independent data samples of size n: what a perfect model reaches at this n, d
+    "w2_data_floor",
 )
 # metrics.csv columns holding text / integers (the rest are floats)
 _TEXT_COLUMNS = ("phase", "verdict", "verdict_basis")

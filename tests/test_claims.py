@@ -15,7 +15,8 @@ def _table(axis, levels, delta, *, seeds=(0, 1, 2), converged=1, extra=None, noi
             de = delta(lv) + noise * rng.normal()
             r = {"cell": f"{lv}-{s}", axis: lv, "distill.seed": s, "status": "finished", "message": "",
                  "step": 100, "n_eval": 256, "wall_s": 1.0, "delta_e": de, "delta_e_lo": de - 0.05,
-                 "delta_e_hi": de + 0.05, "converged": converged, "delta_e_twin": 0.3, "resolution": 0.02}
+                 "delta_e_hi": de + 0.05, "converged": converged, "delta_e_twin": 0.3, "resolution": 0.02,
+                 "w2_teacher_data": 0.12, "w2_data_floor": 0.1}
             r.update((extra or {}).get(lv, {}))
             rows.append(r)
     return pd.DataFrame(rows)
@@ -42,6 +43,17 @@ def test_dimension_status_follows_the_intervals_and_skips_unconverged_cells():
     # the same contradicting cells, none converged: not read at all
     st = _status({"dimension": up.assign(converged=0)})["dimension"]
     assert st[0] == "inconclusive" and "no converged cell" in st[1]
+
+
+def test_dimension_claim_needs_teachers_at_the_quality_target():
+    """High-d teachers far from the data (W₂²(T,data) 9x the data floor) confound the axis."""
+    poor = {128: {"w2_teacher_data": 39.0, "w2_data_floor": 4.3}}
+    down = _table("data.dim", [2, 16, 128], lambda d: 0.5 / np.log2(2 * d), extra=poor)
+    row = {r.preset: r for r in claims.claim_board({"dimension": down})}["dimension"]
+    assert row.status == "inconclusive" and "d=128 (9.1×)" in row.reason and "confounded" in row.reason
+    assert "d=2: 1.2×" in row.controls
+    unknown = _table("data.dim", [2, 128], lambda d: 0.5 / d).drop(columns=["w2_data_floor"])
+    assert "not recorded" in _status({"dimension": unknown})["dimension"][1]
 
 
 def test_gan_claim_needs_power_then_equivalence():

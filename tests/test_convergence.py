@@ -42,6 +42,13 @@ def test_teacher_criterion():
     crit = convergence.Plateau(window=3, tol_w2=0.1)
     assert convergence.teacher_converged([{"w2_data": v} for v in (3.0, 0.5, 0.51, 0.5)], crit)
     assert not convergence.teacher_converged([{"w2_data": v} for v in (3.0, 2.0, 1.0)], crit)
+    # with the data floor: a slow decay far above it (the d = 256 teacher: 40 against 4.3) is not
+    # converged although it changes by < 10 % over the window; near the floor it is
+    slow = [{"w2_data": v} for v in (43.2, 41.5, 40.1)]
+    assert convergence.teacher_converged(slow, crit) and not convergence.teacher_converged(slow, crit, floor_w2=4.3)
+    near = [{"w2_data": v} for v in (4.6, 4.5, 4.5)]
+    assert convergence.teacher_converged(near, crit, floor_w2=4.3)
+    assert convergence.phase_converged("teacher", slow, crit, floor_w2=4.3) is False
     with pytest.raises(ValueError, match="stop_when_converged"):
         convergence.should_stop("sometimes", "student")
 
@@ -121,3 +128,19 @@ def test_run_with_a_twin_uses_its_twin_floor():
     assert [r["converged"] for r in rows] == expected
     # and the floor matters here: W₂²(S, T) is compared with it, not with its own stability
     assert expected[-1] == int(rows[-1]["w2"] <= floor * 1.5)
+
+
+def test_every_row_carries_the_data_floor_and_the_teacher_phase_uses_it():
+    """w2_data_floor: W₂² between two independent data samples of the eval n, the same in every
+    row; the teacher's converged flag is the criterion with that floor."""
+    from dmdcore import pairing
+
+    exp = Experiment(_cfg(lr_gen=1e-9, steps=8), device="cpu")
+    exp.run()
+    floors = {r["w2_data_floor"] for r in exp.metrics}
+    assert len(floors) == 1 and next(iter(floors)) > 0
+    assert next(iter(floors)) == pytest.approx(pairing.wasserstein2_squared(exp._data_floor_sample, exp.data_eval))
+    teacher = [r for r in exp.metrics if r["phase"] == "teacher"]
+    crit = convergence.Plateau.from_eval(exp.cfg.eval)
+    assert [r["converged"] for r in teacher] == [
+        int(convergence.teacher_converged(teacher[: i + 1], crit, floor_w2=r["w2_data_floor"])) for i, r in enumerate(teacher)]
