@@ -145,8 +145,8 @@ class _ConfigMixin:
     def __post_init__(self) -> None:
         self.validate()
 
-    def validate(self) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def validate(self) -> None:
+        """Check every field; each config dataclass overrides this (the mixin has no fields)."""
 
     # Fields added after runs, checkpoints and sweep keys were first written: left out of
     # ``to_dict`` while they hold their default, so a config that does not use them serialises

@@ -21,6 +21,7 @@ Executors: ``SerialExecutor`` (here; everything in this process), ``LocalPoolExe
 
 from __future__ import annotations
 
+import abc
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,14 +86,14 @@ class SweepContext:
         return len(self.need_teacher) + sum(len(v) for v in self.by_teacher.values())
 
 
-class Executor:
+class Executor(abc.ABC):
     """Base of the sweep executors (see the module docstring for the contract)."""
 
     name = "base"
 
+    @abc.abstractmethod
     def run(self, ctx: SweepContext) -> bool:
         """Run the jobs of ``ctx``; True when the sweep was stopped."""
-        raise NotImplementedError
 
 
 class SerialExecutor(Executor):
