@@ -499,11 +499,16 @@ def test_gaussian_ot_map_moves_candidates_to_the_exact_partners(monkeypatch):
     assert calls == ["coo_matrix"]
 
 
-def test_blocked_cost_matrix_is_bit_identical_to_the_plain_formula():
+def test_blocked_cost_matrix_matches_the_plain_formula_to_rounding():
+    # not bit-identical in general: BLAS may pick a different kernel for a row block than for the
+    # whole matrix (seen with a newer numpy); the blocked result must agree to rounding and be
+    # the same on every call
     rng = np.random.default_rng(3)
     x, y = rng.standard_normal((700, 5)), rng.standard_normal((900, 5))
     plain = np.maximum(-2.0 * (x @ y.T) + P._sq_norms(x)[:, None] + P._sq_norms(y)[None, :], 0.0)
-    assert np.array_equal(P._cost_matrix(x, y), plain)
+    blocked = P._cost_matrix(x, y)
+    assert np.abs(blocked - plain).max() <= 1e-12 * np.abs(plain).max()
+    assert np.array_equal(P._cost_matrix(x, y), blocked)
 
 
 def test_copy_report_is_the_same_on_one_thread_and_on_several():
