@@ -155,13 +155,19 @@ def test_presets_parse_and_have_full_variants():
     names = sw.list_presets()
     assert {"dimension", "adversarial", "memorization", "convergence", "freedom"} <= set(names)
     dim = sw.load_preset("dimension")
-    assert dim.grid["data.dim"] == [2, 4, 8, 16, 32, 64, 128, 256] and len(dim.grid["distill.seed"]) == 3
+    # the default spans two decades of d with 3 replicates; the full variant the whole 2..256 grid
+    assert dim.grid["data.dim"] == [2, 16, 128] and len(dim.grid["distill.seed"]) == 3
     full = sw.load_preset("dimension:full")
     assert "distill.seed" not in full.grid and len(full.grid["seed"]) == 3  # null drops an axis
+    assert full.grid["data.dim"] == [2, 4, 8, 16, 32, 64, 128, 256]
     for n in names:
         spec = sw.load_preset(n)
         assert spec.claim and spec.description
-        assert sw.load_preset(f"{n}:full").n_cells >= spec.n_cells
+        full_spec = sw.load_preset(f"{n}:full")
+        assert full_spec.n_cells >= spec.n_cells
+        # the full variant trains at least as long as the default (its step caps are not lower)
+        base, fb = sw.expand(spec)[0].config, sw.expand(full_spec)[0].config
+        assert fb.distill.steps >= base.distill.steps and fb.teacher.steps >= base.teacher.steps
         assert sw.expand(spec, quick=True)
 
 
