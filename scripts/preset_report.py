@@ -7,11 +7,15 @@
 (the name in its sweep.json, ":full" stripped) feeds its claim; a preset with no directory, or
 runs made before the plateau criterion, is "inconclusive: not yet run with the current code".
 
-For each sweep directory: a table with one row per grid point over the non-seed axes (ΔE mean
-with a Student-t 95% CI over replicate seeds and n; ΔE at the student's step 0 (the teacher copy
-before any DMD step); W₂²(S,T), W₂²(S,data), W₂²(T,data) (the teacher's last evaluation against
-held-out data); η(S); copy rate; mean cell wall time), then the summary that
-``dmdcore.sweep.summarize`` writes. Every number is read from the sweep's own run directories.
+For each sweep directory: a table with one row per grid point over the non-seed axes — how many
+cells reached the plateau criterion (converged / finished) and their mean step count; ΔE mean with
+a Student-t 95% CI over replicate seeds and n, over all finished cells, and the mean over the
+converged ones only (the only cells verdicts and the claim board read); ΔE at the student's step 0
+(the teacher copy before any DMD step); the controls ΔE(T′,T) and resolution; W₂²(S,T); the
+teacher's W₂²(T,data) over the data floor W₂²(data,data′); the GAN/DM gradient ratio and the
+memorization score where the sweep records them; the verdict counts; mean cell wall time — then
+the summary that ``dmdcore.sweep.summarize`` writes. Every number is read from the sweep's own
+run directories.
 """
 
 from __future__ import annotations
@@ -42,16 +46,33 @@ def _float(v):
 def cell_frame(out: Path) -> pd.DataFrame:
     man = json.loads((out / "sweep.json").read_text())
     table = sw.results_table(out)
-    step0, w2_teacher = [], []
+    step0 = []
     for c in man["cells"]:
         rows = [r for r in RunDir(out / "cells" / c["key"]).read_metrics() if r.get("phase") == "student"]
         first = next((r for r in rows if int(r["step"]) == 0), None)
         step0.append(_float(first.get("delta_e")) if first else np.nan)
-        trows = [r for r in RunDir(out / "teachers" / c["teacher_key"]).read_metrics() if r.get("phase") == "teacher"]
-        w2_teacher.append(_float(trows[-1].get("w2_data")) if trows else np.nan)
     table["delta_e_step0"] = step0
-    table["w2_teacher_data"] = w2_teacher
     return table
+
+
+def _mean(g: pd.DataFrame, col: str, fmt: str = "{:.3f}") -> str:
+    if col not in g:
+        return "—"
+    v = np.nanmean(g[col].to_numpy(float)) if g[col].notna().any() else np.nan
+    if v == np.inf:  # resolution: no reference remapping was resolved at this n and d
+        return "∞"
+    return fmt.format(v) if np.isfinite(v) else "—"
+
+
+def _verdicts(g: pd.DataFrame) -> str:
+    if "verdict" not in g:
+        return "—"
+    counts = g["verdict"].fillna("—").astype(str).value_counts()
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+# extra columns shown when a sweep has them (the ablation presets' power checks)
+EXTRA = {"gan_dm_ratio": "GAN/DM ratio", "memorization": "memorization"}
 
 
 def report(out: Path) -> str:
@@ -60,22 +81,31 @@ def report(out: Path) -> str:
     axes = [a for a in spec["grid"] if not sw.is_replicate_axis(a)]
     t = cell_frame(out)
     t = t[t["status"] == "finished"]
+    if "w2_data_floor" in t and "w2_teacher_data" in t:
+        t["teacher_quality"] = t["w2_teacher_data"].to_numpy(float) / t["w2_data_floor"].to_numpy(float)
+    conv = t["converged"].fillna(0).astype(float) > 0 if "converged" in t else pd.Series(False, index=t.index)
     lines = [f"### `{spec['name']}` — {len(man['cells'])} cells, "
              f"{len({c['teacher_key'] for c in man['cells']})} teachers", ""]
     if spec.get("claim"):
         lines += [f"*Claim tested:* {spec['claim']}", ""]
     lines += ["Grid: " + "; ".join(f"`{k}` ∈ {json.dumps(v)}" for k, v in spec["grid"].items()), ""]
-    head = [*axes, "ΔE mean", "CI low", "CI high", "n", "ΔE at step 0", "W₂²(S,T)", "W₂²(S,data)",
-            "W₂²(T,data)", "η(S)", "copy rate", "cell s"]
+    extra = [c for c in EXTRA if c in t and t[c].notna().any()]
+    head = [*axes, "converged", "steps", "ΔE (all finished) mean [95% CI], n", "ΔE converged only",
+            "ΔE at step 0", "ΔE(T′,T)", "resolution", "W₂²(S,T)", "W₂²(T,data) / data floor",
+            *(EXTRA[c] for c in extra), "verdicts", "cell s"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups = t.groupby(axes, sort=False, dropna=False) if axes else [((), t)]
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
+        gc = g[conv.loc[g.index]]
         m, lo, hi, n = sw.mean_ci(g["delta_e"].to_numpy(float), g["delta_e_lo"].to_numpy(float),
                                   g["delta_e_hi"].to_numpy(float))
-        vals = [*(str(k) for k in key), f"{m:.3f}", f"{lo:.3f}", f"{hi:.3f}", str(n)]
-        for col in ("delta_e_step0", "w2", "w2_data", "w2_teacher_data", "eta_student", "copy_rate", "wall_s"):
-            vals.append(f"{np.nanmean(g[col].to_numpy(float)):.3f}")
+        mc = np.nanmean(gc["delta_e"].to_numpy(float)) if len(gc) else np.nan
+        vals = [*(str(k) for k in key), f"{len(gc)}/{len(g)}", _mean(g, "step", "{:.0f}"),
+                f"{m:.3f} [{lo:.3f}, {hi:.3f}], {n}", f"{mc:.3f}" if np.isfinite(mc) else "—",
+                _mean(g, "delta_e_step0"), _mean(g, "delta_e_twin"), _mean(g, "resolution", "{:.2f}"),
+                _mean(g, "w2"), _mean(g, "teacher_quality", "{:.2f}×"),
+                *(_mean(g, c) for c in extra), _verdicts(g), _mean(g, "wall_s", "{:.0f}")]
         lines.append("| " + " | ".join(vals) + " |")
     lines += ["", "Summary written by `dmdcore.sweep.summarize` from these runs:", ""]
     summary = sw.summarize(sw.results_table(out), list(spec["grid"]))

@@ -108,6 +108,30 @@ def test_board_reads_the_newest_full_size_sweep_of_a_preset(tmp_path):
     assert len(tables["dimension"]) == 2 and tables["dimension"]["converged"].notna().all()
     row = {r.preset: r for r in claims.claim_board(tables)}["dimension"]
     assert row.reason != claims.NOT_RUN and row.status in claims.STATUSES
+    # the docs' per-preset table of the same sweep: one row per d with its converged count,
+    # controls and verdicts read from the run directories
+    mod = _preset_report()
+    text = mod.report(tmp_path / "dim")
+    rows = [line for line in text.splitlines() if line.startswith("| 2 |") or line.startswith("| 3 |")]
+    assert len(rows) == 2
+    t = tables["dimension"].set_index("data.dim")
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        d = int(cells[0])
+        assert cells[1] == f"{int(t.loc[d, 'converged'])}/1"
+        assert cells[2] == str(int(t.loc[d, "step"]))
+        assert cells[-2] == f"{t.loc[d, 'verdict']} 1"
+
+
+def _preset_report():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "preset_report.py"
+    spec = importlib.util.spec_from_file_location("preset_report", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def test_experiments_page_shows_the_claim_board(tmp_path, monkeypatch):
@@ -138,13 +162,7 @@ def test_sweep_summaries_leave_out_unconverged_cells():
 def test_preset_report_script_arguments(capsys, tmp_path):
     """scripts/preset_report.py: --board alone prints the five-row board; a bad directory or no
     argument is a usage error (exit 2) naming what is wrong."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "preset_report.py"
-    spec = importlib.util.spec_from_file_location("preset_report", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _preset_report()
     assert mod.main(["--board"]) == 0
     out = capsys.readouterr().out
     assert out.count("**inconclusive**") == 5 and "not yet run" in out
