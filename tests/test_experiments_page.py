@@ -65,7 +65,7 @@ def test_page_renders_preset_and_reports_bad_spec(app):
     assert at.selectbox(key="exp_preset").value == "dimension"
     # The cell count is the preset's own grid (dimensions × replicates).
     from dmdcore.sweep.spec import load_preset
-    assert at.metric[0].value == str(load_preset("dimension").n_cells())
+    assert at.metric[0].value == str(load_preset("dimension").n_cells)
     # Editing the grid changes the cell count.
     at.text_input(key="exp_axis_dimension_default_data.dim").set_value("[2, 64]").run()
     assert at.metric[0].value == "6" and _errors(at) == []
