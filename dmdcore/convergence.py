@@ -5,9 +5,10 @@ evaluations of the phase (the current one included):
 
 * ΔE is stable: ``max(ΔE) − min(ΔE) ≤ plateau_tol_delta_e`` (absolute), and
 * W₂²(S, T) has reached its floor:
-  - with a teacher-twin floor ``f`` (W₂² between two teachers trained alike, the smallest distance
-    a student could be expected to reach at this n and d): the current ``W₂²(S, T) ≤ f·(1 +
-    plateau_floor_tol)``;
+  - with a floor ``f`` (the smallest distance a student could be expected to reach at this n and d
+    whatever its pairing: the pipeline passes the larger of the twin distance W₂²(T′, T) and the
+    sampling floor W₂²(T(z), T(z′)), since T′ shares T's noise and only a copier can come closer
+    than the sampling floor): the current ``W₂²(S, T) ≤ f·(1 + plateau_floor_tol)``;
   - without one: W₂²(S, T) is stable, ``max − min ≤ plateau_tol_w2 · mean`` over the window.
 
 A teacher phase has converged when W₂²(T(z), data) is stable by the same relative rule (no ΔE)

@@ -56,6 +56,7 @@ METRIC_HELP: dict[str, str] = {
     "e_ind": "E_ind = mean_ij ‖s_i − t_j‖²: cost of pairing student and teacher samples independently (chance level).",
     "w2": "W₂² (exact OT, squared Euclidean) between student and teacher samples: distribution mismatch, not pairing.",
     "w2_data": "W₂² (exact OT, squared Euclidean) between student samples and training data: sample quality.",
+    "w2_floor": "Student floor: the larger of W₂²(T′,T) (teacher twin) and W₂²(T(z),T(z′)) (the teacher on two independent noise batches) — the W₂²(S,T) a converged student reaches whatever its pairing.",
     "w2_data_floor": "Data floor: W₂² between two independent data samples of the same n — what a perfect model's W₂² to data reads at this n and d.",
     "eta": "Transport inefficiency η(M) = E‖M(z) − z‖² / W₂²(z, M(z)) − 1: 0 = the map is the optimal-transport map.",
     "eta_teacher": "η(T) = E‖T(z) − z‖² / W₂²(z, T(z)) − 1 for the teacher ODE map (0 = optimal-transport map).",

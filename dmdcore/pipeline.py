@@ -644,6 +644,11 @@ class Experiment:
         of the copy verdict are computed once by the first student evaluation (_copy_controls)."""
         if self.twin is not None:
             self.twin_samples = self._np(self.twin.sample(z, self.cfg.sampler, labels=labels))
+        # T(z′) on an independent noise batch of the same n (own seed): the sampling floor
+        # W₂²(T(z), T(z′)) that a student matching T's distribution with its own pairing reaches
+        g = torch.Generator().manual_seed(self.cfg.eval.seed + 0x1D3)
+        z_ind = torch.randn(z.shape, generator=g, dtype=torch.float32).to(self.device)
+        self.teacher_indep_samples = self._np(self.teacher.sample(z_ind, self.cfg.sampler, labels=labels))
         self._controls = None
         self._controls_due = True
 
@@ -655,7 +660,8 @@ class Experiment:
             self._controls_due = False
             try:
                 self._controls = copy_controls(self.teacher_samples, twin=self.twin_samples,
-                                               seed=self.cfg.eval.seed, centers=self._centers)
+                                               seed=self.cfg.eval.seed, centers=self._centers,
+                                               indep=self.teacher_indep_samples)
             except ValueError:
                 self._controls = None  # a zero-spread teacher: ΔE is undefined, cells stay empty
         return self._controls
@@ -781,6 +787,8 @@ class Experiment:
             else:
                 row["w2"] = self._safe(pairing.wasserstein2_squared, s, t)
             row["w2_data"] = self._safe(pairing.wasserstein2_squared, s, self.data_eval)
+            if controls is not None:
+                row["w2_floor"] = controls.w2_floor  # what W₂²(S, T) can reach (plateau criterion)
             row["eta_teacher"] = self._eta_teacher
             row["eta_student"] = self._safe(pairing.transport_inefficiency, self.z.numpy(), s)
             modes = pairing.mode_transition(s, t, centers=self._centers)
@@ -871,9 +879,9 @@ class Experiment:
             floor = row.get("w2_data_floor")  # W₂² between two data samples of this n (data floor)
         else:
             floor = self.cfg.eval.twin_floor_w2
-            twin = getattr(self._controls, "twin", None)
-            if floor is None and twin is not None:
-                floor = twin.e_ot  # the run's own teacher-twin floor W₂²(T′, T) (copy-verdict controls)
+            if floor is None and self._controls is not None:
+                # the run's own floor: max(W₂²(T′,T), W₂²(T(z),T(z′))) (dmdcore.verdict.CopyControls.w2_floor)
+                floor = self._controls.w2_floor
         crit = convergence.Plateau.from_eval(self.cfg.eval)
         return int(convergence.phase_converged(phase, rows, crit, floor_w2=floor))
 

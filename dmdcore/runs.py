@@ -64,6 +64,8 @@ METRIC_COLUMNS = (
     "converged", "gan_dm_ratio", "memorization", "w2_teacher_data",
     # W₂² between two independent data samples of size n: what a perfect model reaches at this n, d
     "w2_data_floor",
+    # student rows: max(W₂²(T′,T), W₂²(T(z),T(z′))), the W₂²(S,T) a converged student reaches
+    "w2_floor",
 )
 # metrics.csv columns holding text / integers (the rest are floats)
 _TEXT_COLUMNS = ("phase", "verdict", "verdict_basis")

@@ -46,7 +46,8 @@ LADDER = (0.02, 0.05, 0.1, 0.25)
 READS_ZERO_FRACTION = 0.5  # a rung "reads as 0" when it measures below this fraction of its population ΔE
 # Validity guard
 DEN_MIN_FRACTION = 0.2   # (E_ind − E_OT)/E_ind below this: the denominator is degenerate
-W2_RATIO_MAX = 10.0      # W₂²(S,T) above this many times W₂²(T′,T): the student has not matched T's distribution
+W2_RATIO_MAX = 10.0      # W₂²(S,T) above this many times W₂²(T′,T): the student has not matched T's distribution ...
+W2_FLOOR_RATIO_MAX = 3.0  # ... unless it is within this many times the teacher's sampling floor W₂²(T(z), T(z′))
 CI_WIDTH_MAX = 0.25      # a bootstrap CI wider than this cannot support a reading
 # Verdict
 REMAP_MIN = 0.5          # ΔE at or above this: closer to chance (1) than to the teacher's pairing (0)
@@ -73,6 +74,19 @@ class CopyControls:
     twin_samples: np.ndarray | None = None
     references: dict = field(default_factory=dict)
     populations: dict = field(default_factory=dict)
+    # W₂²(T(z), T(z′)) with z′ an independent noise batch of the same n: what a student whose
+    # distribution equals T's reaches when it pairs the noise differently (None: not measured)
+    w2_sampling_floor: float | None = None
+
+    @property
+    def w2_floor(self) -> float | None:
+        """The smallest W₂²(S, T) a student can be expected to reach at this n and d, whatever its
+        pairing: the larger of the teacher-twin distance W₂²(T′,T) and the sampling floor
+        W₂²(T(z), T(z′)). The twin floor alone is biased toward copying: T′(z) shares T(z)'s
+        noise, so only a student that also pairs like T can come that close (docs/metrics.md)."""
+        vals = [v for v in (None if self.twin is None else self.twin.e_ot, self.w2_sampling_floor)
+                if v is not None and math.isfinite(v)]
+        return max(vals) if vals else None
 
 
 @dataclass(frozen=True)
@@ -215,7 +229,7 @@ class _Prep:
 
 
 def _control_jobs(teacher: Any, twin: Any, seed: int, centers: Any, n_modes: int | None,
-                  kw: dict) -> tuple[_Prep, dict, Callable[[dict], CopyControls]]:
+                  kw: dict, indep: Any = None) -> tuple[_Prep, dict, Callable[[dict], CopyControls]]:
     """The OT solves of ``copy_controls`` as independent jobs (name → callable), with the
     function that assembles their results into a CopyControls."""
     t, _, _ = _p._as_pair(teacher, teacher, "teacher", "teacher")
@@ -237,6 +251,9 @@ def _control_jobs(teacher: Any, twin: Any, seed: int, centers: Any, n_modes: int
     if twin is not None:
         tws, _, _ = _p._as_pair(twin, t, "twin", "teacher")
         jobs["twin"] = lambda: _delta(tws, t, **kw)
+    if indep is not None:
+        ind, _, _ = _p._as_pair(indep, t, "indep", "teacher")
+        jobs["indep"] = lambda: _p.wasserstein2_squared(ind, t, max_exact=kw["max_exact"])
 
     def assemble(res: dict) -> CopyControls:
         ladder = [(pop, _value(res, f"rung{i}"), sigmas[i]) for i, pop in enumerate(LADDER)]
@@ -252,7 +269,8 @@ def _control_jobs(teacher: Any, twin: Any, seed: int, centers: Any, n_modes: int
         return CopyControls(n=n, d=d, seed=seed, eig=eig, xi=xi, ladder=tuple(ladder),
                             resolution=_resolution(ladder), twin=tw,
                             twin_bound=None if tws is None else _bound(tws, t), twin_samples=tws,
-                            references=refs, populations=pops)
+                            references=refs, populations=pops,
+                            w2_sampling_floor=_value(res, "indep") if indep is not None else None)
 
     return _Prep(t=t, seed=seed, eig=eig, xi=xi, twin=tws), jobs, assemble
 
@@ -289,11 +307,14 @@ def _run_jobs(jobs: dict) -> dict:
 
 
 def copy_controls(teacher: Any, *, twin: Any = None, seed: int = 0, centers: Any = None,
-                  n_modes: int | None = None, max_exact: int = 4096, solver: str = "auto") -> CopyControls:
+                  n_modes: int | None = None, max_exact: int = 4096, solver: str = "auto",
+                  indep: Any = None) -> CopyControls:
     """The teacher-side controls of ``copy_report`` (ladder, resolution, twin ΔE, within-mode and
-    permutation references), computed once and reusable for every student on the same noise."""
+    permutation references), computed once and reusable for every student on the same noise.
+    indep: the teacher's samples T(z′) on an independent noise batch of the same n, for the
+    sampling floor W₂²(T(z), T(z′)) (``CopyControls.w2_floor``); None leaves it unmeasured."""
     kw = dict(seed=_p._check_int(seed, "seed", 0), max_exact=max_exact, solver=solver)
-    _, jobs, assemble = _control_jobs(teacher, twin, seed, centers, n_modes, kw)
+    _, jobs, assemble = _control_jobs(teacher, twin, seed, centers, n_modes, kw, indep=indep)
     return assemble(_run_jobs(jobs))
 
 
@@ -322,13 +343,15 @@ def _resolution(ladder: list) -> float:
 
 def copy_report(student: Any, teacher: Any, *, twin: Any = None, seed: int = 0, bootstrap: int = 200,
                 level: float = 0.95, centers: Any = None, n_modes: int | None = None, max_exact: int = 4096,
-                solver: str = "auto", controls: CopyControls | None = None) -> CopyReport:
+                solver: str = "auto", controls: CopyControls | None = None, indep: Any = None) -> CopyReport:
     """ΔE(S, T) with n, d, controls, validity and verdict (module docstring, docs/metrics.md).
 
     student, teacher, twin: (n, ...) samples S(z), T(z), T′(z) on the same noise batch.
     bootstrap/level: the bootstrap CI of ΔE(S, T).  centers (K, d) or n_modes: the teacher's modes
-    for the within-mode reference.  controls: ``copy_controls(teacher, twin=…, …)`` computed
-    earlier for the same teacher samples (then ``twin``, ``centers``, ``n_modes`` are ignored).
+    for the within-mode reference.  indep: T(z′) on an independent noise batch of the same n (the
+    sampling floor of the validity guard; see CopyControls.w2_floor).  controls:
+    ``copy_controls(teacher, twin=…, …)`` computed earlier for the same teacher samples (then
+    ``twin``, ``centers``, ``n_modes``, ``indep`` are ignored).
     A collapsed or far-off student gives ``valid=False`` and verdict "invalid" (never ΔE = 0);
     bad input (shapes, NaN, a zero-spread teacher) raises ValueError naming it.
     """
@@ -336,7 +359,7 @@ def copy_report(student: Any, teacher: Any, *, twin: Any = None, seed: int = 0, 
     n, d = t.shape
     kw = dict(seed=seed, max_exact=max_exact, solver=solver)
     if controls is None:  # the teacher-side solves run in the same batch as the student's
-        prep, jobs, assemble = _control_jobs(t, twin, seed, centers, n_modes, kw)
+        prep, jobs, assemble = _control_jobs(t, twin, seed, centers, n_modes, kw, indep=indep)
         xi, eig, tws = prep.xi, prep.eig, prep.twin
     elif (controls.n, controls.d) != (n, d):
         raise ValueError(f"controls: made for n={controls.n}, d={controls.d}, not n={n}, d={d}")
@@ -379,7 +402,7 @@ def copy_report(student: Any, teacher: Any, *, twin: Any = None, seed: int = 0, 
         cross = _value(res, "cross")
     bound = _bound(s, t)
     tw = controls.twin
-    reasons += _guard(pr, tw, n)
+    reasons += _guard(pr, tw, n, controls.w2_sampling_floor)
     valid = pr is not None and not reasons
     rep = dict(
         delta_e=None if pr is None else pr.delta_e, ci_low=None if pr is None else pr.ci_low,
@@ -395,8 +418,10 @@ def copy_report(student: Any, teacher: Any, *, twin: Any = None, seed: int = 0, 
     return CopyReport(verdict=verdict, basis=basis, **rep)
 
 
-def _guard(pr: Any, tw: Any, n: int) -> list[str]:
-    """Reasons why ΔE(S, T) cannot be read (empty list: it can)."""
+def _guard(pr: Any, tw: Any, n: int, sampling_floor: float | None = None) -> list[str]:
+    """Reasons why ΔE(S, T) cannot be read (empty list: it can). sampling_floor: W₂²(T(z), T(z′))
+    (a student with T's distribution but its own pairing reaches about this, however closely the
+    twin agrees with T on the shared noise)."""
     if pr is None:
         return []
     out = []
@@ -404,9 +429,14 @@ def _guard(pr: Any, tw: Any, n: int) -> list[str]:
     if frac < DEN_MIN_FRACTION:
         out.append(f"degenerate denominator: E_ind − E_OT is {frac:.1%} of E_ind (< {DEN_MIN_FRACTION:.0%}): "
                    "the student is collapsed or far from the teacher's distribution")
-    if tw is not None and tw.e_ot > 0 and pr.e_ot > W2_RATIO_MAX * tw.e_ot:
+    floor_ok = (sampling_floor is not None and math.isfinite(sampling_floor)
+                and pr.e_ot <= W2_FLOOR_RATIO_MAX * sampling_floor)
+    if tw is not None and tw.e_ot > 0 and pr.e_ot > W2_RATIO_MAX * tw.e_ot and not floor_ok:
+        extra = "" if sampling_floor is None else (
+            f" and {pr.e_ot / sampling_floor:.1f}× the sampling floor W₂²(T(z),T(z′)) = {sampling_floor:.3g}"
+            f" (> {W2_FLOOR_RATIO_MAX:g}×)")
         out.append(f"distribution not matched: W₂²(S,T) = {pr.e_ot:.3g} is {pr.e_ot / tw.e_ot:.0f}× "
-                   f"W₂²(T′,T) = {tw.e_ot:.3g} (> {W2_RATIO_MAX:g}×)")
+                   f"W₂²(T′,T) = {tw.e_ot:.3g} (> {W2_RATIO_MAX:g}×){extra}")
     if pr.ci_low is not None and pr.ci_high - pr.ci_low > CI_WIDTH_MAX:
         out.append(f"CI [{pr.ci_low:.2f}, {pr.ci_high:.2f}] wider than {CI_WIDTH_MAX} (n={n} too small)")
     if not pr.exact:

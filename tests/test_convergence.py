@@ -4,6 +4,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -83,7 +84,10 @@ def _read(run):
 def test_run_stops_when_converged(tmp_path):
     # a teacher-initialised student with a vanishing learning rate does not move: ΔE and W₂²(S, T)
     # are flat from the start, so the plateau holds at the 3rd evaluation (step 8 of a 40-step cap)
-    exp = Experiment(_cfg(lr_gen=1e-9), run_dir=tmp_path / "conv", device="cpu")
+    # (the W₂² floor is set out of reach here: this test is about the stopping mechanics; the
+    # 40-step teacher's one-step copy is far from its ODE samples, so the run's own floor
+    # max(W₂²(T′,T), W₂²(T(z),T(z′))) would rightly call it unconverged — next test)
+    exp = Experiment(_cfg(lr_gen=1e-9, twin_floor_w2=1e6), run_dir=tmp_path / "conv", device="cpu")
     exp.run()
     rows, status = _read(tmp_path / "conv")
     assert [int(r["step"]) for r in rows] == [0, 4, 8]
@@ -94,6 +98,23 @@ def test_run_stops_when_converged(tmp_path):
     # config.json records the σ_data the run used (estimated from the data here)
     cfg = json.loads((tmp_path / "conv" / "config.json").read_text())
     assert cfg["precond"]["sigma_data"] == pytest.approx(exp.teacher.sigma_data) and cfg["precond"]["sigma_data"] > 0
+
+
+def test_run_floor_is_the_larger_of_twin_and_sampling_floor(tmp_path):
+    # without an explicit floor the run measures its own: W₂²(T(z), T(z′)) on an independent noise
+    # batch (and the twin's W₂²(T′,T) when it has one); every student row records it, and a student
+    # whose W₂²(S,T) stays far above it is not converged however flat its curves are
+    exp = Experiment(_cfg(lr_gen=1e-9, steps=12), run_dir=tmp_path / "floor", device="cpu")
+    exp.run()
+    rows, status = _read(tmp_path / "floor")
+    floors = {float(r["w2_floor"]) for r in rows}
+    assert len(floors) == 1 and next(iter(floors)) > 0
+    indep = exp.teacher_indep_samples
+    assert indep.shape == exp.teacher_samples.shape and not np.allclose(indep, exp.teacher_samples)
+    from dmdcore import pairing
+    assert next(iter(floors)) == pytest.approx(pairing.wasserstein2_squared(indep, exp.teacher_samples))
+    assert all(float(r["w2"]) > 1.5 * next(iter(floors)) for r in rows)
+    assert [r["converged"] for r in rows] == ["0"] * len(rows) and status["stop"]["student"] == "cap"
 
 
 def test_run_that_has_not_converged_is_flagged_and_runs_to_its_cap(tmp_path):

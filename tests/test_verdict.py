@@ -118,6 +118,32 @@ def test_guard_thresholds():
     assert not blk.valid and any("block approximation" in x for x in blk.reasons)
 
 
+def test_sampling_floor_keeps_a_perfect_remapper_readable():
+    # A student with exactly T's distribution but its own pairing: a fresh draw S = T(z′) from the
+    # same distribution, independent of z. Against a twin that shares T's noise (T′ ≈ T + tiny
+    # error) alone, W₂²(S,T) is far above W₂²(T′,T) and the twin-only guard calls it "distribution
+    # not matched" -- a guard only a copier can pass. With the sampling floor W₂²(T(z), T(z′))
+    # measured on the teacher's own independent batch, the remapper is readable and remaps.
+    rng = np.random.default_rng(11)
+    t, c, lab = _mixture(N, 2, rng, spread=0.3)
+    twin = t + 0.02 * rng.standard_normal(t.shape)
+    # S and T(z′): fresh draws from the same mixture (same centres), independent of T's batch
+    student = c[np.random.default_rng(12).integers(0, 8, N)] + 0.3 * np.random.default_rng(14).standard_normal((N, 2))
+    indep = c[np.random.default_rng(15).integers(0, 8, N)] + 0.3 * np.random.default_rng(16).standard_normal((N, 2))
+    twin_only = copy_report(student, t, twin=twin, seed=0)
+    assert not twin_only.valid and any("distribution not matched" in x for x in twin_only.reasons)
+    both = copy_report(student, t, twin=twin, seed=0, indep=indep)
+    floor = pairing_inefficiency(indep, t).e_ot
+    assert both.w2 <= V.W2_FLOOR_RATIO_MAX * floor
+    assert both.valid and both.verdict == "remaps", both.reasons
+    controls = V.copy_controls(t, twin=twin, seed=0, indep=indep)
+    assert controls.w2_sampling_floor == pytest.approx(floor)
+    assert controls.w2_floor == pytest.approx(max(floor, controls.twin.e_ot))
+    # ... and a student genuinely off the distribution still fails with the floor measured
+    far = copy_report(student * 3.0, t, twin=twin, seed=0, indep=indep)
+    assert not far.valid and any("sampling floor" in x for x in far.reasons)
+
+
 def test_delta_e_invariant_to_scaling_or_shifting_the_student():
     rng = np.random.default_rng(6)
     t = rng.standard_normal((256, 4))
