@@ -12,14 +12,17 @@ a table without that column was made by older code and is not read. Tests, per c
   above, else inconclusive.
 * **gan** (copying not caused by the GAN): paired difference ΔE(GAN) − ΔE(no GAN) over the GAN
   levels whose GAN/DM gradient ratio is ≥ 0.1 (``gan_dm_ratio``; a GAN too weak to matter proves
-  nothing); supported when its 95% CI lies within ±``EQUIVALENCE`` (no effect, measured
-  precisely), contradicted when it excludes 0, else inconclusive.
-* **memorization** (copying not caused by memorization): first the 100-sample teachers must
-  memorize more than the 20000-sample ones (``memorization`` column), then the paired difference
-  of ΔE between them is read as for the GAN.
-* **convergence** (ΔE monotone in the teacher's training steps): level means monotone and the
-  extreme levels' intervals separate → supported; the extremes' intervals separated against the
-  overall direction → contradicted; else inconclusive.
+  nothing); contradicted when its 95% CI lies below 0 (with the GAN students copy more);
+  supported when it lies within ±``EQUIVALENCE`` (no effect, measured precisely) or above 0
+  (with the GAN students copy less, so the GAN is not what makes them copy); else inconclusive.
+* **memorization** (copying not caused by memorization): per dimension, the 100-sample teachers
+  must memorize more than the 20000-sample ones (``memorization`` column, every converged cell);
+  at the dimensions where they do, the paired difference of ΔE between them is read as for the
+  GAN (cells whose ΔE cannot be read leave the claim inconclusive, and the reason says so).
+* **convergence** (ΔE monotone in the teacher's training steps): the extreme levels' intervals
+  separate and no neighbouring step goes against the overall direction → supported; a step
+  against it whose two intervals separate → contradicted; a reversal within the intervals, or
+  overlapping extremes → inconclusive.
 * **freedom** (teacher-initialised students copy more): paired difference ΔE(teacher-init) −
   ΔE(random-full); supported when its CI lies below 0, contradicted when above, else inconclusive.
 """
@@ -101,18 +104,28 @@ def _paired(done: pd.DataFrame, axis: str, level, ref) -> pd.Series:
 def _value_columns(df: pd.DataFrame) -> set:
     from dmdcore.sweep.results import METRIC_COLUMNS
 
-    return set(METRIC_COLUMNS) | {"cell", "status", "message", "step", "n_eval", "wall_s", "run_dir"}
+    # everything but the sweep's axes: metrics, bookkeeping and the verdict words (which differ
+    # between the levels compared, so pairing on them matched no cell at all)
+    return set(METRIC_COLUMNS) | {"cell", "status", "message", "step", "n_eval", "wall_s", "run_dir",
+                                  "verdict", "verdict_basis"}
 
 
 def _equal_test(diff: pd.Series, what: str) -> tuple[str, str, str]:
+    """"Copying is not caused by X" from the paired ΔE difference (with X − without X): a CI
+    below 0 (X lowers ΔE: students copy more with it) contradicts the claim; a CI within
+    ±EQUIVALENCE (no effect), or above 0 (X makes students copy less, so it cannot be what makes
+    them copy) supports it; otherwise inconclusive."""
     m, lo, hi, n = mean_ci(diff.to_numpy(float))
     ans = f"ΔE difference {what}: {_fmt(m, lo, hi, n)} pairs"
     if n < 2 or not math.isfinite(lo):
         return ans, "inconclusive", "fewer than 2 converged pairs"
-    if lo > 0 or hi < 0:
-        return ans, "contradicted", "the 95% CI of the difference excludes 0"
+    if hi < 0:
+        return ans, "contradicted", "the 95% CI lies below 0: students copy more with it"
     if -EQUIVALENCE <= lo and hi <= EQUIVALENCE:
-        return ans, "supported", f"the 95% CI lies within ±{EQUIVALENCE}"
+        return ans, "supported", f"the 95% CI lies within ±{EQUIVALENCE}: no effect on ΔE"
+    if lo > 0:
+        return ans, "supported", ("the 95% CI lies above 0: students copy less with it, so it is not "
+                                  "what makes them copy")
     return ans, "inconclusive", f"the CI contains 0 but is wider than ±{EQUIVALENCE}"
 
 
@@ -169,13 +182,30 @@ def _gan(done: pd.DataFrame):
     return ans, ratio + "; " + _controls(done), status, reason
 
 
-def _memorization(done: pd.DataFrame):
-    small, large = done[done["data.n_samples"] == 100], done[done["data.n_samples"] == 20000]
-    ms, ml = np.nanmean(small["memorization"].to_numpy(float)), np.nanmean(large["memorization"].to_numpy(float))
-    controls = f"memorization score 100-sample {ms:.3f} vs 20000-sample {ml:.3f}"
-    if not (math.isfinite(ms) and math.isfinite(ml) and ms > ml + 0.1):
+def _memorization(done: pd.DataFrame, conv: pd.DataFrame | None = None):
+    """Per dimension: do the 100-sample teachers memorize more than the 20000-sample ones
+    (scores from every converged cell, ``conv``), and where they do, the paired ΔE difference of
+    the cells whose ΔE can be read (``done``)."""
+    conv = done if conv is None else conv
+    groups = sorted(conv["data.dim"].unique()) if "data.dim" in conv else [None]
+    parts, memorizing = [], []
+    for d in groups:
+        g = conv if d is None else conv[conv["data.dim"] == d]
+        ms = np.nanmean(g[g["data.n_samples"] == 100]["memorization"].to_numpy(float))
+        ml = np.nanmean(g[g["data.n_samples"] == 20000]["memorization"].to_numpy(float))
+        parts.append(("" if d is None else f"d={d}: ") + f"{ms:.3f} vs {ml:.3f}")
+        if math.isfinite(ms) and math.isfinite(ml) and ms > ml + 0.1:
+            memorizing.append(d)
+    controls = "memorization score 100-sample vs 20000-sample " + "; ".join(parts)
+    if not memorizing:
         return "", controls, "inconclusive", "the 100-sample teachers did not measurably memorize"
-    ans, status, reason = _equal_test(_paired(done, "data.n_samples", 100, 20000), "100 − 20000 samples")
+    read = done if memorizing == [None] else done[done["data.dim"].isin(memorizing)]
+    where = "" if memorizing == [None] else " at " + ", ".join(f"d={d}" for d in memorizing)
+    diffs = _paired(read, "data.n_samples", 100, 20000)
+    ans, status, reason = _equal_test(diffs, "100 − 20000 samples" + where)
+    if len(diffs) < 2:
+        reason = (f"the 100-sample teachers memorize{where}, but fewer than 2 pairs there have a "
+                  "readable ΔE (converged, verdict not invalid or unresolved)")
     return ans, controls + "; " + _controls(done), status, reason
 
 
@@ -187,15 +217,24 @@ def _convergence(done: pd.DataFrame):
         f"{np.nanmean(done[done['teacher.steps'] == lv]['w2_teacher_data'].to_numpy(float)):.3f}" for lv in levels)
     if len(levels) < 3 or any(s[3] < 2 for s in stats):
         return ans, controls, "inconclusive", "fewer than 3 levels with 2 converged cells"
-    means = np.array([s[0] for s in stats])
-    steps = np.diff(means)
-    monotone = bool(np.all(steps > 0) or np.all(steps < 0))
     first, last = stats[0], stats[-1]
+    up = last[0] > first[0]
     separated = last[1] > first[2] or last[2] < first[1]
-    if monotone and separated:
+    # a step between neighbouring levels against the overall direction is a reversal; it counts
+    # only when the two levels' CIs separate (a dip within the CIs is not evidence)
+    reversals, significant = [], []
+    for (la, a), (lb, b) in zip(zip(levels, stats), zip(levels[1:], stats[1:])):
+        if (b[0] < a[0]) == up and b[0] != a[0]:
+            reversals.append(f"{la}→{lb} steps")
+            if (up and b[2] < a[1]) or (not up and b[1] > a[2]):
+                significant.append(f"{la}→{lb} steps")
+    if significant:
+        return ans, controls, "contradicted", "ΔE reverses direction beyond the CIs at " + ", ".join(significant)
+    if separated and not reversals:
         return ans, controls, "supported", "level means monotone and the extremes' CIs separate"
-    if not monotone and separated:
-        return ans, controls, "contradicted", "the extremes differ but the level means are not monotone"
+    if separated:
+        return ans, controls, "inconclusive", ("the extremes' CIs separate but ΔE reverses within the CIs at "
+                                               + ", ".join(reversals))
     return ans, controls, "inconclusive", "the extreme levels' CIs overlap"
 
 
@@ -221,11 +260,16 @@ def claim_board(tables: dict) -> list[BoardRow]:
     """One BoardRow per claim in CLAIMS from ``{preset: results table}`` (see module docstring)."""
     rows = []
     for c in CLAIMS:
-        done, why = usable(tables.get(c.preset))
+        table = tables.get(c.preset)
+        done, why = usable(table)
         if done is None:
             rows.append(BoardRow(c.text, c.preset, "", "", "inconclusive", why))
             continue
-        ans, controls, status, reason = _TESTS[c.key](done)
+        if c.key == "memorization":  # its power check reads every converged cell, readable or not
+            conv = table[(table["status"] == "finished") & (table["converged"] == 1)]
+            ans, controls, status, reason = _memorization(done, conv)
+        else:
+            ans, controls, status, reason = _TESTS[c.key](done)
         rows.append(BoardRow(c.text, c.preset, ans, controls, status, reason))
     return rows
 
