@@ -138,7 +138,7 @@ with st.sidebar:
                      "reg_weight", "student_steps"):
             _widget(name)
     with st.expander("Run and evaluation", expanded=False):
-        for name in ("seed", "eval_n", "eval_every", "bootstrap"):
+        for name in ("seed", "eval_n", "eval_every", "bootstrap", "stop_plateau"):
             _widget(name)
 
 values = toylab.read_controls(S)
@@ -514,8 +514,14 @@ def _draw(snap) -> None:
     if cursor is not None:
         label = f"(step {cursor})"
     d = snap.z.shape[1]
+    from dmdcore.convergence import student_status
+
+    cap = _phase_lengths(S.get(JOB)).get("student")
+    if cap is None and saved is not None:  # a saved run: its configured student steps
+        cap = saved[1]["config"].distill.steps
+    conv = student_status(snap.metrics, cap=cap, finished=snap.state not in ACTIVE + ("paused",))
     timecursor.headline(timecursor.row_at(snap.metrics, cursor), n=snap.z.shape[0], d=d, modes=modes,
-                        total=_phase_lengths(S.get(JOB)).get("student"))
+                        total=cap, convergence=conv)
     _views(snap.z, snap.teacher_samples, student, modes, snap.metrics, snap.train_log,
            key=snap.job_id, step_label=label, phase=snap.phase, cursor=cursor,
            basins=_basins_at(cursor) if d == 2 else None)

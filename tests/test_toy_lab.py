@@ -161,9 +161,9 @@ def test_curves_figure_band_and_missing_cells():
 def test_urlstate_roundtrip_only_non_defaults():
     vals = urlstate.defaults()
     assert urlstate.encode(vals) == {}
-    vals.update(dataset="mixture", dim=8, gan=True, lr=3e-4, seed=7)
+    vals.update(dataset="mixture", dim=8, gan=True, lr=5e-4, seed=7)
     qp = urlstate.encode(vals)
-    assert qp == {"ds": "mixture", "d": "8", "gan": "1", "lr": "0.0003", "seed": "7"}
+    assert qp == {"ds": "mixture", "d": "8", "gan": "1", "lr": "0.0005", "seed": "7"}
     back, errors = urlstate.decode(qp)
     assert errors == [] and back == vals
 
@@ -256,6 +256,9 @@ def test_toy_lab_distill_shows_delta_e_and_exports(runs_dir):
     md = " ".join(m.value for m in at.markdown)
     assert "n = 200 · d = 2" in md
     assert any("independent teacher: absent" in c.value for c in at.caption)
+    # 3 evaluations < the plateau window: the headline says the student has not converged, greyed
+    assert rows[-1]["converged"] == 0
+    assert "not converged (plateau not reached by cap 20) — kept out of verdicts" in md
     # the run is in the index, exports are offered
     from dmdcore.runs import RunIndex
 
@@ -269,7 +272,7 @@ def test_toy_lab_distill_shows_delta_e_and_exports(runs_dir):
 
 
 def test_toy_lab_query_params_round_trip(runs_dir):
-    at = _toy_lab({"t": "train", "ds": "mixture", "d": "6", "gan": "1", "lr": "0.0003",
+    at = _toy_lab({"t": "train", "ds": "mixture", "d": "6", "gan": "1", "lr": "0.0005",
                    "seed": "3"})
     assert at.selectbox(key="ctl_dataset").value == "mixture"
     assert at.number_input(key="ctl_dim").value == 6
@@ -340,7 +343,7 @@ def test_home_start_here_opens_toy_lab_and_starts_distilling(runs_dir):
 
 def test_two_sessions_have_their_own_jobs_and_the_cap_queues(runs_dir, monkeypatch):
     monkeypatch.setenv("DMD_MAX_JOBS", "1")
-    slow = {"tn": "8gaussians", "ss": "100000", "ee": "1000", "en": "200", "boot": "0"}
+    slow = {"tn": "8gaussians", "ss": "100000", "ee": "1000", "en": "200", "boot": "0", "stop": "0"}
     a = _toy_lab(slow)
     a.button(key="btn_distill").click()
     a.run()
@@ -390,7 +393,7 @@ def test_preview_follows_the_chosen_shipped_teacher_and_seed(runs_dir):
 
 
 def test_transport_pause_step_resume_time_travel_and_reset(runs_dir):
-    slow = {"tn": "8gaussians", "ss": "100000", "ee": "5", "en": "200", "boot": "0"}
+    slow = {"tn": "8gaussians", "ss": "100000", "ee": "5", "en": "200", "boot": "0", "stop": "0"}
     at = _toy_lab(slow)
     at.button(key="btn_distill").click()
     at.run()
@@ -625,3 +628,38 @@ def test_metrics_csv_export_has_the_run_files_columns(tmp_path):
     assert header == list(METRIC_COLUMNS)
     (tmp_path / "metrics.csv").write_bytes(b"step,phase\n0,student\n")
     assert toylab.metrics_csv_bytes(rows, tmp_path) == b"step,phase\n0,student\n"
+
+
+def test_starter_converges_before_its_cap_and_its_saved_run_says_so(runs_dir):
+    """The Home page's "Start here" configuration, run by the engine: the plateau criterion ends
+    the student before its step cap with W₂²(S,T) under its floor; the run opened from its link
+    shows "converged at student step N" beside the verdict, N read from its metrics.csv."""
+    import torch
+
+    from dmdcore.convergence import first_converged_step
+    from dmdcore.pipeline import Experiment, load_teacher
+    from dmdcore.runs import RunDir, RunIndex
+
+    values = {**urlstate.defaults(), **toylab.START_HERE_VALUES}
+    # the default Toy Lab run is the starter (the shipped teacher's name aside: default = the first one)
+    assert [k for k, v in toylab.START_HERE_VALUES.items() if k != "shipped_name" and urlstate.defaults()[k] != v] == []
+    teacher = load_teacher(f"manifest:{values['shipped_name']}", device="cpu")
+    cfg = toylab.build_config(values, teacher=teacher)
+    assert cfg.eval.stop_when_converged == "student"
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # as app.py runs jobs (OMP_NUM_THREADS=1)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        exp = Experiment(cfg, run_dir=runs_dir / "starter", index=RunIndex(runs_dir), teacher=teacher, device="cpu")
+        exp.run()
+    finally:
+        torch.set_num_threads(old)
+    rows = [r for r in RunDir(exp.run_dir).read_metrics() if r["phase"] == "student"]
+    n_conv = first_converged_step(rows)
+    assert exp.stop_reasons == {"student": "converged"} and n_conv is not None and n_conv < cfg.distill.steps
+    last = rows[-1]
+    assert last["step"] == n_conv and last["w2"] <= last["w2_floor"]  # S matches T down to the floor
+    run_id = RunIndex(runs_dir).get(exp.run_dir).id
+    at = _toy_lab({"run": str(run_id)})
+    md = " ".join(m.value for m in at.markdown)
+    assert f"converged at student step {n_conv}" in md and "not converged" not in md

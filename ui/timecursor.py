@@ -104,11 +104,34 @@ def play_tick(steps: list[int]) -> None:
     st.rerun(scope="app")
 
 
-def headline(row: dict | None, *, n: int | None, d: int | None, modes=None, total: int | None = None) -> None:
-    """Metric tiles of the selected evaluation row (each with its formula and chance level)."""
+CONVERGENCE_HELP = ("Plateau criterion (dmdcore.convergence, Docs → Metrics 'Convergence'): over the last 4 "
+                    "student evaluations ΔE varies by ≤ 0.02 and W₂²(S,T) is within 1.5× its floor "
+                    "(the larger of W₂²(T′,T) and W₂²(T(z),T(z′))). Until then the student is still "
+                    "changing and its ΔE and verdict are not its final answer.")
+
+
+def convergence_badge(status) -> None:
+    """The run's plateau state (a ``dmdcore.convergence.StudentStatus``) beside the verdict:
+    green when converged, greyed otherwise."""
+    if status is None:
+        return
+    text = status.text()
+    if status.converged:
+        html = (f"<span style='background:#1b7f3b;color:white;padding:2px 8px;border-radius:4px'>"
+                f"✓ {text}</span>")
+    else:
+        html = f"<span style='color:#8a8a8a'>○ {text}</span>"
+    st.markdown(html, unsafe_allow_html=True, help=CONVERGENCE_HELP)
+
+
+def headline(row: dict | None, *, n: int | None, d: int | None, modes=None, total: int | None = None,
+             convergence=None) -> None:
+    """Metric tiles of the selected evaluation row (each with its formula and chance level), the
+    verdict, and the run's convergence state (``dmdcore.convergence.StudentStatus``) beside it."""
     cols = st.columns(len(TILES))
     if row is None or _num(row.get("delta_e")) is None:
         cols[0].metric(TILES[0][1], "—", help=TILE_HELP["delta_e"])
+        convergence_badge(convergence)
         return
     for col, (key, label) in zip(cols, TILES):
         v = _num(row.get(key))
@@ -119,4 +142,5 @@ def headline(row: dict | None, *, n: int | None, d: int | None, modes=None, tota
     st.caption(f"Evaluation at student step {row.get('step')}{of} · n = {n or '—'} · d = {d or '—'}{ci}")
     # the copy verdict of the selected evaluation: ΔE with n, d, its controls (ui/verdict.py)
     render_verdict(row, n_modes=None if modes is None else int(modes.centers.shape[0]))
+    convergence_badge(convergence)
 
