@@ -72,19 +72,30 @@ def _preview(name: str, cfg_json: str) -> dict:
 
 
 # ------------------------------------------------------------------ controls (sidebar)
+URL_NOTES = "toylab_url_notes"  # {URL key: message}: link values that could not be applied
 url_errors = toylab.init_controls(S, st.query_params)
 for msg in url_errors:
-    st.error(md_escape(msg))  # URL values are shown as text, never as Markdown
+    S.setdefault(URL_NOTES, {})[msg.split("'")[1] if "'" in msg else msg] = msg
 
 shipped = toylab.shipped_teachers()  # [] when the manifest lists none
 shipped_names = [e["name"] for e in shipped]
 
 
-def _widget(name: str, **kw):
-    """Draw the widget for control ``name`` (value from session state key ctl_<name>)."""
+def _widget(name: str, shown=None, **kw):
+    """Draw the widget for control ``name`` (value from session state key ctl_<name>).
+
+    shown: a {name: value} of a shipped teacher's own settings: the field is drawn greyed with
+    that value (key shown_<name>) instead of the control, whose value stays for 'train'."""
     c = urlstate.BY_NAME[name]
     key = toylab.WIDGET_PREFIX + name
     label = c.label or name
+    if shown is not None and name in shown:
+        key = "shown_" + name
+        S[key] = shown[name]
+        kw["disabled"] = True
+        if c.choices is not None:
+            opts = list(c.choices) if shown[name] in c.choices else [shown[name]]
+            return st.selectbox(label, opts, key=key, help=c.help or None, **kw)
     if c.choices is not None:
         opts = list(c.choices)
         if S.get(key) not in opts:
@@ -107,31 +118,35 @@ with st.sidebar:
         _widget("teacher_source")
         use_shipped = S[toylab.WIDGET_PREFIX + "teacher_source"] == "shipped"
         if use_shipped:
+            shown = None  # the shipped teacher's own data/teacher settings, shown greyed
             if not shipped_names:
                 st.warning("No shipped toy teacher in checkpoints/manifest.json — choose 'train'.")
             else:
                 key = toylab.WIDGET_PREFIX + "shipped_name"
                 if S.get(key) not in shipped_names:
                     if S.get(key):  # e.g. a shared link naming a teacher this install lacks
-                        st.error(md_escape(f"Shipped teacher {S[key]!r} not in {shipped_names}; "
-                                           f"showing {shipped_names[0]!r} instead."))
+                        S.setdefault(URL_NOTES, {})["tn"] = (
+                            f"URL parameter 'tn': shipped teacher {S[key]!r} is not in this install's "
+                            f"manifest ({', '.join(shipped_names)}); showing {shipped_names[0]!r} instead.")
                     S[key] = shipped_names[0]
                 st.selectbox("Shipped teacher", shipped_names, key=key,
-                             help=urlstate.BY_NAME["shipped_name"].help)
+                             help=urlstate.BY_NAME["shipped_name"].help,
+                             on_change=lambda: S.get(URL_NOTES, {}).pop("tn", None))
                 entry = shipped[shipped_names.index(S[key])]
                 st.caption(entry.get("description", ""))
-        _widget("dataset", disabled=use_shipped)
-        _widget("dim", disabled=use_shipped)
-        _widget("n_modes", disabled=use_shipped)
-        _widget("base", disabled=use_shipped)
+                shown = toylab.shipped_fields(entry)
+        else:
+            shown = None
+        _widget("dataset", shown, disabled=use_shipped)
+        _widget("dim", shown, disabled=use_shipped)
+        _widget("n_modes", shown, disabled=use_shipped)
+        _widget("base", shown, disabled=use_shipped)
         upload = st.file_uploader("Your data (CSV/NPY, dataset 'user')", type=["csv", "npy"],
-                                  key="toylab_upload_widget", disabled=use_shipped)
-        _widget("t_width", disabled=use_shipped)
-        _widget("t_depth", disabled=use_shipped)
-        _widget("t_steps", disabled=use_shipped)
-        _widget("t_lr", disabled=use_shipped)
-        _widget("t_twin", disabled=use_shipped)
-        _widget("family", disabled=use_shipped)
+                                  key="toylab_upload_widget", disabled=use_shipped,
+                                  help="A CSV (numbers only, one sample a row) or an .npy array (n, d), "
+                                       "d ≥ 2: selects the dataset 'user'.")
+        for _name in ("t_width", "t_depth", "t_steps", "t_lr", "t_twin", "family"):
+            _widget(_name, shown, disabled=use_shipped)
     with st.expander("Student", expanded=False):
         _widget("method")
         for name in ("init", "ratio", "lr", "lr_fake", "batch", "s_steps", "gan", "regression",
@@ -142,6 +157,8 @@ with st.sidebar:
             _widget(name)
 
 values = toylab.read_controls(S)
+for _msg in S.get(URL_NOTES, {}).values():  # until a job starts: the link's values were not all applied
+    st.warning(md_escape(_msg))  # URL values are shown as text, never as Markdown
 
 # Upload: validate with the engine's loader; a bad file keeps the last good upload.
 if upload is not None:
@@ -154,6 +171,14 @@ if upload is not None:
             S.pop("toylab_upload_error", None)
         except (ValueError, OSError) as exc:  # OSError: disk full at …
             S["toylab_upload_error"] = f"Upload rejected: {one_line(exc)}"
+        else:  # the Dataset control (and so the URL: ds=user) now names the upload, with its d
+            pending = {"dataset": "user"}
+            try:
+                pending["dim"] = urlstate.check("dim", shape[1])
+            except ValueError:
+                pass
+            S[toylab.PENDING_VALUES_KEY] = pending
+            st.rerun()
 else:  # the file was removed from the uploader: its error goes (the last good upload stays)
     S.pop("toylab_upload_error", None)
     S.pop("toylab_upload_sig", None)
@@ -266,6 +291,7 @@ def _start(phases: tuple[str, ...]) -> None:
     job = TrainingJob(exp, phases=phases, manager=get_manager(), owner=session_id())  # abandoned when the tab closes
     job.start()
     S[JOB] = job
+    S.pop(URL_NOTES, None)
     S.pop(runbrowser.OPEN_KEY, None)
     S.pop("toylab_basins", None)
     S.pop("toylab_memo", None)

@@ -290,11 +290,14 @@ def test_toy_lab_query_params_round_trip(runs_dir):
     assert at2.selectbox(key="ctl_dataset").value == "mixture"
 
 
-def test_toy_lab_bad_url_value_shows_error_and_keeps_defaults(runs_dir):
+def test_toy_lab_bad_url_value_shows_a_warning_and_keeps_defaults(runs_dir):
     at = _toy_lab({"t": "train", "d": "100000", "ds": "nonsense"})
-    errs = _shown(at.error)
-    assert "'d'" in errs and "[2, 256]" in errs and "'ds'" in errs
+    warns = _shown(at.warning)
+    assert "'d'" in warns and "[2, 256]" in warns and "'ds'" in warns and "'nonsense'" in warns
     assert at.selectbox(key="ctl_dataset").value == "8gaussians"
+    at.number_input(key="ctl_seed").set_value(4)  # still shown after the next rerun
+    at.run()
+    assert "'nonsense'" in _shown(at.warning)
 
 
 def test_toy_lab_upload_validation(runs_dir):
@@ -479,10 +482,44 @@ def test_time_travel_needs_two_snapshots(runs_dir):
 
 
 def test_unknown_shipped_teacher_in_the_url_is_named(runs_dir):
-    at = _toy_lab({"tn": "no-such-teacher"})
-    errs = _shown(at.error)
-    assert "'no-such-teacher'" in errs and "8gaussians" in errs
+    at = _toy_lab({"tn": "zzz"})
+    warns = _shown(at.warning)
+    assert "URL parameter 'tn'" in warns and "'zzz'" in warns and "8gaussians" in warns
     assert at.selectbox(key="ctl_shipped_name").value == toylab.shipped_teachers()[0]["name"]
+    at.number_input(key="ctl_seed").set_value(4)  # not replaced silently: the warning stays
+    at.run()
+    assert "'zzz'" in _shown(at.warning)
+    at.selectbox(key="ctl_shipped_name").set_value("moons")  # choosing a teacher answers it
+    at.run()
+    assert "'zzz'" not in _shown(at.warning)
+
+
+def test_greyed_fields_show_the_shipped_teachers_own_settings(runs_dir):
+    entry = next(e for e in toylab.shipped_teachers() if e["name"] == "mixture-d32")
+    at = _toy_lab({"tn": "mixture-d32"})
+    assert at.selectbox(key="shown_dataset").value == entry["config"]["data"]["dataset"] == "mixture"
+    assert at.number_input(key="shown_dim").value == entry["config"]["data"]["dim"] == 32
+    assert at.number_input(key="shown_t_steps").value == entry["config"]["teacher"]["steps"]
+    assert at.selectbox(key="shown_dataset").disabled and at.number_input(key="shown_dim").disabled
+    # the shipped teacher's values are not written into the student's own controls or the URL
+    assert "ds" not in at.query_params and "d" not in at.query_params
+    # back to 'train': the editable controls keep their own values
+    at.selectbox(key="ctl_teacher_source").set_value("train")
+    at.run()
+    assert at.selectbox(key="ctl_dataset").value == "8gaussians" and not at.selectbox(key="ctl_dataset").disabled
+
+
+def test_an_upload_selects_the_user_dataset_in_the_controls_and_the_url(runs_dir):
+    at = _toy_lab({"t": "train"})
+    rng = np.random.default_rng(0)
+    good = "\n".join(",".join(f"{v:.4f}" for v in r) for r in rng.standard_normal((200, 3)))
+    at.file_uploader(key="toylab_upload_widget").set_value(("good.csv", good.encode(), "text/csv"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="ctl_dataset").value == "user"
+    assert at.number_input(key="ctl_dim").value == 3
+    assert at.query_params["ds"] in ("user", ["user"]) and at.query_params["d"] in ("3", ["3"])
+    assert not at.button(key="btn_distill").disabled
 
 
 def test_invalid_setting_keeps_the_last_valid_configuration(runs_dir):

@@ -103,6 +103,29 @@ def shipped_teachers() -> list[dict]:
     return _engine_list()
 
 
+SHIPPED_FIELDS = ("dataset", "dim", "n_modes", "base", "t_width", "t_depth", "t_steps", "t_lr", "t_twin", "family")
+
+
+def shipped_fields(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The data/teacher control values a shipped toy teacher brings (its manifest entry's
+    config): what the greyed sidebar fields show while that teacher is selected."""
+    cfg = entry.get("config") or {}
+    data, teacher = cfg.get("data") or {}, cfg.get("teacher") or entry.get("teacher_config") or {}
+    raw = {"dataset": data.get("dataset", entry.get("dataset")), "dim": data.get("dim", entry.get("dim")),
+           "n_modes": data.get("n_modes"), "base": data.get("base"), "t_width": teacher.get("width"),
+           "t_depth": teacher.get("depth"), "t_steps": teacher.get("steps"), "t_lr": teacher.get("lr"),
+           "t_twin": bool(entry.get("twin")), "family": teacher.get("family") or "edm"}
+    out = {}
+    for name, v in raw.items():
+        if v is None:
+            continue
+        try:
+            out[name] = urlstate.check(name, v)
+        except ValueError:  # outside this page's ranges: shown as the manifest has it
+            out[name] = v
+    return out
+
+
 def build_config(values: Mapping[str, Any], *, teacher=None, user_path: str | None = None):
     """Control values → ExperimentConfig.
 
