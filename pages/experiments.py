@@ -260,6 +260,12 @@ def results_panel(dirs: list[str]) -> None:
     st.markdown("**What the numbers show** (computed from the finished cells)")
     st.markdown("\n".join(f"- {line}" for line in summary.splitlines()))
     _cell_verdicts(table)
+    measured = table[pd.to_numeric(table["delta_e"], errors="coerce").notna()] if "delta_e" in table else table.iloc[:0]
+    if not len(measured):  # no finished cell yet: a message, not charts with empty axes
+        st.info("No cell has a ΔE yet: the charts appear when the first cell finishes"
+                + (" (progress above)." if live else " — resume the sweep in 'Past sweeps' to run its cells."))
+        st.dataframe(table, hide_index=True, key="exp_table")
+        return
     choices = [a for a in axes if not sw.is_replicate_axis(a)] or axes
     default_x = plot.get("x") if plot.get("x") in choices else next(
         (a for a in choices if a in table and pd.api.types.is_numeric_dtype(table[a])

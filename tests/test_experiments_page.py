@@ -223,3 +223,22 @@ def test_result_figures_are_readable():
     line = xp.delta_e_vs_x_figure(table, "data.dim", ["data.dim", "distill.gan"], log_x=True)
     assert line.layout.xaxis.type == "log" and line.layout.xaxis.tickformat and line.layout.xaxis.dtick == "D2"
     assert line.layout.legend.orientation == "v" and line.layout.legend.x > 1
+
+
+def test_a_sweep_without_a_finished_cell_shows_a_message_not_empty_axes(app, tmp_path):
+    """A stopped sweep (no cell ran): the results panel says why there is nothing to plot
+    instead of drawing charts with empty axes."""
+    import threading
+
+    from dmdcore.sweep.run import run_sweep
+
+    stop = threading.Event()
+    stop.set()  # cancelled before any cell runs
+    run_sweep(TINY, tmp_path / "sweeps" / "stopped", workers=0, stop_event=stop)
+    at = app.run()  # a new session opens the newest sweep
+    assert _errors(at) == []
+    assert any(h.value.startswith("Results") for h in at.subheader)
+    assert len(at.get("plotly_chart")) == 0
+    assert any("No cell has a ΔE yet" in i.value for i in at.info)
+    table = at.dataframe[-1].value
+    assert table["status"].tolist() == ["pending", "pending"]
