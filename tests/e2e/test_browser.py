@@ -28,14 +28,24 @@ def test_pages_render_in_a_real_browser(tmp_path):
 
         page.goto(f"{url}/docs", wait_until="domcontentloaded")
         page.get_by_text("One DMD2 training iteration").first.wait_for(timeout=30000)
-        page.locator('[data-testid="stGraphVizChart"] svg').first.wait_for(timeout=30000)
+        page.locator('[data-testid="stGraphVizChart"] svg text').first.wait_for(timeout=30000)
         wait_app_idle(page)
         page.screenshot(path=str(ARTIFACTS / "docs.png"), full_page=True)
+        # the DMD-loop diagram's smallest label as drawn (font size × the SVG's scale) at 1400 px
+        # (left to right it was scaled to 8 px)
+        assert page.evaluate(DIAGRAM_MIN_FONT_PX_JS) >= 16
         page.get_by_role("tab", name="Metrics").click()
         page.get_by_text("Pairing inefficiency", exact=False).first.wait_for(timeout=10000)
         page.screenshot(path=str(ARTIFACTS / "docs_metrics.png"), full_page=True)
         assert page.locator('[data-testid="stException"]').count() == 0
         assert not errors, errors
+
+
+DIAGRAM_MIN_FONT_PX_JS = """() => {
+  const svg = document.querySelector('[data-testid="stGraphVizChart"] svg');
+  return Math.min(...Array.from(svg.querySelectorAll('text'))
+    .map(t => parseFloat(t.getAttribute('font-size')) * t.getScreenCTM().a));
+}"""
 
 
 # Number of finite points of the "ΔE" trace in any Plotly chart on the page (reads the graph
@@ -105,7 +115,7 @@ def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
         assert n_points == 20 // 5 + 1, n_points  # evaluations at student steps 0, 5, ..., 20
         page.screenshot(path=str(ARTIFACTS / "toy_lab_done.png"), full_page=True)
         screenshot_charts(page, "toy_lab_done_chart")
-        assert page.evaluate(CURSOR_JS) == [20] * 4  # the time cursor follows the newest evaluation
+        assert page.evaluate(CURSOR_JS) == [20] * 5  # the time cursor follows the newest evaluation (5 panels)
         # time travel: move the cursor to student step 0; the tiles, the basin maps and the
         # cursor line on every curve follow it
         first_de = page.evaluate(FIRST_DELTA_E_JS)
@@ -114,7 +124,7 @@ def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
         main = page.locator('[data-testid="stMain"]')
         main.get_by_text("Evaluation at student step 0 of 20", exact=False).first.wait_for(timeout=60000)
         main.get_by_text("Basin maps at student step 0 ", exact=False).first.wait_for(timeout=60000)
-        page.wait_for_function(f"JSON.stringify(({CURSOR_JS})()) === '[0,0,0,0]'", timeout=60000, polling=250)
+        page.wait_for_function(f"JSON.stringify(({CURSOR_JS})()) === '[0,0,0,0,0]'", timeout=60000, polling=250)
         wait_app_idle(page, timeout_ms=60000)
         tile = main.locator('[data-testid="stMetric"]', has_text="ΔE (pairing inefficiency)")
         assert tile.locator('[data-testid="stMetricValue"]').inner_text().strip() == f"{first_de:.3f}"
