@@ -478,10 +478,11 @@ def _views(z, teacher, student, modes, metrics, train_log, *, key: str, step_lab
                        + " (kept at each evaluation).")
         else:
             st.info("Basin maps appear at the first student evaluation.")
-    _curves(metrics, train_log, key=key, cursor=cursor)
+    _curves(metrics, train_log, key=key, cursor=cursor,
+            n_modes=None if modes is None else int(np.asarray(modes.centers).shape[0]))
 
 
-def _curves(metrics, train_log, *, key: str, cursor: int | None = None) -> None:
+def _curves(metrics, train_log, *, key: str, cursor: int | None = None, n_modes: int | None = None) -> None:
     """Teacher-phase and student-phase curves, each against its own steps."""
     import pandas as pd
 
@@ -491,10 +492,12 @@ def _curves(metrics, train_log, *, key: str, cursor: int | None = None) -> None:
         st.plotly_chart(curves.teacher_curves_figure(mf, log, uirevision=f"tcurves-{key}"),
                         key="toylab_teacher_curves", config={"displaylogo": False})
     if len(curves.phase_rows(mf, "student")) or len(curves.phase_rows(log, "student")):
-        st.plotly_chart(curves.student_curves_figure(mf, log, cursor=cursor, uirevision=f"curves-{key}"),
+        st.plotly_chart(curves.student_curves_figure(mf, log, cursor=cursor, uirevision=f"curves-{key}",
+                                                     n_modes=n_modes),
                         key="toylab_curves", config={"displaylogo": False})
-        st.caption(plots.DELTA_E_HELP + (f" Dashed vertical line: the time cursor (student step {cursor})."
-                                         if cursor is not None else ""))
+        st.caption(plots.DELTA_E_HELP + " Dotted lines: chance levels (ΔE 1 = random pairing, 0 = OT "
+                   "pairing; copy rate 1/K for K modes; pair retrieval 1/n)."
+                   + (f" Dashed vertical line: the time cursor (student step {cursor})." if cursor is not None else ""))
 
 
 def _selection(student, modes):

@@ -554,8 +554,8 @@ def test_teacher_and_student_curves_have_their_own_step_axes_and_the_cursor():
     xs = {tr.name: list(tr.x) for tr in stu.data}
     assert xs["W₂²(S, data)"] == [0, 50, 100, 150] and max(xs["loss_dm"]) == 150  # student steps only
     assert "loss" not in xs
-    assert curves.cursor_positions(stu) == [50.0] * 4
-    assert {stu.layout[f"xaxis{i}"].title.text for i in ("", 2, 3, 4)} == {"student step"}
+    assert curves.cursor_positions(stu) == [50.0] * 5
+    assert {stu.layout[f"xaxis{i}"].title.text for i in ("", 2, 3, 4, 5)} == {"student step"}
     # reference lines: ΔE = 1 (random pairing) and 0 (OT pairing)
     assert sorted(sh.y0 for sh in stu.layout.shapes if sh.name != curves.CURSOR) == [0.0, 1.0]
     tea = curves.teacher_curves_figure(metrics, log)
@@ -564,10 +564,33 @@ def test_teacher_and_student_curves_have_their_own_step_axes_and_the_cursor():
     assert tea.layout.xaxis.title.text == "teacher step" and not curves.cursor_positions(tea)
 
 
-def test_every_student_control_has_a_tooltip():
-    student = ("init", "ratio", "lr", "lr_fake", "batch", "s_steps", "gan", "regression", "reg_weight",
-               "student_steps", "seed", "eval_every", "bootstrap")
-    assert [n for n in student if len(urlstate.BY_NAME[n].help) < 20] == []
+def test_copy_rate_and_retrieval_curves_carry_their_chance_levels():
+    from ui import curves
+
+    metrics = pd.DataFrame([{"step": s, "phase": "student", "delta_e": 0.3, "copy_rate": 0.2 + s / 200,
+                             "retrieval": s / 300, "n_eval": 250} for s in (0, 50, 100)])
+    fig = curves.student_curves_figure(metrics, None, n_modes=8)
+    by = {tr.name: tr for tr in fig.data}
+    assert by["copy rate"].xaxis == by["pair retrieval"].xaxis == "x5"
+    chance = {sh.name: sh for sh in fig.layout.shapes if (sh.name or "").startswith("chance:")}
+    assert chance["chance:copy_rate"].y0 == pytest.approx(1 / 8) and chance["chance:copy_rate"].yref == "y5"
+    assert chance["chance:retrieval"].y0 == pytest.approx(1 / 250)
+    texts = " ".join(a.text for a in fig.layout.annotations)
+    assert "copy rate chance 1/K = 0.125" in texts and "retrieval chance 1/n = 0.004" in texts
+    # K unknown (no modes): no copy-rate line is invented
+    fig2 = curves.student_curves_figure(metrics, None)
+    assert [sh.name for sh in fig2.layout.shapes if (sh.name or "").startswith("chance:")] == ["chance:retrieval"]
+
+
+def test_every_control_has_a_tooltip(runs_dir):
+    assert [c.name for c in urlstate.CONTROLS if len(c.help) < 20] == []
+    # and the sidebar draws each with it (student controls included)
+    at = _toy_lab({"t": "train"})
+    drawn = {w.key: w for kind in ("selectbox", "number_input", "toggle") for w in at.get(kind)
+             if (w.key or "").startswith("ctl_")}
+    missing = [c.name for c in urlstate.CONTROLS if c.name != "shipped_name"
+               and not (("ctl_" + c.name) in drawn and drawn["ctl_" + c.name].help)]
+    assert missing == []
 
 
 def test_a_run_opens_from_its_link_in_a_fresh_session(runs_dir):
