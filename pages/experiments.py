@@ -170,8 +170,12 @@ def _launch_row(spec, quick: bool, n_teachers: int) -> None:
     c2.metric("Cells", spec.n_cells, help=f"{n_teachers} distinct teachers, each trained once and shared")
     job = st.session_state.get(JOB_KEY)
     busy = job is not None and job.snapshot().state in ("queued", "running")
-    if c3.button("Launch sweep", type="primary", disabled=busy, key="exp_launch",
-                 help="Runs in the background; you can leave the page and come back."):
+    # No help= on this button: Streamlit 1.67 draws a button with a tooltip twice in the DOM (the
+    # tooltip-wrapped one and a display:none copy), and a browser that caught the copy mid-render
+    # saw two 'Launch sweep' buttons (the e2e strict-mode flake). The hint is a caption instead.
+    launch = c3.button("Launch sweep", type="primary", disabled=busy, key="exp_launch")
+    c3.caption("Runs in the background; you can leave the page and come back.")
+    if launch:
         out_dir = sweeps_root() / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         try:
             _launch(spec, out_dir, quick=quick, workers=int(workers))

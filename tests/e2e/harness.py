@@ -123,3 +123,10 @@ def screenshot_charts(page, prefix: str) -> int:
         charts.nth(i).scroll_into_view_if_needed()
         charts.nth(i).screenshot(path=str(ARTIFACTS / f"{prefix}{i}.png"))
     return charts.count()
+
+
+def keyed_button(page, key: str):
+    """The button of the widget with ``key`` (Streamlit's ``st-key-<key>`` class), visible copy only:
+    Streamlit 1.67 renders a button that has a tooltip (``help=``) twice, the second inside a
+    ``display: none`` wrapper, so a role/name locator can match two elements while a rerun renders."""
+    return page.locator(f".st-key-{key} button").filter(visible=True)
