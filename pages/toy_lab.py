@@ -157,8 +157,6 @@ with st.sidebar:
             _widget(name)
 
 values = toylab.read_controls(S)
-for _msg in S.get(URL_NOTES, {}).values():  # until a job starts: the link's values were not all applied
-    st.warning(md_escape(_msg))  # URL values are shown as text, never as Markdown
 
 # Upload: validate with the engine's loader; a bad file keeps the last good upload.
 if upload is not None:
@@ -195,6 +193,13 @@ if "toylab_run_seen" not in S:
             S[runbrowser.OPEN_KEY] = runbrowser.parse_run_param(st.query_params.get_all(runbrowser.RUN_QP))
         except ValueError as exc:
             st.error(md_escape(f"Link: {exc}"))
+    if st.query_params.get(runbrowser.CMP_QP):  # cmp=3,7: the comparison of those runs, opened
+        _ids, _msgs = runbrowser.compare_from_link(runs_root(), st.query_params.get_all(runbrowser.CMP_QP))
+        S[runbrowser.CMP_KEY] = _ids
+        if _msgs:
+            S.setdefault(URL_NOTES, {})["cmp"] = " ".join(_msgs)
+for _msg in S.get(URL_NOTES, {}).values():  # until a job starts: the link's values were not all applied
+    st.warning(md_escape(_msg))  # URL values are shown as text, never as Markdown
 
 
 def _shown_run_id() -> int | None:
@@ -215,6 +220,8 @@ try:
     qp = urlstate.encode(values)
     if _shown_run_id() is not None:
         qp[runbrowser.RUN_QP] = str(_shown_run_id())
+    if len(S.get(runbrowser.CMP_KEY) or ()) >= 2:
+        qp[runbrowser.CMP_QP] = ",".join(str(i) for i in S[runbrowser.CMP_KEY])
     if {k: v for k, v in st.query_params.items()} != qp:
         st.query_params.from_dict(qp)
 except ValueError as exc:

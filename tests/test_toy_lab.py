@@ -678,6 +678,18 @@ def test_compare_two_runs_overlays_their_curves_and_differences(runs_dir):
     assert {f"run {ids[0]} · ΔE", f"run {ids[1]} · ΔE", f"run {ids[1]} · W₂²"} <= names
     diff = next(d.value for d in at.dataframe if "field" in d.value.columns)
     assert diff["field"].tolist() == ["distill.seed"]
+    # the comparison is in the URL (cmp=…) and a fresh session opened from it shows it again
+    cmp = at.query_params["cmp"]
+    cmp = cmp[0] if isinstance(cmp, list) else cmp
+    assert sorted(int(i) for i in cmp.split(",")) == sorted(ids)
+    fresh = _toy_lab({"tn": "8gaussians", "en": "200", "cmp": cmp})
+    assert sorted(fresh.multiselect(key="rb_compare").value) == sorted(ids)
+    names = {tr["name"] for tr in json.loads(fresh.get("plotly_chart")[-1].proto.spec)["data"]}
+    assert {f"run {ids[0]} · ΔE", f"run {ids[1]} · ΔE"} <= names
+    # an id that is not in the index is named, not dropped silently
+    bad = _toy_lab({"tn": "8gaussians", "en": "200", "cmp": f"{ids[0]},999"})
+    assert "run 999 is not in the run index" in _shown(bad.warning)
+    assert "'zz'" in _shown(_toy_lab({"cmp": "zz"}).warning)
 
 
 def test_metrics_csv_export_has_the_run_files_columns(tmp_path):

@@ -241,3 +241,41 @@ def test_images_demo_pair_in_a_real_browser(tmp_path):
         assert "ΔE" in text and "retrieval" in text.lower()
         assert page.locator('[data-testid="stException"]').count() == 0
         assert not errors, errors
+
+
+# Names of the traces of every Plotly chart on the page.
+TRACE_NAMES_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot'))
+  .flatMap(gd => (gd.data || []).map(t => t.name))"""
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_comparison_overlay_opens_from_its_link_in_a_real_browser(tmp_path):
+    """Two saved runs compared through a cmp= link (no clicks in a multiselect, which was not
+    reliable under load): the overlay draws both runs' ΔE curves."""
+    from dmdcore.config import DistillConfig, EvalConfig
+    from dmdcore.pipeline import Experiment, load_teacher, teacher_experiment_config
+    from dmdcore.runs import RunIndex
+
+    teacher = load_teacher("8gaussians", device="cpu")
+    ids = []
+    for seed in (0, 1):
+        cfg = teacher_experiment_config(teacher, distill=DistillConfig(steps=4, batch=32, ratio=1, seed=seed),
+                                        eval=EvalConfig(every=2, n=64, bootstrap=0))
+        exp = Experiment(cfg, run_dir=tmp_path / f"cmp{seed}", index=RunIndex(tmp_path), teacher=teacher,
+                         device="cpu")
+        exp.run()
+        ids.append(RunIndex(tmp_path).get(exp.run_dir).id)
+    with app_in_browser(tmp_path) as (url, page, errors):
+        page.goto(f"{url}/toy_lab?tn=8gaussians&en=200&cmp={ids[0]},{ids[1]}", wait_until="domcontentloaded")
+        want = [f"run {i} · ΔE" for i in ids]
+        page.wait_for_function(f"(want) => want.every(n => ({TRACE_NAMES_JS})().includes(n))", arg=want,
+                               timeout=120000, polling=500)
+        wait_app_idle(page, timeout_ms=60000)
+        chart = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="Student loss (DMD)")
+        chart.scroll_into_view_if_needed()
+        chart.screenshot(path=str(ARTIFACTS / "toy_lab_compare.png"))
+        page.screenshot(path=str(ARTIFACTS / "toy_lab_compare_page.png"), full_page=True)
+        assert f"cmp={ids[0]}%2C{ids[1]}" in page.url or f"cmp={ids[0]},{ids[1]}" in page.url, page.url
+        assert page.locator('[data-testid="stException"]').count() == 0
+        assert not errors, errors
