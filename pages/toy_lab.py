@@ -542,7 +542,10 @@ def _draw(snap) -> None:
     student, modes, label = snap.student_samples, snap.modes, ""
     hist = snap.history
     steps = [h[0] for h in hist]
-    cursor = timecursor.cursor_slider(steps, total=_phase_lengths(S.get(JOB)).get("student"))
+    cap = _phase_lengths(S.get(JOB)).get("student")
+    if cap is None and saved is not None:  # a saved run: its configured student steps
+        cap = saved[1]["config"].distill.steps
+    cursor = timecursor.cursor_slider(steps, total=cap)
     if cursor is not None and cursor != steps[-1]:
         student = hist[steps.index(cursor)][1]
         if modes is not None:
@@ -552,9 +555,6 @@ def _draw(snap) -> None:
     d = snap.z.shape[1]
     from dmdcore.convergence import student_status
 
-    cap = _phase_lengths(S.get(JOB)).get("student")
-    if cap is None and saved is not None:  # a saved run: its configured student steps
-        cap = saved[1]["config"].distill.steps
     conv = student_status(snap.metrics, cap=cap, finished=snap.state not in ACTIVE + ("paused",))
     timecursor.headline(timecursor.row_at(snap.metrics, cursor), n=snap.z.shape[0], d=d, modes=modes,
                         total=cap, convergence=conv)

@@ -431,7 +431,7 @@ def test_transport_pause_step_resume_time_travel_and_reset(runs_dir):
     assert any(f"Evaluation at student step {first} of 100000" in c.value for c in at.caption)
     curves = json.loads(at.get("plotly_chart")[-1].proto.spec)
     cursors = [sh for sh in curves["layout"]["shapes"] if sh.get("name") == "cursor"]
-    assert len(cursors) == 4 and all(sh["x0"] == first for sh in cursors)
+    assert len(cursors) == 5 and all(sh["x0"] == first for sh in cursors)  # one per student panel
     # Resume reads as running at once; Stop ends it
     at.button(key="btn_resume").click()
     at.run()
@@ -576,7 +576,7 @@ def test_copy_rate_and_retrieval_curves_carry_their_chance_levels():
     assert chance["chance:copy_rate"].y0 == pytest.approx(1 / 8) and chance["chance:copy_rate"].yref == "y5"
     assert chance["chance:retrieval"].y0 == pytest.approx(1 / 250)
     texts = " ".join(a.text for a in fig.layout.annotations)
-    assert "copy rate chance 1/K = 0.125" in texts and "retrieval chance 1/n = 0.004" in texts
+    assert "chance 1/K = 0.125" in texts and "chance 1/n = 0.004" in texts
     # K unknown (no modes): no copy-rate line is invented
     fig2 = curves.student_curves_figure(metrics, None)
     assert [sh.name for sh in fig2.layout.shapes if (sh.name or "").startswith("chance:")] == ["chance:retrieval"]

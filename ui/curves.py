@@ -121,12 +121,13 @@ def student_curves_figure(metrics: pd.DataFrame | None, train_log: pd.DataFrame 
     _lines(fig, m, (("copy_rate", "copy rate"), ("retrieval", "pair retrieval")), col=5)
     if len(m):
         chance = chance_levels(m, n_modes)
-        for key, text in (("copy_rate", "copy rate chance 1/K"), ("retrieval", "retrieval chance 1/n")):
+        # short labels inside the panel (a fifth of the figure): copy rate's at the left above its
+        # line, retrieval's at the right above its own (the two lines can be ~0.1 apart)
+        for key, text, pos in (("copy_rate", "chance 1/K", "top right"), ("retrieval", "chance 1/n", "top left")):
             if key in chance and _numeric(m, key).notna().any():
                 fig.add_hline(y=chance[key], line=dict(color="#888", dash="dot", width=1), row=1, col=5,
                               annotation_text=f"{text} = {chance[key]:.3g}", annotation_font_size=11,
-                              annotation_position="top left" if key == "copy_rate" else "bottom right",
-                              name=f"chance:{key}")
+                              annotation_position=pos, name=f"chance:{key}")
         fig.update_yaxes(range=[0, 1.05], row=1, col=5)
     fig.update_yaxes(type="log", dtick="D2", tickformat=".2~g", row=1, col=1)
     if cursor is not None:

@@ -110,18 +110,25 @@ CONVERGENCE_HELP = ("Plateau criterion (dmdcore.convergence, Docs → Metrics 'C
                     "changing and its ΔE and verdict are not its final answer.")
 
 
-def convergence_badge(status) -> None:
-    """The run's plateau state (a ``dmdcore.convergence.StudentStatus``) beside the verdict:
-    green when converged, greyed otherwise."""
+def convergence_html(status) -> str | None:
+    """The run's plateau state (a ``dmdcore.convergence.StudentStatus``) as HTML: green when
+    converged, greyed otherwise."""
     if status is None:
-        return
-    text = status.text()
+        return None
+    import html
+
+    text, tip = html.escape(status.text()), html.escape(CONVERGENCE_HELP, quote=True)
     if status.converged:
-        html = (f"<span style='background:#1b7f3b;color:white;padding:2px 8px;border-radius:4px'>"
-                f"✓ {text}</span>")
-    else:
-        html = f"<span style='color:#8a8a8a'>○ {text}</span>"
-    st.markdown(html, unsafe_allow_html=True, help=CONVERGENCE_HELP)
+        return (f"<span style='background:#1b7f3b;color:white;padding:2px 8px;border-radius:4px' "
+                f"title=\"{tip}\">✓ {text}</span>")
+    return f"<span style='color:#8a8a8a' title=\"{tip}\">○ {text}</span>"
+
+
+def convergence_badge(status) -> None:
+    """The plateau state on its own line (when there is no verdict to put it beside)."""
+    html = convergence_html(status)
+    if html:
+        st.markdown(html, unsafe_allow_html=True, help=CONVERGENCE_HELP)
 
 
 def headline(row: dict | None, *, n: int | None, d: int | None, modes=None, total: int | None = None,
@@ -141,6 +148,6 @@ def headline(row: dict | None, *, n: int | None, d: int | None, modes=None, tota
     of = f" of {total}" if total else ""
     st.caption(f"Evaluation at student step {row.get('step')}{of} · n = {n or '—'} · d = {d or '—'}{ci}")
     # the copy verdict of the selected evaluation: ΔE with n, d, its controls (ui/verdict.py)
-    render_verdict(row, n_modes=None if modes is None else int(modes.centers.shape[0]))
-    convergence_badge(convergence)
+    render_verdict(row, n_modes=None if modes is None else int(modes.centers.shape[0]),
+                   beside=convergence_html(convergence))  # the convergence state right under the verdict
 

@@ -120,9 +120,16 @@ def screenshot_charts(page, prefix: str) -> int:
     inside its main container, so a full-page shot misses the lower ones). Returns the count."""
     charts = page.locator('[data-testid="stPlotlyChart"]')
     for i in range(charts.count()):
-        charts.nth(i).scroll_into_view_if_needed()
-        charts.nth(i).screenshot(path=str(ARTIFACTS / f"{prefix}{i}.png"))
+        element_shot(charts.nth(i), f"{prefix}{i}")
     return charts.count()
+
+
+def element_shot(locator, name: str) -> None:
+    """Screenshot one element as ``test-artifacts/<name>.png``, scrolled to the middle of the
+    viewport first: scrolled only "into view" it sat under Streamlit's sticky header, which hid
+    the subplot titles in the shot."""
+    locator.evaluate("el => el.scrollIntoView({block: 'center'})")
+    locator.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
 def keyed_button(page, key: str):

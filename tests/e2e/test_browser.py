@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.harness import ARTIFACTS, app_in_browser, keyed_button, open_page, screenshot_charts, wait_app_idle
+from tests.e2e.harness import (ARTIFACTS, app_in_browser, element_shot, keyed_button, open_page, screenshot_charts,
+                               wait_app_idle)
 from tests.test_experiments_page import TINY
 
 
@@ -106,6 +107,7 @@ def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
         assert page.evaluate(DELTA_E_POINTS_JS) == 0
 
         keyed_button(page, "btn_distill").click()  # has a tooltip: two <button>s in the DOM, one hidden
+        page.mouse.move(5, 5)  # the tooltip of a hovered button would cover the page in the screenshots
         # the live fragment redraws while the background job runs: ΔE points appear
         page.wait_for_function(f"({DELTA_E_POINTS_JS})() >= 2", timeout=240000, polling=500)
         page.screenshot(path=str(ARTIFACTS / "toy_lab_live.png"), full_page=True)
@@ -146,7 +148,8 @@ def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
         sel = page.evaluate(SELECTED_JS)
         assert sel["z"] and sel["z"] == sel["T(z)"] == sel["S(z)"], sel
         assert set(sel["S(z) end"]) <= set(sel["z"])
-        page.locator('[data-testid="stPlotlyChart"]').first.screenshot(path=str(ARTIFACTS / "toy_lab_lasso.png"))
+        page.mouse.move(5, 5)  # no hover label in the shot
+        element_shot(page.locator('[data-testid="stPlotlyChart"]').first, "toy_lab_lasso")
         # the share link names the saved run: a fresh browser context (new session, no job)
         # opened from it shows the run's headline numbers
         assert "run=" in page.url, page.url
@@ -272,9 +275,8 @@ def test_comparison_overlay_opens_from_its_link_in_a_real_browser(tmp_path):
         page.wait_for_function(f"(want) => want.every(n => ({TRACE_NAMES_JS})().includes(n))", arg=want,
                                timeout=120000, polling=500)
         wait_app_idle(page, timeout_ms=60000)
-        chart = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="Student loss (DMD)")
-        chart.scroll_into_view_if_needed()
-        chart.screenshot(path=str(ARTIFACTS / "toy_lab_compare.png"))
+        element_shot(page.locator('[data-testid="stPlotlyChart"]').filter(has_text="Student loss (DMD)"),
+                     "toy_lab_compare")
         page.screenshot(path=str(ARTIFACTS / "toy_lab_compare_page.png"), full_page=True)
         assert f"cmp={ids[0]}%2C{ids[1]}" in page.url or f"cmp={ids[0]},{ids[1]}" in page.url, page.url
         assert page.locator('[data-testid="stException"]').count() == 0
