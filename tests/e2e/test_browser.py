@@ -281,3 +281,31 @@ def test_comparison_overlay_opens_from_its_link_in_a_real_browser(tmp_path):
         assert f"cmp={ids[0]}%2C{ids[1]}" in page.url or f"cmp={ids[0]},{ids[1]}" in page.url, page.url
         assert page.locator('[data-testid="stException"]').count() == 0
         assert not errors, errors
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(400)
+def test_start_here_runs_to_the_plateau_in_a_real_browser(tmp_path):
+    """Home's one click: the shipped 8-gaussians student is distilled until the plateau criterion
+    stops it, and the headline says at which student step (the number read from metrics.csv)."""
+    from dmdcore.convergence import first_converged_step
+    from dmdcore.runs import RunDir
+
+    with app_in_browser(tmp_path) as (url, page, errors):
+        open_page(page, url, "DMD Copying Lab")
+        keyed_button(page, "start_here").click()
+        page.mouse.move(5, 5)
+        main = page.locator('[data-testid="stMain"]')
+        main.get_by_text("converged at student step", exact=False).first.wait_for(timeout=300000)
+        page.get_by_text("Export").first.wait_for(timeout=60000)  # the job has ended
+        wait_app_idle(page, timeout_ms=60000)
+        runs = [p for p in tmp_path.glob("toylab-*") if (p / "metrics.csv").is_file()]
+        assert len(runs) == 1
+        rows = [r for r in RunDir(runs[0]).read_metrics() if r["phase"] == "student"]
+        n = first_converged_step(rows)
+        assert n is not None and rows[-1]["step"] == n  # stopped at the plateau, before its cap
+        assert f"converged at student step {n}" in main.inner_text()
+        page.screenshot(path=str(ARTIFACTS / "toy_lab_starter_converged.png"), full_page=True)
+        element_shot(page.locator('[data-testid="stPlotlyChart"]').first, "toy_lab_starter_pairing")
+        assert page.locator('[data-testid="stException"]').count() == 0
+        assert not errors, errors
