@@ -634,8 +634,9 @@ if opened is not None:
     if job is not None:
         _release(job)
         S.pop(JOB, None)
-    for k in ("toylab_basins", "toylab_memo", timecursor.CURSOR_KEY, timecursor.SHOWN_KEY):
+    for k in ("toylab_basins", "toylab_memo"):
         S.pop(k, None)
+    timecursor.reset(S)
     S[runbrowser.OPEN_KEY] = opened
     st.rerun()
 

@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from ui import plots, toylab, urlstate
+from ui import plots, timecursor, toylab, urlstate
 
 
 # ------------------------------------------------------------------ plots: colors / projection
@@ -420,7 +420,7 @@ def test_transport_pause_step_resume_time_travel_and_reset(runs_dir):
     # and the cursor line on the curves all show the chosen student step
     hist = job.snapshot().history
     first = hist[0][0]
-    at.select_slider(key="toylab_cursor").set_value(first)
+    timecursor.cursor_widget(at.get("select_slider")).set_value(first)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert f"(step {first})" in _pairing_spec(at)
@@ -474,11 +474,60 @@ def test_time_travel_needs_two_snapshots(runs_dir):
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert _metric(at, "ΔE (pairing inefficiency)") not in (None, "—")  # the page still draws
-    assert not [t for t in at.get("select_slider") if t.key == "toylab_cursor"]
+    assert timecursor.cursor_widget(at.get("select_slider")) is None
     # with the real job (two or more evaluations) the time cursor is offered
     at.session_state["toylab_job"] = job
     at.run()
-    assert [t for t in at.get("select_slider") if t.key == "toylab_cursor"]
+    assert timecursor.cursor_widget(at.get("select_slider")) is not None
+
+
+def test_the_cursor_keeps_following_when_a_stale_slider_value_comes_back(runs_dir):
+    """A browser reports the widget values it holds with a fragment's timed rerun; one that had not
+    yet received the slider's newest value sent back an older step, which read as a user's move:
+    the cursor stopped following new evaluations (e2e failure under load: cursor at 10 after the
+    job finished at 20). The stale value now belongs to a widget that no longer exists."""
+    import dataclasses
+
+    at = _toy_lab({**TINY, "ss": "20", "ee": "5"})
+    at.button(key="btn_distill").click()
+    at.run()
+    job = at.session_state["toylab_job"]
+    assert job.wait(120) and job.state == "finished", (job.snapshot().message, job.error)
+
+    class Partial:
+        """The finished job as it looked after its first k evaluations."""
+
+        def __init__(self, k):
+            self.k = k
+
+        def __getattr__(self, name):
+            return getattr(job, name)
+
+        def snapshot(self):
+            snap = job.snapshot()
+            steps = [h[0] for h in snap.history[:self.k]]
+            return dataclasses.replace(snap, history=snap.history[:self.k], state="running",
+                                       metrics=[r for r in snap.metrics if r["phase"] != "student" or r["step"] in steps])
+
+    at.session_state["toylab_job"] = Partial(3)  # evaluations at 0, 5, 10: the cursor on 10
+    at.run()
+    slider = timecursor.cursor_widget(at.get("select_slider"))
+    assert slider.value == 10
+    at.session_state[slider.key] = 5  # the browser's stale report of the slider it held (not a move)
+    at.session_state["toylab_job"] = Partial(5)  # two more evaluations arrive
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert timecursor.cursor_widget(at.get("select_slider")).value == 20
+    assert any("Evaluation at student step 20 of 20" in c.value for c in at.caption)
+    # a real move on the current slider is kept when the next evaluation arrives
+    at.session_state["toylab_job"] = Partial(4)
+    at.run()
+    timecursor.cursor_widget(at.get("select_slider")).set_value(5)
+    at.run()
+    at.session_state["toylab_job"] = Partial(5)
+    at.run()
+    assert timecursor.cursor_widget(at.get("select_slider")).value == 5
+    at.session_state["toylab_job"] = job
 
 
 def test_unknown_shipped_teacher_in_the_url_is_named(runs_dir):
@@ -609,7 +658,7 @@ def test_a_run_opens_from_its_link_in_a_fresh_session(runs_dir):
     assert "toylab_job" not in fresh.session_state
     assert _metric(fresh, "ΔE (pairing inefficiency)") == f"{rows[-1]['delta_e']:.3f}"
     assert any(f"Saved run {run_id} (finished" in i.value for i in fresh.info)
-    fresh.select_slider(key="toylab_cursor").set_value(0)
+    timecursor.cursor_widget(fresh.get("select_slider")).set_value(0)
     fresh.run()
     assert not fresh.exception, [e.value for e in fresh.exception]
     assert _metric(fresh, "ΔE (pairing inefficiency)") == f"{rows[0]['delta_e']:.3f}"
