@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.harness import (ARTIFACTS, app_in_browser, element_shot, keyed_button, open_page, screenshot_charts,
-                               wait_app_idle)
+from tests.e2e.harness import (ARTIFACTS, app_in_browser, clipped_texts, element_shot, keyed_button, open_page,
+                               screenshot_charts, wait_app_idle)
 from tests.test_experiments_page import TINY
 
 
@@ -26,6 +26,7 @@ def test_pages_render_in_a_real_browser(tmp_path):
         page.locator(".js-plotly-plot").first.wait_for(timeout=30000)
         wait_app_idle(page)
         page.screenshot(path=str(ARTIFACTS / "home.png"), full_page=True)
+        assert clipped_texts(page) == []  # no chart title runs past its figure at 1400 px
 
         page.goto(f"{url}/docs", wait_until="domcontentloaded")
         page.get_by_text("One DMD2 training iteration").first.wait_for(timeout=30000)
@@ -117,6 +118,7 @@ def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
         assert n_points == 20 // 5 + 1, n_points  # evaluations at student steps 0, 5, ..., 20
         page.screenshot(path=str(ARTIFACTS / "toy_lab_done.png"), full_page=True)
         screenshot_charts(page, "toy_lab_done_chart")
+        assert clipped_texts(page) == []
         assert page.evaluate(CURSOR_JS) == [20] * 5  # the time cursor follows the newest evaluation (5 panels)
         # time travel: move the cursor to student step 0; the tiles, the basin maps and the
         # cursor line on every curve follow it
@@ -132,6 +134,7 @@ def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
         assert tile.locator('[data-testid="stMetricValue"]').inner_text().strip() == f"{first_de:.3f}"
         page.screenshot(path=str(ARTIFACTS / "toy_lab_time_cursor.png"), full_page=True)
         screenshot_charts(page, "toy_lab_cursor_chart")
+        assert clipped_texts(page) == []
         # linked selection: a lasso around part of the noise panel highlights the same noises
         # (the same indices) in z, T(z), S(z) and the displacement panel
         drag = page.locator('[data-testid="stPlotlyChart"]').first.locator(".nsewdrag").first
@@ -163,6 +166,7 @@ def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
             tile = other.locator('[data-testid="stMain"] [data-testid="stMetric"]', has_text="ΔE (pairing inefficiency)")
             assert tile.locator('[data-testid="stMetricValue"]').inner_text().strip() == f"{last_de:.3f}"
             other.screenshot(path=str(ARTIFACTS / "toy_lab_share_link.png"), full_page=True)
+            assert clipped_texts(other) == []
         finally:
             fresh.close()
         # the configuration lives in the URL
@@ -217,6 +221,7 @@ def test_experiments_sweep_survives_navigation_in_a_real_browser(tmp_path):
         page.locator(".js-plotly-plot").first.wait_for(timeout=30000)
         page.screenshot(path=str(ARTIFACTS / "experiments_done.png"), full_page=True)
         assert screenshot_charts(page, "experiments_done_chart") >= 3  # ΔE vs d, over training, vs W₂²
+        assert clipped_texts(page) == []
         assert "2 of 2 cells finished" in page.locator('[data-testid="stMain"]').inner_text()
         assert page.locator('[data-testid="stException"]').count() == 0
         assert not errors, errors
@@ -278,6 +283,7 @@ def test_comparison_overlay_opens_from_its_link_in_a_real_browser(tmp_path):
         element_shot(page.locator('[data-testid="stPlotlyChart"]').filter(has_text="Student loss (DMD)"),
                      "toy_lab_compare")
         page.screenshot(path=str(ARTIFACTS / "toy_lab_compare_page.png"), full_page=True)
+        assert clipped_texts(page) == []
         assert f"cmp={ids[0]}%2C{ids[1]}" in page.url or f"cmp={ids[0]},{ids[1]}" in page.url, page.url
         assert page.locator('[data-testid="stException"]').count() == 0
         assert not errors, errors
@@ -307,5 +313,6 @@ def test_start_here_runs_to_the_plateau_in_a_real_browser(tmp_path):
         assert f"converged at student step {n}" in main.inner_text()
         page.screenshot(path=str(ARTIFACTS / "toy_lab_starter_converged.png"), full_page=True)
         element_shot(page.locator('[data-testid="stPlotlyChart"]').first, "toy_lab_starter_pairing")
+        assert clipped_texts(page) == []
         assert page.locator('[data-testid="stException"]').count() == 0
         assert not errors, errors
