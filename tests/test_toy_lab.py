@@ -527,6 +527,16 @@ def test_the_cursor_keeps_following_when_a_stale_slider_value_comes_back(runs_di
     at.session_state["toylab_job"] = Partial(5)
     at.run()
     assert timecursor.cursor_widget(at.get("select_slider")).value == 5
+    # ... also when the run the move starts brings a new evaluation (a new slider): the move was
+    # made on the old slider, its step is carried over
+    at.session_state["toylab_job"] = Partial(3)
+    at.run()
+    old = timecursor.cursor_widget(at.get("select_slider"))
+    old.set_value(0)  # the user picks step 0 on the slider of 0, 5, 10 ...
+    at.session_state["toylab_job"] = Partial(4)
+    at.run()
+    assert timecursor.cursor_widget(at.get("select_slider")).key.endswith("@15")
+    assert timecursor.cursor_widget(at.get("select_slider")).value == 0
     at.session_state["toylab_job"] = job
 
 

@@ -101,7 +101,7 @@ def cursor_slider(steps: list[int], *, total: int | None) -> int | None:
     c1, c2 = st.columns([8, 1], vertical_alignment="bottom")
     of = f" of {total}" if total else ""
     step = c1.select_slider(f"Time cursor — student step{of} (every panel, tile, basin map and curve "
-                            "shows this evaluation)", options=steps, key=key)
+                            "shows this evaluation)", options=steps, key=key, on_change=_moved, args=(key, steps[-1]))
     playing = bool(state.get(PLAY_KEY))
     if c2.button("Pause" if playing else "Play", key="toylab_play_btn",
                  icon=":material/pause:" if playing else ":material/play_arrow:"):
@@ -112,6 +112,15 @@ def cursor_slider(steps: list[int], *, total: int | None) -> int | None:
     state[FOLLOW_KEY] = step == steps[-1] and not playing
     state[CURSOR_KEY] = step
     return step
+
+
+def _moved(key: str, newest: int) -> None:
+    """The user moved the slider ``key`` (a callback: Streamlit calls it for a value the browser
+    changed, before the run). Kept even when the run it starts brings a new evaluation, and so a
+    new slider: the step chosen on the old one is carried over."""
+    value = st.session_state.get(key)
+    st.session_state[CURSOR_KEY] = value
+    st.session_state[FOLLOW_KEY] = value == newest
 
 
 def cursor_widget(elements):
