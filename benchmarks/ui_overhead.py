@@ -81,8 +81,10 @@ def main() -> None:
     args = ap.parse_args()
 
     values = urlstate.defaults()
+    # stop_plateau off: the page's default now ends a run at its plateau, and a throughput
+    # comparison needs every job to run its --steps
     values.update(teacher_source="shipped", shipped_name=args.teacher, s_steps=args.steps,
-                  eval_every=args.every)
+                  eval_every=args.every, stop_plateau=False)
     query = "&".join(f"{k}={v}" for k, v in urlstate.encode(values).items())
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -120,3 +120,54 @@ def first_converged_step(rows: Sequence[Mapping]) -> int | None:
         if r.get("converged") in (1, "1", 1.0, True):
             return int(r["step"])
     return None
+
+
+@dataclass(frozen=True)
+class StudentStatus:
+    """Where a run's student phase stands against the plateau criterion (for a headline).
+
+    state: "converged" (a student evaluation met the criterion), "running" (not yet, the phase
+    goes on), "cap" (the phase ended at its step cap without reaching the plateau), "stopped"
+    (ended before its cap without reaching it: stopped, diverged or failed) or "unknown" (no
+    ``converged`` column: a run made before the criterion existed). step: the first converged
+    student step; last: the newest evaluated step; cap: the configured student steps."""
+
+    state: str
+    step: int | None
+    last: int | None
+    cap: int | None
+
+    @property
+    def converged(self) -> bool:
+        return self.state == "converged"
+
+    def text(self) -> str:
+        cap = f" {self.cap}" if self.cap is not None else ""
+        if self.state == "converged":
+            return f"converged at student step {self.step}"
+        if self.state == "running":
+            return (f"not converged yet (plateau not reached by student step {self.last} of cap{cap})"
+                    if self.last is not None else "not converged yet (no student evaluation)")
+        if self.state == "cap":
+            return f"not converged (plateau not reached by cap{cap}) — kept out of verdicts"
+        if self.state == "stopped":
+            return (f"not converged (ended at student step {self.last} before the plateau) — "
+                    "kept out of verdicts")
+        return "convergence not recorded (run made before the plateau criterion)"
+
+
+def student_status(rows: Sequence[Mapping], *, cap: int | None, finished: bool) -> StudentStatus:
+    """The plateau state of a run's student phase from its metrics rows (metrics.csv or a live
+    snapshot; rows of other phases are ignored). finished: the run has ended (any reason)."""
+    stu = [r for r in rows if r.get("phase", "student") == "student"]
+    last = int(stu[-1]["step"]) if stu else None
+    step = first_converged_step(stu)
+    if step is not None:
+        return StudentStatus("converged", step, last, cap)
+    if stu and all(r.get("converged") in (None, "") for r in stu):
+        return StudentStatus("unknown", None, last, cap)
+    if not finished:
+        return StudentStatus("running", None, last, cap)
+    if cap is not None and last is not None and last >= cap:
+        return StudentStatus("cap", None, last, cap)
+    return StudentStatus("stopped", None, last, cap)

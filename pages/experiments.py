@@ -170,8 +170,12 @@ def _launch_row(spec, quick: bool, n_teachers: int) -> None:
     c2.metric("Cells", spec.n_cells, help=f"{n_teachers} distinct teachers, each trained once and shared")
     job = st.session_state.get(JOB_KEY)
     busy = job is not None and job.snapshot().state in ("queued", "running")
-    if c3.button("Launch sweep", type="primary", disabled=busy, key="exp_launch",
-                 help="Runs in the background; you can leave the page and come back."):
+    # No help= on this button: Streamlit 1.67 draws a button with a tooltip twice in the DOM (the
+    # tooltip-wrapped one and a display:none copy), and a browser that caught the copy mid-render
+    # saw two 'Launch sweep' buttons (the e2e strict-mode flake). The hint is a caption instead.
+    launch = c3.button("Launch sweep", type="primary", disabled=busy, key="exp_launch")
+    c3.caption("Runs in the background; you can leave the page and come back.")
+    if launch:
         out_dir = sweeps_root() / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         try:
             _launch(spec, out_dir, quick=quick, workers=int(workers))
@@ -260,6 +264,12 @@ def results_panel(dirs: list[str]) -> None:
     st.markdown("**What the numbers show** (computed from the finished cells)")
     st.markdown("\n".join(f"- {line}" for line in summary.splitlines()))
     _cell_verdicts(table)
+    measured = table[pd.to_numeric(table["delta_e"], errors="coerce").notna()] if "delta_e" in table else table.iloc[:0]
+    if not len(measured):  # no finished cell yet: a message, not charts with empty axes
+        st.info("No cell has a ΔE yet: the charts appear when the first cell finishes"
+                + (" (progress above)." if live else " — resume the sweep in 'Past sweeps' to run its cells."))
+        st.dataframe(table, hide_index=True, key="exp_table")
+        return
     choices = [a for a in axes if not sw.is_replicate_axis(a)] or axes
     default_x = plot.get("x") if plot.get("x") in choices else next(
         (a for a in choices if a in table and pd.api.types.is_numeric_dtype(table[a])

@@ -37,8 +37,9 @@ with left:
         st.switch_page("pages/toy_lab.py")
 with right:
     st.markdown(
-        "Loads the shipped *8 Gaussians* toy teacher, opens the **Toy Lab** and starts a short "
-        "distillation (a few hundred steps on CPU)."
+        "Loads the shipped *8 Gaussians* toy teacher, opens the **Toy Lab** and distils it until "
+        "the student reaches its plateau (measured: about 300 steps and 15 s of one CPU core; "
+        "at most 1000 steps). The headline then says *converged at student step N*."
     )
 
 st.subheader("Pages")

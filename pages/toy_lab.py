@@ -72,19 +72,30 @@ def _preview(name: str, cfg_json: str) -> dict:
 
 
 # ------------------------------------------------------------------ controls (sidebar)
+URL_NOTES = "toylab_url_notes"  # {URL key: message}: link values that could not be applied
 url_errors = toylab.init_controls(S, st.query_params)
 for msg in url_errors:
-    st.error(md_escape(msg))  # URL values are shown as text, never as Markdown
+    S.setdefault(URL_NOTES, {})[msg.split("'")[1] if "'" in msg else msg] = msg
 
 shipped = toylab.shipped_teachers()  # [] when the manifest lists none
 shipped_names = [e["name"] for e in shipped]
 
 
-def _widget(name: str, **kw):
-    """Draw the widget for control ``name`` (value from session state key ctl_<name>)."""
+def _widget(name: str, shown=None, **kw):
+    """Draw the widget for control ``name`` (value from session state key ctl_<name>).
+
+    shown: a {name: value} of a shipped teacher's own settings: the field is drawn greyed with
+    that value (key shown_<name>) instead of the control, whose value stays for 'train'."""
     c = urlstate.BY_NAME[name]
     key = toylab.WIDGET_PREFIX + name
     label = c.label or name
+    if shown is not None and name in shown:
+        key = "shown_" + name
+        S[key] = shown[name]
+        kw["disabled"] = True
+        if c.choices is not None:
+            opts = list(c.choices) if shown[name] in c.choices else [shown[name]]
+            return st.selectbox(label, opts, key=key, help=c.help or None, **kw)
     if c.choices is not None:
         opts = list(c.choices)
         if S.get(key) not in opts:
@@ -107,38 +118,42 @@ with st.sidebar:
         _widget("teacher_source")
         use_shipped = S[toylab.WIDGET_PREFIX + "teacher_source"] == "shipped"
         if use_shipped:
+            shown = None  # the shipped teacher's own data/teacher settings, shown greyed
             if not shipped_names:
                 st.warning("No shipped toy teacher in checkpoints/manifest.json — choose 'train'.")
             else:
                 key = toylab.WIDGET_PREFIX + "shipped_name"
                 if S.get(key) not in shipped_names:
                     if S.get(key):  # e.g. a shared link naming a teacher this install lacks
-                        st.error(md_escape(f"Shipped teacher {S[key]!r} not in {shipped_names}; "
-                                           f"showing {shipped_names[0]!r} instead."))
+                        S.setdefault(URL_NOTES, {})["tn"] = (
+                            f"URL parameter 'tn': shipped teacher {S[key]!r} is not in this install's "
+                            f"manifest ({', '.join(shipped_names)}); showing {shipped_names[0]!r} instead.")
                     S[key] = shipped_names[0]
                 st.selectbox("Shipped teacher", shipped_names, key=key,
-                             help=urlstate.BY_NAME["shipped_name"].help)
+                             help=urlstate.BY_NAME["shipped_name"].help,
+                             on_change=lambda: S.get(URL_NOTES, {}).pop("tn", None))
                 entry = shipped[shipped_names.index(S[key])]
                 st.caption(entry.get("description", ""))
-        _widget("dataset", disabled=use_shipped)
-        _widget("dim", disabled=use_shipped)
-        _widget("n_modes", disabled=use_shipped)
-        _widget("base", disabled=use_shipped)
+                shown = toylab.shipped_fields(entry)
+        else:
+            shown = None
+        _widget("dataset", shown, disabled=use_shipped)
+        _widget("dim", shown, disabled=use_shipped)
+        _widget("n_modes", shown, disabled=use_shipped)
+        _widget("base", shown, disabled=use_shipped)
         upload = st.file_uploader("Your data (CSV/NPY, dataset 'user')", type=["csv", "npy"],
-                                  key="toylab_upload_widget", disabled=use_shipped)
-        _widget("t_width", disabled=use_shipped)
-        _widget("t_depth", disabled=use_shipped)
-        _widget("t_steps", disabled=use_shipped)
-        _widget("t_lr", disabled=use_shipped)
-        _widget("t_twin", disabled=use_shipped)
-        _widget("family", disabled=use_shipped)
+                                  key="toylab_upload_widget", disabled=use_shipped,
+                                  help="A CSV (numbers only, one sample a row) or an .npy array (n, d), "
+                                       "d ≥ 2: selects the dataset 'user'.")
+        for _name in ("t_width", "t_depth", "t_steps", "t_lr", "t_twin", "family"):
+            _widget(_name, shown, disabled=use_shipped)
     with st.expander("Student", expanded=False):
         _widget("method")
         for name in ("init", "ratio", "lr", "lr_fake", "batch", "s_steps", "gan", "regression",
                      "reg_weight", "student_steps"):
             _widget(name)
     with st.expander("Run and evaluation", expanded=False):
-        for name in ("seed", "eval_n", "eval_every", "bootstrap"):
+        for name in ("seed", "eval_n", "eval_every", "bootstrap", "stop_plateau"):
             _widget(name)
 
 values = toylab.read_controls(S)
@@ -154,6 +169,14 @@ if upload is not None:
             S.pop("toylab_upload_error", None)
         except (ValueError, OSError) as exc:  # OSError: disk full at …
             S["toylab_upload_error"] = f"Upload rejected: {one_line(exc)}"
+        else:  # the Dataset control (and so the URL: ds=user) now names the upload, with its d
+            pending = {"dataset": "user"}
+            try:
+                pending["dim"] = urlstate.check("dim", shape[1])
+            except ValueError:
+                pass
+            S[toylab.PENDING_VALUES_KEY] = pending
+            st.rerun()
 else:  # the file was removed from the uploader: its error goes (the last good upload stays)
     S.pop("toylab_upload_error", None)
     S.pop("toylab_upload_sig", None)
@@ -170,6 +193,13 @@ if "toylab_run_seen" not in S:
             S[runbrowser.OPEN_KEY] = runbrowser.parse_run_param(st.query_params.get_all(runbrowser.RUN_QP))
         except ValueError as exc:
             st.error(md_escape(f"Link: {exc}"))
+    if st.query_params.get(runbrowser.CMP_QP):  # cmp=3,7: the comparison of those runs, opened
+        _ids, _msgs = runbrowser.compare_from_link(runs_root(), st.query_params.get_all(runbrowser.CMP_QP))
+        S[runbrowser.CMP_KEY] = _ids
+        if _msgs:
+            S.setdefault(URL_NOTES, {})["cmp"] = " ".join(_msgs)
+for _msg in S.get(URL_NOTES, {}).values():  # until a job starts: the link's values were not all applied
+    st.warning(md_escape(_msg))  # URL values are shown as text, never as Markdown
 
 
 def _shown_run_id() -> int | None:
@@ -190,6 +220,8 @@ try:
     qp = urlstate.encode(values)
     if _shown_run_id() is not None:
         qp[runbrowser.RUN_QP] = str(_shown_run_id())
+    if len(S.get(runbrowser.CMP_KEY) or ()) >= 2:
+        qp[runbrowser.CMP_QP] = ",".join(str(i) for i in S[runbrowser.CMP_KEY])
     if {k: v for k, v in st.query_params.items()} != qp:
         st.query_params.from_dict(qp)
 except ValueError as exc:
@@ -266,6 +298,7 @@ def _start(phases: tuple[str, ...]) -> None:
     job = TrainingJob(exp, phases=phases, manager=get_manager(), owner=session_id())  # abandoned when the tab closes
     job.start()
     S[JOB] = job
+    S.pop(URL_NOTES, None)
     S.pop(runbrowser.OPEN_KEY, None)
     S.pop("toylab_basins", None)
     S.pop("toylab_memo", None)
@@ -452,10 +485,11 @@ def _views(z, teacher, student, modes, metrics, train_log, *, key: str, step_lab
                        + " (kept at each evaluation).")
         else:
             st.info("Basin maps appear at the first student evaluation.")
-    _curves(metrics, train_log, key=key, cursor=cursor)
+    _curves(metrics, train_log, key=key, cursor=cursor,
+            n_modes=None if modes is None else int(np.asarray(modes.centers).shape[0]))
 
 
-def _curves(metrics, train_log, *, key: str, cursor: int | None = None) -> None:
+def _curves(metrics, train_log, *, key: str, cursor: int | None = None, n_modes: int | None = None) -> None:
     """Teacher-phase and student-phase curves, each against its own steps."""
     import pandas as pd
 
@@ -465,10 +499,12 @@ def _curves(metrics, train_log, *, key: str, cursor: int | None = None) -> None:
         st.plotly_chart(curves.teacher_curves_figure(mf, log, uirevision=f"tcurves-{key}"),
                         key="toylab_teacher_curves", config={"displaylogo": False})
     if len(curves.phase_rows(mf, "student")) or len(curves.phase_rows(log, "student")):
-        st.plotly_chart(curves.student_curves_figure(mf, log, cursor=cursor, uirevision=f"curves-{key}"),
+        st.plotly_chart(curves.student_curves_figure(mf, log, cursor=cursor, uirevision=f"curves-{key}",
+                                                     n_modes=n_modes),
                         key="toylab_curves", config={"displaylogo": False})
-        st.caption(plots.DELTA_E_HELP + (f" Dashed vertical line: the time cursor (student step {cursor})."
-                                         if cursor is not None else ""))
+        st.caption(plots.DELTA_E_HELP + " Dotted lines: chance levels (ΔE 1 = random pairing, 0 = OT "
+                   "pairing; copy rate 1/K for K modes; pair retrieval 1/n)."
+                   + (f" Dashed vertical line: the time cursor (student step {cursor})." if cursor is not None else ""))
 
 
 def _selection(student, modes):
@@ -506,7 +542,10 @@ def _draw(snap) -> None:
     student, modes, label = snap.student_samples, snap.modes, ""
     hist = snap.history
     steps = [h[0] for h in hist]
-    cursor = timecursor.cursor_slider(steps, total=_phase_lengths(S.get(JOB)).get("student"))
+    cap = _phase_lengths(S.get(JOB)).get("student")
+    if cap is None and saved is not None:  # a saved run: its configured student steps
+        cap = saved[1]["config"].distill.steps
+    cursor = timecursor.cursor_slider(steps, total=cap)
     if cursor is not None and cursor != steps[-1]:
         student = hist[steps.index(cursor)][1]
         if modes is not None:
@@ -514,8 +553,11 @@ def _draw(snap) -> None:
     if cursor is not None:
         label = f"(step {cursor})"
     d = snap.z.shape[1]
+    from dmdcore.convergence import student_status
+
+    conv = student_status(snap.metrics, cap=cap, finished=snap.state not in ACTIVE + ("paused",))
     timecursor.headline(timecursor.row_at(snap.metrics, cursor), n=snap.z.shape[0], d=d, modes=modes,
-                        total=_phase_lengths(S.get(JOB)).get("student"))
+                        total=cap, convergence=conv)
     _views(snap.z, snap.teacher_samples, student, modes, snap.metrics, snap.train_log,
            key=snap.job_id, step_label=label, phase=snap.phase, cursor=cursor,
            basins=_basins_at(cursor) if d == 2 else None)
@@ -592,8 +634,9 @@ if opened is not None:
     if job is not None:
         _release(job)
         S.pop(JOB, None)
-    for k in ("toylab_basins", "toylab_memo", timecursor.CURSOR_KEY, timecursor.SHOWN_KEY):
+    for k in ("toylab_basins", "toylab_memo"):
         S.pop(k, None)
+    timecursor.reset(S)
     S[runbrowser.OPEN_KEY] = opened
     st.rerun()
 

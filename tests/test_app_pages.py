@@ -259,3 +259,20 @@ def test_app_script_runs_as_a_spawned_workers_main_module():
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ScriptRunContext" not in proc.stderr  # no Streamlit call at all in a worker
+
+
+def test_docs_metrics_tab_holds_no_benchmark_tables_or_measurement_notes():
+    """Benchmark output (tables printed by benchmarks/*.py) and notes on how a machine was loaded
+    belong in docs/performance.md; the Metrics tab (docs/metrics.md) links there instead."""
+    import re
+
+    metrics_md = read_doc("metrics.md")
+    perf_md = read_doc("performance.md")
+    # a table row right after a paragraph that names a benchmarks/ script
+    paras = re.split(r"\n\s*\n", metrics_md)
+    offenders = [p[:80] for prev, p in zip(paras, paras[1:])
+                 if "benchmarks/" in prev and re.search(r"^\|.*\|\s*$", p, flags=re.M)]
+    assert offenders == []
+    assert "load average" not in metrics_md
+    assert "| 256 | −0.046 | −0.052 |" in perf_md  # the block-bias table now lives there
+    assert "performance.md#block-approximation-bias" in metrics_md

@@ -165,3 +165,22 @@ def test_every_row_carries_the_data_floor_and_the_teacher_phase_uses_it():
     crit = convergence.Plateau.from_eval(exp.cfg.eval)
     assert [r["converged"] for r in teacher] == [
         int(convergence.teacher_converged(teacher[: i + 1], crit, floor_w2=r["w2_data_floor"])) for i, r in enumerate(teacher)]
+
+
+def test_student_status_names_the_converged_step_or_why_not():
+    rows = [{"step": s, "phase": "student", "converged": c} for s, c in ((0, 0), (50, 0), (100, 1), (150, 1))]
+    teacher_rows = [{"step": 0, "phase": "teacher", "converged": 1}]
+    st = convergence.student_status(teacher_rows + rows, cap=1000, finished=True)
+    assert st.converged and st.step == 100 and st.text() == "converged at student step 100"
+    not_yet = [dict(r, converged=0) for r in rows]
+    running = convergence.student_status(not_yet, cap=1000, finished=False)
+    assert running.state == "running" and "step 150 of cap 1000" in running.text()
+    capped = convergence.student_status(not_yet + [{"step": 1000, "phase": "student", "converged": 0}],
+                                        cap=1000, finished=True)
+    assert capped.state == "cap"
+    assert capped.text() == "not converged (plateau not reached by cap 1000) — kept out of verdicts"
+    stopped = convergence.student_status(not_yet, cap=1000, finished=True)
+    assert stopped.state == "stopped" and "student step 150" in stopped.text()
+    # metrics.csv of a run made before the criterion: no converged column
+    old = convergence.student_status([{"step": 0, "phase": "student", "converged": ""}], cap=10, finished=True)
+    assert old.state == "unknown" and not old.converged

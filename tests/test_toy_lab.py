@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from ui import plots, toylab, urlstate
+from ui import plots, timecursor, toylab, urlstate
 
 
 # ------------------------------------------------------------------ plots: colors / projection
@@ -161,9 +161,9 @@ def test_curves_figure_band_and_missing_cells():
 def test_urlstate_roundtrip_only_non_defaults():
     vals = urlstate.defaults()
     assert urlstate.encode(vals) == {}
-    vals.update(dataset="mixture", dim=8, gan=True, lr=3e-4, seed=7)
+    vals.update(dataset="mixture", dim=8, gan=True, lr=5e-4, seed=7)
     qp = urlstate.encode(vals)
-    assert qp == {"ds": "mixture", "d": "8", "gan": "1", "lr": "0.0003", "seed": "7"}
+    assert qp == {"ds": "mixture", "d": "8", "gan": "1", "lr": "0.0005", "seed": "7"}
     back, errors = urlstate.decode(qp)
     assert errors == [] and back == vals
 
@@ -256,6 +256,9 @@ def test_toy_lab_distill_shows_delta_e_and_exports(runs_dir):
     md = " ".join(m.value for m in at.markdown)
     assert "n = 200 · d = 2" in md
     assert any("independent teacher: absent" in c.value for c in at.caption)
+    # 3 evaluations < the plateau window: the headline says the student has not converged, greyed
+    assert rows[-1]["converged"] == 0
+    assert "not converged (plateau not reached by cap 20) — kept out of verdicts" in md
     # the run is in the index, exports are offered
     from dmdcore.runs import RunIndex
 
@@ -269,7 +272,7 @@ def test_toy_lab_distill_shows_delta_e_and_exports(runs_dir):
 
 
 def test_toy_lab_query_params_round_trip(runs_dir):
-    at = _toy_lab({"t": "train", "ds": "mixture", "d": "6", "gan": "1", "lr": "0.0003",
+    at = _toy_lab({"t": "train", "ds": "mixture", "d": "6", "gan": "1", "lr": "0.0005",
                    "seed": "3"})
     assert at.selectbox(key="ctl_dataset").value == "mixture"
     assert at.number_input(key="ctl_dim").value == 6
@@ -287,11 +290,14 @@ def test_toy_lab_query_params_round_trip(runs_dir):
     assert at2.selectbox(key="ctl_dataset").value == "mixture"
 
 
-def test_toy_lab_bad_url_value_shows_error_and_keeps_defaults(runs_dir):
+def test_toy_lab_bad_url_value_shows_a_warning_and_keeps_defaults(runs_dir):
     at = _toy_lab({"t": "train", "d": "100000", "ds": "nonsense"})
-    errs = _shown(at.error)
-    assert "'d'" in errs and "[2, 256]" in errs and "'ds'" in errs
+    warns = _shown(at.warning)
+    assert "'d'" in warns and "[2, 256]" in warns and "'ds'" in warns and "'nonsense'" in warns
     assert at.selectbox(key="ctl_dataset").value == "8gaussians"
+    at.number_input(key="ctl_seed").set_value(4)  # still shown after the next rerun
+    at.run()
+    assert "'nonsense'" in _shown(at.warning)
 
 
 def test_toy_lab_upload_validation(runs_dir):
@@ -340,7 +346,7 @@ def test_home_start_here_opens_toy_lab_and_starts_distilling(runs_dir):
 
 def test_two_sessions_have_their_own_jobs_and_the_cap_queues(runs_dir, monkeypatch):
     monkeypatch.setenv("DMD_MAX_JOBS", "1")
-    slow = {"tn": "8gaussians", "ss": "100000", "ee": "1000", "en": "200", "boot": "0"}
+    slow = {"tn": "8gaussians", "ss": "100000", "ee": "1000", "en": "200", "boot": "0", "stop": "0"}
     a = _toy_lab(slow)
     a.button(key="btn_distill").click()
     a.run()
@@ -390,7 +396,7 @@ def test_preview_follows_the_chosen_shipped_teacher_and_seed(runs_dir):
 
 
 def test_transport_pause_step_resume_time_travel_and_reset(runs_dir):
-    slow = {"tn": "8gaussians", "ss": "100000", "ee": "5", "en": "200", "boot": "0"}
+    slow = {"tn": "8gaussians", "ss": "100000", "ee": "5", "en": "200", "boot": "0", "stop": "0"}
     at = _toy_lab(slow)
     at.button(key="btn_distill").click()
     at.run()
@@ -414,7 +420,7 @@ def test_transport_pause_step_resume_time_travel_and_reset(runs_dir):
     # and the cursor line on the curves all show the chosen student step
     hist = job.snapshot().history
     first = hist[0][0]
-    at.select_slider(key="toylab_cursor").set_value(first)
+    timecursor.cursor_widget(at.get("select_slider")).set_value(first)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert f"(step {first})" in _pairing_spec(at)
@@ -425,7 +431,7 @@ def test_transport_pause_step_resume_time_travel_and_reset(runs_dir):
     assert any(f"Evaluation at student step {first} of 100000" in c.value for c in at.caption)
     curves = json.loads(at.get("plotly_chart")[-1].proto.spec)
     cursors = [sh for sh in curves["layout"]["shapes"] if sh.get("name") == "cursor"]
-    assert len(cursors) == 4 and all(sh["x0"] == first for sh in cursors)
+    assert len(cursors) == 5 and all(sh["x0"] == first for sh in cursors)  # one per student panel
     # Resume reads as running at once; Stop ends it
     at.button(key="btn_resume").click()
     at.run()
@@ -468,18 +474,111 @@ def test_time_travel_needs_two_snapshots(runs_dir):
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert _metric(at, "ΔE (pairing inefficiency)") not in (None, "—")  # the page still draws
-    assert not [t for t in at.get("select_slider") if t.key == "toylab_cursor"]
+    assert timecursor.cursor_widget(at.get("select_slider")) is None
     # with the real job (two or more evaluations) the time cursor is offered
     at.session_state["toylab_job"] = job
     at.run()
-    assert [t for t in at.get("select_slider") if t.key == "toylab_cursor"]
+    assert timecursor.cursor_widget(at.get("select_slider")) is not None
+
+
+def test_the_cursor_keeps_following_when_a_stale_slider_value_comes_back(runs_dir):
+    """A browser reports the widget values it holds with a fragment's timed rerun; one that had not
+    yet received the slider's newest value sent back an older step, which read as a user's move:
+    the cursor stopped following new evaluations (e2e failure under load: cursor at 10 after the
+    job finished at 20). The stale value now belongs to a widget that no longer exists."""
+    import dataclasses
+
+    at = _toy_lab({**TINY, "ss": "20", "ee": "5"})
+    at.button(key="btn_distill").click()
+    at.run()
+    job = at.session_state["toylab_job"]
+    assert job.wait(120) and job.state == "finished", (job.snapshot().message, job.error)
+
+    class Partial:
+        """The finished job as it looked after its first k evaluations."""
+
+        def __init__(self, k):
+            self.k = k
+
+        def __getattr__(self, name):
+            return getattr(job, name)
+
+        def snapshot(self):
+            snap = job.snapshot()
+            steps = [h[0] for h in snap.history[:self.k]]
+            return dataclasses.replace(snap, history=snap.history[:self.k], state="running",
+                                       metrics=[r for r in snap.metrics if r["phase"] != "student" or r["step"] in steps])
+
+    at.session_state["toylab_job"] = Partial(3)  # evaluations at 0, 5, 10: the cursor on 10
+    at.run()
+    slider = timecursor.cursor_widget(at.get("select_slider"))
+    assert slider.value == 10
+    at.session_state[slider.key] = 5  # the browser's stale report of the slider it held (not a move)
+    at.session_state["toylab_job"] = Partial(5)  # two more evaluations arrive
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert timecursor.cursor_widget(at.get("select_slider")).value == 20
+    assert any("Evaluation at student step 20 of 20" in c.value for c in at.caption)
+    # a real move on the current slider is kept when the next evaluation arrives
+    at.session_state["toylab_job"] = Partial(4)
+    at.run()
+    timecursor.cursor_widget(at.get("select_slider")).set_value(5)
+    at.run()
+    at.session_state["toylab_job"] = Partial(5)
+    at.run()
+    assert timecursor.cursor_widget(at.get("select_slider")).value == 5
+    # ... also when the run the move starts brings a new evaluation (a new slider): the move was
+    # made on the old slider, its step is carried over
+    at.session_state["toylab_job"] = Partial(3)
+    at.run()
+    old = timecursor.cursor_widget(at.get("select_slider"))
+    old.set_value(0)  # the user picks step 0 on the slider of 0, 5, 10 ...
+    at.session_state["toylab_job"] = Partial(4)
+    at.run()
+    assert timecursor.cursor_widget(at.get("select_slider")).key.endswith("@15")
+    assert timecursor.cursor_widget(at.get("select_slider")).value == 0
+    at.session_state["toylab_job"] = job
 
 
 def test_unknown_shipped_teacher_in_the_url_is_named(runs_dir):
-    at = _toy_lab({"tn": "no-such-teacher"})
-    errs = _shown(at.error)
-    assert "'no-such-teacher'" in errs and "8gaussians" in errs
+    at = _toy_lab({"tn": "zzz"})
+    warns = _shown(at.warning)
+    assert "URL parameter 'tn'" in warns and "'zzz'" in warns and "8gaussians" in warns
     assert at.selectbox(key="ctl_shipped_name").value == toylab.shipped_teachers()[0]["name"]
+    at.number_input(key="ctl_seed").set_value(4)  # not replaced silently: the warning stays
+    at.run()
+    assert "'zzz'" in _shown(at.warning)
+    at.selectbox(key="ctl_shipped_name").set_value("moons")  # choosing a teacher answers it
+    at.run()
+    assert "'zzz'" not in _shown(at.warning)
+
+
+def test_greyed_fields_show_the_shipped_teachers_own_settings(runs_dir):
+    entry = next(e for e in toylab.shipped_teachers() if e["name"] == "mixture-d32")
+    at = _toy_lab({"tn": "mixture-d32"})
+    assert at.selectbox(key="shown_dataset").value == entry["config"]["data"]["dataset"] == "mixture"
+    assert at.number_input(key="shown_dim").value == entry["config"]["data"]["dim"] == 32
+    assert at.number_input(key="shown_t_steps").value == entry["config"]["teacher"]["steps"]
+    assert at.selectbox(key="shown_dataset").disabled and at.number_input(key="shown_dim").disabled
+    # the shipped teacher's values are not written into the student's own controls or the URL
+    assert "ds" not in at.query_params and "d" not in at.query_params
+    # back to 'train': the editable controls keep their own values
+    at.selectbox(key="ctl_teacher_source").set_value("train")
+    at.run()
+    assert at.selectbox(key="ctl_dataset").value == "8gaussians" and not at.selectbox(key="ctl_dataset").disabled
+
+
+def test_an_upload_selects_the_user_dataset_in_the_controls_and_the_url(runs_dir):
+    at = _toy_lab({"t": "train"})
+    rng = np.random.default_rng(0)
+    good = "\n".join(",".join(f"{v:.4f}" for v in r) for r in rng.standard_normal((200, 3)))
+    at.file_uploader(key="toylab_upload_widget").set_value(("good.csv", good.encode(), "text/csv"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="ctl_dataset").value == "user"
+    assert at.number_input(key="ctl_dim").value == 3
+    assert at.query_params["ds"] in ("user", ["user"]) and at.query_params["d"] in ("3", ["3"])
+    assert not at.button(key="btn_distill").disabled
 
 
 def test_invalid_setting_keeps_the_last_valid_configuration(runs_dir):
@@ -514,8 +613,8 @@ def test_teacher_and_student_curves_have_their_own_step_axes_and_the_cursor():
     xs = {tr.name: list(tr.x) for tr in stu.data}
     assert xs["W₂²(S, data)"] == [0, 50, 100, 150] and max(xs["loss_dm"]) == 150  # student steps only
     assert "loss" not in xs
-    assert curves.cursor_positions(stu) == [50.0] * 4
-    assert {stu.layout[f"xaxis{i}"].title.text for i in ("", 2, 3, 4)} == {"student step"}
+    assert curves.cursor_positions(stu) == [50.0] * 5
+    assert {stu.layout[f"xaxis{i}"].title.text for i in ("", 2, 3, 4, 5)} == {"student step"}
     # reference lines: ΔE = 1 (random pairing) and 0 (OT pairing)
     assert sorted(sh.y0 for sh in stu.layout.shapes if sh.name != curves.CURSOR) == [0.0, 1.0]
     tea = curves.teacher_curves_figure(metrics, log)
@@ -524,10 +623,33 @@ def test_teacher_and_student_curves_have_their_own_step_axes_and_the_cursor():
     assert tea.layout.xaxis.title.text == "teacher step" and not curves.cursor_positions(tea)
 
 
-def test_every_student_control_has_a_tooltip():
-    student = ("init", "ratio", "lr", "lr_fake", "batch", "s_steps", "gan", "regression", "reg_weight",
-               "student_steps", "seed", "eval_every", "bootstrap")
-    assert [n for n in student if len(urlstate.BY_NAME[n].help) < 20] == []
+def test_copy_rate_and_retrieval_curves_carry_their_chance_levels():
+    from ui import curves
+
+    metrics = pd.DataFrame([{"step": s, "phase": "student", "delta_e": 0.3, "copy_rate": 0.2 + s / 200,
+                             "retrieval": s / 300, "n_eval": 250} for s in (0, 50, 100)])
+    fig = curves.student_curves_figure(metrics, None, n_modes=8)
+    by = {tr.name: tr for tr in fig.data}
+    assert by["copy rate"].xaxis == by["pair retrieval"].xaxis == "x5"
+    chance = {sh.name: sh for sh in fig.layout.shapes if (sh.name or "").startswith("chance:")}
+    assert chance["chance:copy_rate"].y0 == pytest.approx(1 / 8) and chance["chance:copy_rate"].yref == "y5"
+    assert chance["chance:retrieval"].y0 == pytest.approx(1 / 250)
+    texts = " ".join(a.text for a in fig.layout.annotations)
+    assert "chance 1/K = 0.125" in texts and "chance 1/n = 0.004" in texts
+    # K unknown (no modes): no copy-rate line is invented
+    fig2 = curves.student_curves_figure(metrics, None)
+    assert [sh.name for sh in fig2.layout.shapes if (sh.name or "").startswith("chance:")] == ["chance:retrieval"]
+
+
+def test_every_control_has_a_tooltip(runs_dir):
+    assert [c.name for c in urlstate.CONTROLS if len(c.help) < 20] == []
+    # and the sidebar draws each with it (student controls included)
+    at = _toy_lab({"t": "train"})
+    drawn = {w.key: w for kind in ("selectbox", "number_input", "toggle") for w in at.get(kind)
+             if (w.key or "").startswith("ctl_")}
+    missing = [c.name for c in urlstate.CONTROLS if c.name != "shipped_name"
+               and not (("ctl_" + c.name) in drawn and drawn["ctl_" + c.name].help)]
+    assert missing == []
 
 
 def test_a_run_opens_from_its_link_in_a_fresh_session(runs_dir):
@@ -546,7 +668,7 @@ def test_a_run_opens_from_its_link_in_a_fresh_session(runs_dir):
     assert "toylab_job" not in fresh.session_state
     assert _metric(fresh, "ΔE (pairing inefficiency)") == f"{rows[-1]['delta_e']:.3f}"
     assert any(f"Saved run {run_id} (finished" in i.value for i in fresh.info)
-    fresh.select_slider(key="toylab_cursor").set_value(0)
+    timecursor.cursor_widget(fresh.get("select_slider")).set_value(0)
     fresh.run()
     assert not fresh.exception, [e.value for e in fresh.exception]
     assert _metric(fresh, "ΔE (pairing inefficiency)") == f"{rows[0]['delta_e']:.3f}"
@@ -615,6 +737,18 @@ def test_compare_two_runs_overlays_their_curves_and_differences(runs_dir):
     assert {f"run {ids[0]} · ΔE", f"run {ids[1]} · ΔE", f"run {ids[1]} · W₂²"} <= names
     diff = next(d.value for d in at.dataframe if "field" in d.value.columns)
     assert diff["field"].tolist() == ["distill.seed"]
+    # the comparison is in the URL (cmp=…) and a fresh session opened from it shows it again
+    cmp = at.query_params["cmp"]
+    cmp = cmp[0] if isinstance(cmp, list) else cmp
+    assert sorted(int(i) for i in cmp.split(",")) == sorted(ids)
+    fresh = _toy_lab({"tn": "8gaussians", "en": "200", "cmp": cmp})
+    assert sorted(fresh.multiselect(key="rb_compare").value) == sorted(ids)
+    names = {tr["name"] for tr in json.loads(fresh.get("plotly_chart")[-1].proto.spec)["data"]}
+    assert {f"run {ids[0]} · ΔE", f"run {ids[1]} · ΔE"} <= names
+    # an id that is not in the index is named, not dropped silently
+    bad = _toy_lab({"tn": "8gaussians", "en": "200", "cmp": f"{ids[0]},999"})
+    assert "run 999 is not in the run index" in _shown(bad.warning)
+    assert "'zz'" in _shown(_toy_lab({"cmp": "zz"}).warning)
 
 
 def test_metrics_csv_export_has_the_run_files_columns(tmp_path):
@@ -625,3 +759,38 @@ def test_metrics_csv_export_has_the_run_files_columns(tmp_path):
     assert header == list(METRIC_COLUMNS)
     (tmp_path / "metrics.csv").write_bytes(b"step,phase\n0,student\n")
     assert toylab.metrics_csv_bytes(rows, tmp_path) == b"step,phase\n0,student\n"
+
+
+def test_starter_converges_before_its_cap_and_its_saved_run_says_so(runs_dir):
+    """The Home page's "Start here" configuration, run by the engine: the plateau criterion ends
+    the student before its step cap with W₂²(S,T) under its floor; the run opened from its link
+    shows "converged at student step N" beside the verdict, N read from its metrics.csv."""
+    import torch
+
+    from dmdcore.convergence import first_converged_step
+    from dmdcore.pipeline import Experiment, load_teacher
+    from dmdcore.runs import RunDir, RunIndex
+
+    values = {**urlstate.defaults(), **toylab.START_HERE_VALUES}
+    # the default Toy Lab run is the starter (the shipped teacher's name aside: default = the first one)
+    assert [k for k, v in toylab.START_HERE_VALUES.items() if k != "shipped_name" and urlstate.defaults()[k] != v] == []
+    teacher = load_teacher(f"manifest:{values['shipped_name']}", device="cpu")
+    cfg = toylab.build_config(values, teacher=teacher)
+    assert cfg.eval.stop_when_converged == "student"
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # as app.py runs jobs (OMP_NUM_THREADS=1)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        exp = Experiment(cfg, run_dir=runs_dir / "starter", index=RunIndex(runs_dir), teacher=teacher, device="cpu")
+        exp.run()
+    finally:
+        torch.set_num_threads(old)
+    rows = [r for r in RunDir(exp.run_dir).read_metrics() if r["phase"] == "student"]
+    n_conv = first_converged_step(rows)
+    assert exp.stop_reasons == {"student": "converged"} and n_conv is not None and n_conv < cfg.distill.steps
+    last = rows[-1]
+    assert last["step"] == n_conv and last["w2"] <= last["w2_floor"]  # S matches T down to the floor
+    run_id = RunIndex(runs_dir).get(exp.run_dir).id
+    at = _toy_lab({"run": str(run_id)})
+    md = " ".join(m.value for m in at.markdown)
+    assert f"converged at student step {n_conv}" in md and "not converged" not in md

@@ -5,7 +5,7 @@ curves never share an x axis: ``teacher_curves_figure`` plots teacher steps, and
 ``student_curves_figure`` plots generator steps of the student, with the time cursor (the
 selected evaluation) drawn as a vertical line named ``"cursor"`` on every panel, and reference
 lines where a metric has a chance level (ΔE = 1: a random pairing; 0: the optimal-transport
-pairing).
+pairing; copy rate 1/K; pair retrieval 1/n).
 """
 
 from __future__ import annotations
@@ -75,14 +75,30 @@ def teacher_curves_figure(metrics: pd.DataFrame | None, train_log: pd.DataFrame 
     return _layout(fig, n=3, xtitle="teacher step", height=height, uirevision=uirevision)
 
 
+def chance_levels(metrics: pd.DataFrame | None, n_modes: int | None) -> dict[str, float]:
+    """Chance levels of the student's pairing metrics: copy rate 1/K (an independent pairing over
+    K equally likely modes) and pair retrieval 1/n (top-1 among n teacher samples; n from the
+    rows' ``n_eval``). A level whose K or n is unknown is left out."""
+    out: dict[str, float] = {}
+    if n_modes and n_modes >= 1:
+        out["copy_rate"] = 1.0 / n_modes
+    m = phase_rows(metrics, "student")
+    n = _numeric(m, "n_eval").dropna() if len(m) else pd.Series(dtype=float)
+    if len(n) and n.iloc[-1] >= 1:
+        out["retrieval"] = 1.0 / float(n.iloc[-1])
+    return out
+
+
 def student_curves_figure(metrics: pd.DataFrame | None, train_log: pd.DataFrame | None = None, *,
                           cursor: int | None = None, uirevision: str = "student-curves",
-                          height: int = 380) -> go.Figure:
-    """Student phase: DMD losses | ΔE with its bootstrap CI | W₂² | η, against generator steps,
-    with the time cursor at student step ``cursor`` on every panel."""
+                          height: int = 380, n_modes: int | None = None) -> go.Figure:
+    """Student phase: DMD losses | ΔE with its bootstrap CI | W₂² | η | copy rate and pair
+    retrieval, against generator steps, with the time cursor at student step ``cursor`` on every
+    panel and chance-level lines (ΔE 1 and 0; copy rate 1/K with ``n_modes`` = K; retrieval 1/n)."""
     m, log = phase_rows(metrics, "student"), phase_rows(train_log, "student")
-    fig = make_subplots(rows=1, cols=4, horizontal_spacing=0.07, subplot_titles=(
-        "Student losses", "ΔE (95% CI)", "W₂² student↔teacher", "Transport ineff. η"))
+    fig = make_subplots(rows=1, cols=5, horizontal_spacing=0.06, subplot_titles=(
+        "Student losses", "ΔE (95% CI)", "W₂² student↔teacher", "Transport ineff. η",
+        "Copy rate · retrieval"))
     _loss_traces(fig, log if len(log) else m, col=1)
     if len(m):
         step, de = _numeric(m, "step"), _numeric(m, "delta_e")
@@ -102,11 +118,23 @@ def student_curves_figure(metrics: pd.DataFrame | None, train_log: pd.DataFrame 
                               annotation_position="top left")
     _lines(fig, m, (("w2", "W₂²(S, T)"), ("w2_data", "W₂²(S, data)")), col=2 + 1)
     _lines(fig, m, (("eta_student", "η(S)"), ("eta_teacher", "η(T)")), col=4)
+    _lines(fig, m, (("copy_rate", "copy rate"), ("retrieval", "pair retrieval")), col=5)
+    if len(m):
+        chance = chance_levels(m, n_modes)
+        # short labels inside the panel (a fifth of the figure): copy rate's at the left above its
+        # line, retrieval's at the right above its own (the two lines can be ~0.1 apart)
+        for key, text, pos in (("copy_rate", "chance 1/K", "top right"), ("retrieval", "chance 1/n", "top left")):
+            if key in chance and _numeric(m, key).notna().any():
+                fig.add_hline(y=chance[key], line=dict(color="#888", dash="dot", width=1), row=1, col=5,
+                              annotation_text=f"{text} = {chance[key]:.3g}", annotation_font_size=11,
+                              annotation_position=pos, name=f"chance:{key}")
+        fig.update_yaxes(range=[0, 1.05], row=1, col=5)
     fig.update_yaxes(type="log", dtick="D2", tickformat=".2~g", row=1, col=1)
     if cursor is not None:
-        for c in range(1, 5):
-            fig.add_vline(x=cursor, line=dict(color="#444", width=1.5, dash="dash"), row=1, col=c, name=CURSOR)
-    return _layout(fig, n=4, xtitle="student step", height=height, uirevision=uirevision)
+        for c in range(1, 6):
+            fig.add_vline(x=cursor, line=dict(color="#444", width=1.5, dash="dash"), row=1, col=c, name=CURSOR,
+                          exclude_empty_subplots=False)
+    return _layout(fig, n=5, xtitle="student step", height=height, uirevision=uirevision)
 
 
 def cursor_positions(fig: go.Figure) -> list[float]:

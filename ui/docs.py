@@ -38,12 +38,14 @@ def split_math(md: str) -> list[tuple[str, str]]:
     return parts
 
 
-# One DMD2 iteration (Yin et al. 2024, Alg. 1; two time-scale update rule).
+# One DMD2 iteration (Yin et al. 2024, Alg. 1; two time-scale update rule). Top to bottom with
+# 18/16 pt labels: left to right the chain was ~1900 pt wide and Streamlit scaled it into the page
+# at ~9 px text; top to bottom it keeps ≥ 16 px at 1400 px (tests/e2e: rendered text height).
 DMD_LOOP_DOT = r"""
 digraph dmd {
-  rankdir=LR; bgcolor="transparent";
-  node [shape=box, style="rounded,filled", fillcolor="#eef3fb", fontname="Helvetica", fontsize=11];
-  edge [fontname="Helvetica", fontsize=10];
+  rankdir=TB; bgcolor="transparent"; nodesep=0.5; ranksep=0.45;
+  node [shape=box, style="rounded,filled", fillcolor="#eef3fb", fontname="Helvetica", fontsize=18];
+  edge [fontname="Helvetica", fontsize=16];
   z      [label="noise z ~ N(0, I)", shape=ellipse, fillcolor="#ffffff"];
   G      [label="student G\nx = D_G(σ_max·z; σ_max)", fillcolor="#fde8d7"];
   x      [label="sample x = G(z)", shape=ellipse, fillcolor="#ffffff"];

@@ -48,11 +48,11 @@ def schematic_figure(n: int = 800, seed: int = 0, height: int = 330) -> go.Figur
     z, t, s_copy, s_remap = schematic_maps(n, seed)
     colors = position_colors(z)
     fig = make_subplots(rows=1, cols=4, horizontal_spacing=0.04, subplot_titles=(
-        "Noise z (colored by position)", "Teacher T(z)", "Student that copies",
-        "Student that remaps (same samples)"))
+        "Noise z<br>(colored by position)", "Teacher T(z)", "Student that copies<br>(same pairing)",
+        "Student that remaps<br>(same samples)"))  # two lines: one line ran past the figure's edge at 1400 px
     for c, pts in enumerate((z, t, s_copy, s_remap), start=1):
         fig.add_trace(_gl_points(pts, colors, f"panel{c}", 4.0), row=1, col=c)
         fig.update_xaxes(showticklabels=False, row=1, col=c)
         fig.update_yaxes(showticklabels=False, scaleanchor=f"x{c if c > 1 else ''}", row=1, col=c)
-    fig.update_layout(height=height, margin=dict(l=5, r=5, t=40, b=5), uirevision="home")
+    fig.update_layout(height=height, margin=dict(l=5, r=5, t=56, b=5), uirevision="home")
     return fig

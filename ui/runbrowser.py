@@ -14,6 +14,8 @@ import streamlit as st
 
 RUN_QP = "run"                    # URL key: the run index id
 OPEN_KEY = "toylab_open_run"      # the run id this session shows (when it has no job)
+CMP_QP = "cmp"                    # URL key: run ids to compare, comma-separated ("cmp=3,7")
+CMP_KEY = "rb_compare"            # the comparison multiselect
 
 
 def run_id_of(root: Path, run_dir: str | None) -> int | None:
@@ -34,6 +36,33 @@ def parse_run_param(raw) -> int:
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"run: {text!r} is not a run id (a positive integer from the run index)")
     return int(text)
+
+
+def parse_cmp_param(raw) -> list[int]:
+    """The ``cmp=`` URL value → run ids (in order, no repeats); ValueError naming the key."""
+    text = str(raw[-1] if isinstance(raw, (list, tuple)) else raw).strip()
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise ValueError(f"cmp: {text!r} is not a comma-separated list of run ids (e.g. cmp=3,7)")
+    return list(dict.fromkeys(int(p) for p in parts))
+
+
+def compare_from_link(root: Path, raw) -> tuple[list[int], list[str]]:
+    """Run ids of a ``cmp=`` link that are in the run index (kind experiment/distill), and messages
+    for the rest (a bad value, an id not in the index)."""
+    from dmdcore.runs import RunIndex
+
+    try:
+        ids = parse_cmp_param(raw)
+    except ValueError as exc:
+        return [], [f"URL parameter 'cmp': {exc}"]
+    try:
+        known = {r.id for r in RunIndex(root).list() if r.kind in ("experiment", "distill")}
+    except (ValueError, OSError) as exc:
+        return [], [f"URL parameter 'cmp': cannot read the run index ({exc})"]
+    missing = [i for i in ids if i not in known]
+    msgs = [f"URL parameter 'cmp': run {i} is not in the run index of {root}" for i in missing]
+    return [i for i in ids if i in known], msgs
 
 
 @st.cache_resource(max_entries=8, show_spinner="Opening the saved run…")
@@ -69,7 +98,8 @@ def browser(root: Path, *, can_open: bool) -> int | None:
     """The run browser (an expander): the index, filtered; returns a run id to open, or None."""
     from dmdcore.runs import RunIndex
 
-    with st.expander("Saved runs (run index) — open any run", expanded=False):
+    with st.expander("Saved runs (run index) — open any run",
+                     expanded=len(st.session_state.get(CMP_KEY) or ()) >= 2):  # a comparison link opens it
         try:
             recs = [r for r in RunIndex(root).list() if r.kind in ("experiment", "distill")]
         except (ValueError, OSError) as exc:
@@ -114,7 +144,9 @@ def compare(ids: list[int], recs: dict) -> None:
     from dmdcore.runs import RunDir
     from ui import curves
 
-    pick = st.multiselect("Compare runs (two or more)", ids[::-1], key="rb_compare",
+    if any(i not in ids for i in st.session_state.get(CMP_KEY) or ()):  # filtered out: keep the shown ones
+        st.session_state[CMP_KEY] = [i for i in st.session_state[CMP_KEY] if i in ids]
+    pick = st.multiselect("Compare runs (two or more; the URL keeps them: cmp=…)", ids[::-1], key=CMP_KEY,
                           format_func=lambda i: f"run {i}: " + Path(recs[i].path).name)
     if len(pick) < 2:
         return

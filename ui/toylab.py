@@ -33,15 +33,30 @@ VALUES_KEY = "toylab_values"          # last control values (persist across page
 GOOD_KEY = "toylab_good"              # (values, ExperimentConfig) of the last valid config
 WIDGET_PREFIX = "ctl_"
 
-# The Home page's one-click demo: shipped 8-gaussians teacher, a short distillation.
+# The Home page's one-click demo: the shipped 8-gaussians teacher, distilled until the plateau
+# criterion (dmdcore.convergence) fires. Chosen from measurements (scripts/measure_starter.py,
+# one torch thread, process CPU time, 2-core machine under a second job's load):
+#   batch 256,  lr 1e-4: converged at step 600, 15.6 CPU s, ΔE 0.037, W₂²(S,T) 0.141, copy rate 0.88
+#   batch 512,  lr 3e-4: converged at step 350, 11.6 CPU s, ΔE 0.007, W₂²(S,T) 0.070, copy rate 0.94
+#   batch 1024, lr 3e-4: converged at step 300, 14.1 CPU s, ΔE 0.005, W₂²(S,T) 0.060, copy rate 0.97
+#   batch 256,  lr 1e-3: converged at step 250,  7.5 CPU s, ΔE 0.016, W₂²(S,T) 0.161, copy rate 0.86
+# (floor max(W₂²(T′,T), W₂²(T(z),T(z′))) = 0.41 at n = 1024). Past the plateau (the same run with
+# the stop off, 1000 steps, 44.6 CPU s) ΔE stays at 0.004–0.006 and the copy rate at ~0.965 while
+# W₂²(S,T) keeps falling to 0.03 (the twin's 0.030) by step 800: at the plateau the pairing is the
+# teacher's, S(z) still a ring through the 8 modes rather than 8 separate ones. The old starter (300 steps, batch 256,
+# lr 1e-4, no stop) ended at W₂²(S,T) ≈ 0.23 with S(z) still a filled disc. The 1000-step cap
+# bounds a run that never plateaus to under a minute of CPU.
 START_HERE_VALUES: dict[str, Any] = {
     "teacher_source": "shipped",
     "shipped_name": "8gaussians",
     "dataset": "8gaussians",
     "dim": 2,
-    "s_steps": 300,
+    "batch": 1024,
+    "lr": 3e-4,
+    "s_steps": 1000,
     "eval_n": 1024,
-    "eval_every": 25,
+    "eval_every": 50,
+    "stop_plateau": True,
 }
 
 
@@ -91,6 +106,29 @@ def shipped_teachers() -> list[dict]:
     return _engine_list()
 
 
+SHIPPED_FIELDS = ("dataset", "dim", "n_modes", "base", "t_width", "t_depth", "t_steps", "t_lr", "t_twin", "family")
+
+
+def shipped_fields(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The data/teacher control values a shipped toy teacher brings (its manifest entry's
+    config): what the greyed sidebar fields show while that teacher is selected."""
+    cfg = entry.get("config") or {}
+    data, teacher = cfg.get("data") or {}, cfg.get("teacher") or entry.get("teacher_config") or {}
+    raw = {"dataset": data.get("dataset", entry.get("dataset")), "dim": data.get("dim", entry.get("dim")),
+           "n_modes": data.get("n_modes"), "base": data.get("base"), "t_width": teacher.get("width"),
+           "t_depth": teacher.get("depth"), "t_steps": teacher.get("steps"), "t_lr": teacher.get("lr"),
+           "t_twin": bool(entry.get("twin")), "family": teacher.get("family") or "edm"}
+    out = {}
+    for name, v in raw.items():
+        if v is None:
+            continue
+        try:
+            out[name] = urlstate.check(name, v)
+        except ValueError:  # outside this page's ranges: shown as the manifest has it
+            out[name] = v
+    return out
+
+
 def build_config(values: Mapping[str, Any], *, teacher=None, user_path: str | None = None):
     """Control values → ExperimentConfig.
 
@@ -129,7 +167,8 @@ def build_config(values: Mapping[str, Any], *, teacher=None, user_path: str | No
         reg_weight=v["reg_weight"], student_steps=v["student_steps"], seed=seed,
         method=v.get("method", "dmd"),
     )
-    ev = EvalConfig(every=v["eval_every"], n=v["eval_n"], bootstrap=v["bootstrap"])
+    ev = EvalConfig(every=v["eval_every"], n=v["eval_n"], bootstrap=v["bootstrap"],
+                    stop_when_converged="student" if v.get("stop_plateau", True) else "off")
     return ExperimentConfig(data=data, teacher=tcfg, distill=distill, eval=ev, name="toylab")
 
 

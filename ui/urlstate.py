@@ -33,21 +33,33 @@ DATASETS_2D = ("8gaussians", "25gaussians", "moons", "rings", "swissroll", "chec
 DATASETS = DATASETS_2D + ("mixture", "embedded", "digits", "user")
 
 # Keep in the order of the sidebar. Defaults are a small config that runs in well under a
-# minute on two CPU cores; docs/controls.md explains each one.
+# minute on two CPU cores; docs/controls.md explains each one. The student defaults (batch 1024,
+# lr 3e-4, a 1000-step cap, stop at the plateau) are the measured starter of ui/toylab.py's
+# START_HERE_VALUES (scripts/measure_starter.py).
 CONTROLS: tuple[Control, ...] = (
     Control("teacher_source", "t", str, "shipped", choices=("shipped", "train"),
             label="Teacher", help="Use a shipped pre-trained toy teacher or train one now."),
     Control("shipped_name", "tn", str, "", label="Shipped teacher",
             help="Entry of checkpoints/manifest.json (sets the dataset and dimension)."),
-    Control("dataset", "ds", str, "8gaussians", choices=DATASETS, label="Dataset"),
+    Control("dataset", "ds", str, "8gaussians", choices=DATASETS, label="Dataset",
+            help="The data the teacher learns: 2-D toys (8/25 Gaussians, moons, rings, …), a Gaussian "
+                 "mixture or an embedded 2-D toy in R^d, sklearn digits (d = 64), or 'user' (your upload)."),
     Control("dim", "d", int, 2, 2, 256, label="Dimension d",
             help="Ambient dimension (2-D datasets are fixed to 2; digits is 64)."),
-    Control("n_modes", "k", int, 8, 2, 20, label="Mixture modes"),
-    Control("base", "b", str, "8gaussians", choices=DATASETS_2D, label="Embedded 2-D base"),
-    Control("t_width", "tw", int, 128, 16, 1024, label="Teacher width"),
-    Control("t_depth", "td", int, 3, 1, 8, label="Teacher depth"),
-    Control("t_steps", "ts", int, 1500, 10, 100000, label="Teacher steps"),
-    Control("t_lr", "tlr", float, 1e-3, 1e-6, 1e-1, label="Teacher lr"),
+    Control("n_modes", "k", int, 8, 2, 20, label="Mixture modes",
+            help="K, the number of Gaussian components of 'mixture' (and of modes the copy rate counts; "
+                 "its chance level is 1/K)."),
+    Control("base", "b", str, "8gaussians", choices=DATASETS_2D, label="Embedded 2-D base",
+            help="The 2-D toy that 'embedded' places in a random plane of R^d."),
+    Control("t_width", "tw", int, 128, 16, 1024, label="Teacher width",
+            help="Hidden units per layer of the teacher's MLP denoiser (the student starts as a copy)."),
+    Control("t_depth", "td", int, 3, 1, 8, label="Teacher depth",
+            help="Hidden layers of the teacher's MLP denoiser."),
+    Control("t_steps", "ts", int, 1500, 10, 100000, label="Teacher steps",
+            help="Training steps of a teacher trained here (the CLI's default is 3000; shipped teachers "
+                 "were trained 2000–24000)."),
+    Control("t_lr", "tlr", float, 1e-3, 1e-6, 1e-1, label="Teacher lr",
+            help="Adam learning rate of the teacher's EDM denoising loss."),
     Control("t_twin", "tt", bool, True, label="Also train an independent twin",
             help="A second teacher (seed + 1, same data) trained in the same job: the ΔE controls "
                  "ΔE(T′,T) and ΔE(S,T′). Off = faster teacher training, controls shown as absent."),
@@ -66,14 +78,15 @@ CONTROLS: tuple[Control, ...] = (
                  "the study's copying case). random: a freshly initialised G (free to remap)."),
     Control("ratio", "r", int, 5, 1, 50, label="Fake-score steps per generator step",
             help="TTUR: fake-score (denoising) updates per generator update; DMD2 uses 5."),
-    Control("lr", "lr", float, 1e-4, 1e-7, 1e-1, label="Generator lr",
+    Control("lr", "lr", float, 3e-4, 1e-7, 1e-1, label="Generator lr",
             help="Adam learning rate of the generator G (the DMD gradient ∝ s_fake − s_real)."),
     Control("lr_fake", "flr", float, 1e-3, 1e-7, 1e-1, label="Fake-score lr",
             help="Adam learning rate of the fake score, trained by denoising on G's samples."),
-    Control("batch", "bs", int, 256, 8, 8192, label="Student batch",
+    Control("batch", "bs", int, 1024, 8, 8192, label="Student batch",
             help="Noises z per generator step (and per fake-score step)."),
-    Control("s_steps", "ss", int, 400, 1, 100000, label="Student steps",
-            help="Generator updates of the student phase (the time cursor counts these)."),
+    Control("s_steps", "ss", int, 1000, 1, 100000, label="Student steps",
+            help="Generator updates of the student phase (the time cursor counts these); with "
+                 "'Stop at the plateau' on, a cap: the phase ends at its first converged evaluation."),
     Control("gan", "gan", bool, False, label="GAN loss",
             help="DMD2's GAN head on the fake score: real data vs G's samples, added to the DMD loss."),
     Control("regression", "reg", bool, False, label="Regression loss",
@@ -92,6 +105,10 @@ CONTROLS: tuple[Control, ...] = (
             help="Steps between evaluations (each is a point on the curves and a stop of the time cursor)."),
     Control("bootstrap", "boot", int, 100, 0, 2000, label="ΔE bootstrap resamples",
             help="Resamples of the n pairs for ΔE's 95% CI (0 = no CI)."),
+    Control("stop_plateau", "stop", bool, True, label="Stop at the plateau",
+            help="End the student phase at its first converged evaluation (dmdcore.convergence: ΔE "
+                 "stable within 0.02 over 4 evaluations and W₂²(S,T) within 1.5× its floor); "
+                 "Student steps is then a cap. Off = always run every student step."),
 )
 BY_NAME = {c.name: c for c in CONTROLS}
 BY_QP = {c.qp: c for c in CONTROLS}

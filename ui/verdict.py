@@ -26,9 +26,10 @@ HELP = ("Verdict from ΔE(S,T) and its controls on the same noise, n and d: an i
 
 
 def render_verdict(src: Any, *, container: Any = None, n_modes: int | None = None, compact: bool = False,
-                   title: str | None = None) -> dict:
+                   title: str | None = None, beside: str | None = None) -> dict:
     """Draw the verdict block into ``container`` (default: the page).  compact: no help icon
-    (a sweep cell among many).  Returns the row it rendered."""
+    (a sweep cell among many).  beside: HTML shown right under the verdict line, in the same block
+    (the Toy Lab's convergence state).  Returns the row it rendered."""
     row = vt.as_row(src)
     c = container if container is not None else st
     v = row.get("verdict") if vt.has_controls(row) else None
@@ -41,7 +42,7 @@ def render_verdict(src: Any, *, container: Any = None, n_modes: int | None = Non
     prefix = f"**{title}** · " if title else ""
     c.markdown(
         f"{prefix}<span style='background:{color};color:white;padding:2px 8px;border-radius:4px'>"
-        f"{label}</span> &nbsp; {head}",
+        f"{label}</span> &nbsp; {head}" + (f"  \n{beside}" if beside else ""),
         unsafe_allow_html=True, help=None if compact else HELP,
     )
     basis = row.get("verdict_basis")

@@ -120,6 +120,43 @@ def screenshot_charts(page, prefix: str) -> int:
     inside its main container, so a full-page shot misses the lower ones). Returns the count."""
     charts = page.locator('[data-testid="stPlotlyChart"]')
     for i in range(charts.count()):
-        charts.nth(i).scroll_into_view_if_needed()
-        charts.nth(i).screenshot(path=str(ARTIFACTS / f"{prefix}{i}.png"))
+        element_shot(charts.nth(i), f"{prefix}{i}")
     return charts.count()
+
+
+def element_shot(locator, name: str) -> None:
+    """Screenshot one element as ``test-artifacts/<name>.png``, scrolled to the middle of the
+    viewport first: scrolled only "into view" it sat under Streamlit's sticky header, which hid
+    the subplot titles in the shot."""
+    locator.evaluate("el => el.scrollIntoView({block: 'center'})")
+    locator.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def keyed_button(page, key: str):
+    """The button of the widget with ``key`` (Streamlit's ``st-key-<key>`` class), visible copy only:
+    Streamlit 1.67 renders a button that has a tooltip (``help=``) twice, the second inside a
+    ``display: none`` wrapper, so a role/name locator can match two elements while a rerun renders."""
+    return page.locator(f".st-key-{key} button").filter(visible=True)
+
+
+# Texts of every Plotly chart (titles, subplot titles, annotations, axis titles, legend entries)
+# whose box reaches outside the chart's own box: Plotly never shortens a title, it runs past the
+# figure's edge and the page cuts it ("Student that remaps (same sample…").
+CLIPPED_TEXT_JS = """() => {
+  const out = [];
+  for (const gd of document.querySelectorAll('.js-plotly-plot')) {
+    const r = gd.getBoundingClientRect();
+    if (r.width === 0) continue;
+    for (const t of gd.querySelectorAll('.annotation-text, .gtitle, .g-xtitle text, .g-ytitle text, .legendtext')) {
+      const b = t.getBoundingClientRect();
+      if (b.width === 0) continue;
+      if (b.left < r.left - 1 || b.right > r.right + 1 || b.top < r.top - 1 || b.bottom > r.bottom + 1) out.push(t.textContent);
+    }
+  }
+  return out;
+}"""
+
+
+def clipped_texts(page) -> list[str]:
+    """Chart texts cut at a chart's edge (see CLIPPED_TEXT_JS); [] when every text fits."""
+    return page.evaluate(CLIPPED_TEXT_JS)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.harness import ARTIFACTS, app_in_browser, open_page, screenshot_charts, wait_app_idle
+from tests.e2e.harness import (ARTIFACTS, app_in_browser, clipped_texts, element_shot, keyed_button, open_page,
+                               screenshot_charts, wait_app_idle)
 from tests.test_experiments_page import TINY
 
 
@@ -25,17 +26,28 @@ def test_pages_render_in_a_real_browser(tmp_path):
         page.locator(".js-plotly-plot").first.wait_for(timeout=30000)
         wait_app_idle(page)
         page.screenshot(path=str(ARTIFACTS / "home.png"), full_page=True)
+        assert clipped_texts(page) == []  # no chart title runs past its figure at 1400 px
 
         page.goto(f"{url}/docs", wait_until="domcontentloaded")
         page.get_by_text("One DMD2 training iteration").first.wait_for(timeout=30000)
-        page.locator('[data-testid="stGraphVizChart"] svg').first.wait_for(timeout=30000)
+        page.locator('[data-testid="stGraphVizChart"] svg text').first.wait_for(timeout=30000)
         wait_app_idle(page)
         page.screenshot(path=str(ARTIFACTS / "docs.png"), full_page=True)
+        # the DMD-loop diagram's smallest label as drawn (font size × the SVG's scale) at 1400 px
+        # (left to right it was scaled to 8 px)
+        assert page.evaluate(DIAGRAM_MIN_FONT_PX_JS) >= 16
         page.get_by_role("tab", name="Metrics").click()
         page.get_by_text("Pairing inefficiency", exact=False).first.wait_for(timeout=10000)
         page.screenshot(path=str(ARTIFACTS / "docs_metrics.png"), full_page=True)
         assert page.locator('[data-testid="stException"]').count() == 0
         assert not errors, errors
+
+
+DIAGRAM_MIN_FONT_PX_JS = """() => {
+  const svg = document.querySelector('[data-testid="stGraphVizChart"] svg');
+  return Math.min(...Array.from(svg.querySelectorAll('text'))
+    .map(t => parseFloat(t.getAttribute('font-size')) * t.getScreenCTM().a));
+}"""
 
 
 # Number of finite points of the "ΔE" trace in any Plotly chart on the page (reads the graph
@@ -95,7 +107,8 @@ def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
         open_page(page, f"{url}/toy_lab?{QUICK}", "Teacher samples T(z)", "toy_lab_preview")
         assert page.evaluate(DELTA_E_POINTS_JS) == 0
 
-        page.get_by_role("button", name="Distill").click()
+        keyed_button(page, "btn_distill").click()  # has a tooltip: two <button>s in the DOM, one hidden
+        page.mouse.move(5, 5)  # the tooltip of a hovered button would cover the page in the screenshots
         # the live fragment redraws while the background job runs: ΔE points appear
         page.wait_for_function(f"({DELTA_E_POINTS_JS})() >= 2", timeout=240000, polling=500)
         page.screenshot(path=str(ARTIFACTS / "toy_lab_live.png"), full_page=True)
@@ -105,7 +118,8 @@ def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
         assert n_points == 20 // 5 + 1, n_points  # evaluations at student steps 0, 5, ..., 20
         page.screenshot(path=str(ARTIFACTS / "toy_lab_done.png"), full_page=True)
         screenshot_charts(page, "toy_lab_done_chart")
-        assert page.evaluate(CURSOR_JS) == [20] * 4  # the time cursor follows the newest evaluation
+        assert clipped_texts(page) == []
+        assert page.evaluate(CURSOR_JS) == [20] * 5  # the time cursor follows the newest evaluation (5 panels)
         # time travel: move the cursor to student step 0; the tiles, the basin maps and the
         # cursor line on every curve follow it
         first_de = page.evaluate(FIRST_DELTA_E_JS)
@@ -114,12 +128,13 @@ def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
         main = page.locator('[data-testid="stMain"]')
         main.get_by_text("Evaluation at student step 0 of 20", exact=False).first.wait_for(timeout=60000)
         main.get_by_text("Basin maps at student step 0 ", exact=False).first.wait_for(timeout=60000)
-        page.wait_for_function(f"JSON.stringify(({CURSOR_JS})()) === '[0,0,0,0]'", timeout=60000, polling=250)
+        page.wait_for_function(f"JSON.stringify(({CURSOR_JS})()) === '[0,0,0,0,0]'", timeout=60000, polling=250)
         wait_app_idle(page, timeout_ms=60000)
         tile = main.locator('[data-testid="stMetric"]', has_text="ΔE (pairing inefficiency)")
         assert tile.locator('[data-testid="stMetricValue"]').inner_text().strip() == f"{first_de:.3f}"
         page.screenshot(path=str(ARTIFACTS / "toy_lab_time_cursor.png"), full_page=True)
         screenshot_charts(page, "toy_lab_cursor_chart")
+        assert clipped_texts(page) == []
         # linked selection: a lasso around part of the noise panel highlights the same noises
         # (the same indices) in z, T(z), S(z) and the displacement panel
         drag = page.locator('[data-testid="stPlotlyChart"]').first.locator(".nsewdrag").first
@@ -136,7 +151,8 @@ def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
         sel = page.evaluate(SELECTED_JS)
         assert sel["z"] and sel["z"] == sel["T(z)"] == sel["S(z)"], sel
         assert set(sel["S(z) end"]) <= set(sel["z"])
-        page.locator('[data-testid="stPlotlyChart"]').first.screenshot(path=str(ARTIFACTS / "toy_lab_lasso.png"))
+        page.mouse.move(5, 5)  # no hover label in the shot
+        element_shot(page.locator('[data-testid="stPlotlyChart"]').first, "toy_lab_lasso")
         # the share link names the saved run: a fresh browser context (new session, no job)
         # opened from it shows the run's headline numbers
         assert "run=" in page.url, page.url
@@ -150,6 +166,7 @@ def test_toy_lab_live_distillation_in_a_real_browser(tmp_path):
             tile = other.locator('[data-testid="stMain"] [data-testid="stMetric"]', has_text="ΔE (pairing inefficiency)")
             assert tile.locator('[data-testid="stMetricValue"]').inner_text().strip() == f"{last_de:.3f}"
             other.screenshot(path=str(ARTIFACTS / "toy_lab_share_link.png"), full_page=True)
+            assert clipped_texts(other) == []
         finally:
             fresh.close()
         # the configuration lives in the URL
@@ -183,7 +200,10 @@ def test_experiments_sweep_survives_navigation_in_a_real_browser(tmp_path):
         cells = page.locator('[data-testid="stMetric"]', has_text="Cells").locator('[data-testid="stMetricValue"]')
         cells.get_by_text("2", exact=True).wait_for(timeout=60000)
         wait_app_idle(page, timeout_ms=30000)
-        page.get_by_role("button", name="Launch sweep").click()
+        # one Launch sweep button in the DOM (a tooltip would make Streamlit render a hidden second
+        # one, which a strict locator caught mid-render: the CI flake), clicked through its key
+        assert page.locator(".st-key-exp_launch button").count() == 1
+        keyed_button(page, "exp_launch").click()
         page.get_by_text("Sweep e2e-tiny", exact=False).first.wait_for(timeout=60000)
         page.screenshot(path=str(ARTIFACTS / "experiments_running.png"), full_page=True)
         # leave for Home and come back through the navigation: the sweep's progress is kept
@@ -201,6 +221,7 @@ def test_experiments_sweep_survives_navigation_in_a_real_browser(tmp_path):
         page.locator(".js-plotly-plot").first.wait_for(timeout=30000)
         page.screenshot(path=str(ARTIFACTS / "experiments_done.png"), full_page=True)
         assert screenshot_charts(page, "experiments_done_chart") >= 3  # ΔE vs d, over training, vs W₂²
+        assert clipped_texts(page) == []
         assert "2 of 2 cells finished" in page.locator('[data-testid="stMain"]').inner_text()
         assert page.locator('[data-testid="stException"]').count() == 0
         assert not errors, errors
@@ -226,5 +247,72 @@ def test_images_demo_pair_in_a_real_browser(tmp_path):
             el.screenshot(path=str(ARTIFACTS / f"images_demo_grid{i}.png"))
         text = page.locator('[data-testid="stMain"]').inner_text()
         assert "ΔE" in text and "retrieval" in text.lower()
+        assert page.locator('[data-testid="stException"]').count() == 0
+        assert not errors, errors
+
+
+# Names of the traces of every Plotly chart on the page.
+TRACE_NAMES_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot'))
+  .flatMap(gd => (gd.data || []).map(t => t.name))"""
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_comparison_overlay_opens_from_its_link_in_a_real_browser(tmp_path):
+    """Two saved runs compared through a cmp= link (no clicks in a multiselect, which was not
+    reliable under load): the overlay draws both runs' ΔE curves."""
+    from dmdcore.config import DistillConfig, EvalConfig
+    from dmdcore.pipeline import Experiment, load_teacher, teacher_experiment_config
+    from dmdcore.runs import RunIndex
+
+    teacher = load_teacher("8gaussians", device="cpu")
+    ids = []
+    for seed in (0, 1):
+        cfg = teacher_experiment_config(teacher, distill=DistillConfig(steps=4, batch=32, ratio=1, seed=seed),
+                                        eval=EvalConfig(every=2, n=64, bootstrap=0))
+        exp = Experiment(cfg, run_dir=tmp_path / f"cmp{seed}", index=RunIndex(tmp_path), teacher=teacher,
+                         device="cpu")
+        exp.run()
+        ids.append(RunIndex(tmp_path).get(exp.run_dir).id)
+    with app_in_browser(tmp_path) as (url, page, errors):
+        page.goto(f"{url}/toy_lab?tn=8gaussians&en=200&cmp={ids[0]},{ids[1]}", wait_until="domcontentloaded")
+        want = [f"run {i} · ΔE" for i in ids]
+        page.wait_for_function(f"(want) => want.every(n => ({TRACE_NAMES_JS})().includes(n))", arg=want,
+                               timeout=120000, polling=500)
+        wait_app_idle(page, timeout_ms=60000)
+        element_shot(page.locator('[data-testid="stPlotlyChart"]').filter(has_text="Student loss (DMD)"),
+                     "toy_lab_compare")
+        page.screenshot(path=str(ARTIFACTS / "toy_lab_compare_page.png"), full_page=True)
+        assert clipped_texts(page) == []
+        assert f"cmp={ids[0]}%2C{ids[1]}" in page.url or f"cmp={ids[0]},{ids[1]}" in page.url, page.url
+        assert page.locator('[data-testid="stException"]').count() == 0
+        assert not errors, errors
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(400)
+def test_start_here_runs_to_the_plateau_in_a_real_browser(tmp_path):
+    """Home's one click: the shipped 8-gaussians student is distilled until the plateau criterion
+    stops it, and the headline says at which student step (the number read from metrics.csv)."""
+    from dmdcore.convergence import first_converged_step
+    from dmdcore.runs import RunDir
+
+    with app_in_browser(tmp_path) as (url, page, errors):
+        open_page(page, url, "DMD Copying Lab")
+        keyed_button(page, "start_here").click()
+        page.mouse.move(5, 5)
+        main = page.locator('[data-testid="stMain"]')
+        main.get_by_text("converged at student step", exact=False).first.wait_for(timeout=300000)
+        page.get_by_text("Export").first.wait_for(timeout=60000)  # the job has ended
+        wait_app_idle(page, timeout_ms=60000)
+        runs = [p for p in tmp_path.glob("toylab-*") if (p / "metrics.csv").is_file()]
+        assert len(runs) == 1
+        rows = [r for r in RunDir(runs[0]).read_metrics() if r["phase"] == "student"]
+        n = first_converged_step(rows)
+        assert n is not None and rows[-1]["step"] == n  # stopped at the plateau, before its cap
+        assert f"converged at student step {n}" in main.inner_text()
+        page.screenshot(path=str(ARTIFACTS / "toy_lab_starter_converged.png"), full_page=True)
+        element_shot(page.locator('[data-testid="stPlotlyChart"]').first, "toy_lab_starter_pairing")
+        assert clipped_texts(page) == []
         assert page.locator('[data-testid="stException"]').count() == 0
         assert not errors, errors
