@@ -12,6 +12,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+# The engine's own lists (dmdcore.config is plain Python: no torch import), so a new dataset,
+# teacher family or student method appears in the Toy Lab without editing the UI.
+from dmdcore.config import DATASETS, DATASETS_2D, STUDENT_METHODS, TEACHER_FAMILIES
+
 
 @dataclass(frozen=True)
 class Control:
@@ -27,10 +31,6 @@ class Control:
     label: str = ""
     help: str = ""
 
-
-DATASETS_2D = ("8gaussians", "25gaussians", "moons", "rings", "swissroll", "checkerboard",
-               "2spirals", "pinwheel")
-DATASETS = DATASETS_2D + ("mixture", "embedded", "digits", "user")
 
 # Keep in the order of the sidebar. Defaults are a small config that runs in well under a
 # minute on two CPU cores; docs/controls.md explains each one. The student defaults (batch 1024,
@@ -63,11 +63,11 @@ CONTROLS: tuple[Control, ...] = (
     Control("t_twin", "tt", bool, True, label="Also train an independent twin",
             help="A second teacher (seed + 1, same data) trained in the same job: the ΔE controls "
                  "ΔE(T′,T) and ΔE(S,T′). Off = faster teacher training, controls shown as absent."),
-    Control("family", "fam", str, "edm", choices=("edm", "fm", "otcfm"), label="Teacher family",
+    Control("family", "fam", str, "edm", choices=TEACHER_FAMILIES, label="Teacher family",
             help="edm: EDM denoiser; fm: flow matching / rectified flow; otcfm: minibatch-OT flow matching "
                  "(a shipped teacher brings its own family)."),
     Control("method", "m", str, "dmd",
-            choices=("dmd", "cd", "fdistill-rkl", "fdistill-js", "fdistill-fkl", "sid", "gan", "phased"),
+            choices=STUDENT_METHODS,
             label="Student method",
             help="dmd: DMD/DMD2; cd: consistency distillation; fdistill-*: f-distill (reverse KL = DMD, "
                  "Jensen-Shannon, forward KL); sid: score identity distillation; gan: adversarial only; "
