@@ -51,6 +51,7 @@ __all__ = [
     "read_manifest",
     "manifest_entry",
     "entry_path",
+    "student_training",
     "fetch",
     "register_cli",
 ]
@@ -598,6 +599,38 @@ def entry_path(entry: dict, root: str | Path | None = None) -> Path:
     if not f or Path(f).is_absolute() or ".." in Path(f).parts:
         raise ValueError(f"manifest entry {entry.get('name')!r}: 'file' must be a relative path inside checkpoints/")
     return root / f
+
+
+def student_training(sha256: str, manifest: str | Path | dict | None = None,
+                     root: str | Path | None = None) -> dict | None:
+    """How a shipped student was distilled, read from its training record (the manifest entry with
+    this ``sha256`` names the record in ``training_record``; the answer comes from the record's
+    ``distill_config``, not from the entry's name). None when no student entry with a training
+    record has this hash, or when the record is unreadable.
+
+    Returns {"name", "record", "regression", "reg_weight", "n_reg_pairs", "gan", "steps", "init"};
+    reg_weight / n_reg_pairs are None without regression."""
+    try:
+        entries = read_manifest(manifest)["entries"]
+    except ValueError:
+        return None
+    for e in entries:
+        if e.get("role") != "student" or not sha256 or e.get("sha256") != sha256 or not e.get("training_record"):
+            continue
+        try:
+            p = entry_path({"name": e.get("name"), "file": e["training_record"]}, root)
+            rec = json.loads(p.read_text())
+        except (OSError, ValueError):
+            return None
+        dc = rec.get("distill_config") if isinstance(rec, dict) else None
+        if not isinstance(dc, dict) or "regression" not in dc:
+            return None
+        reg = dc.get("regression") is True
+        return {"name": e.get("name"), "record": e["training_record"], "regression": reg,
+                "reg_weight": dc.get("reg_weight") if reg else None,
+                "n_reg_pairs": dc.get("n_reg_pairs") if reg else None,
+                "gan": dc.get("gan") is True, "steps": dc.get("steps"), "init": dc.get("init")}
+    return None
 
 
 def _expected_total(resp, have: int) -> int | None:

@@ -390,3 +390,29 @@ def test_pickle_module_unused_by_loader_for_torch_files(tmp_path):
     ck = load_checkpoint(p, config=SMALL, device="cpu")
     assert _same_output(net, ck.model)
     assert pickle.HIGHEST_PROTOCOL >= 4 and os.path.exists(p)
+
+
+def test_student_training_reads_the_record_not_the_name(tmp_path):
+    from dmdcore.checkpoints import student_training
+
+    (tmp_path / "a.json").write_text(json.dumps({"distill_config": {"regression": True, "reg_weight": 0.1,
+                                                                    "n_reg_pairs": 8, "gan": False, "steps": 3}}))
+    (tmp_path / "b.json").write_text(json.dumps({"distill_config": {"regression": False, "gan": True, "steps": 5}}))
+    (tmp_path / "c.json").write_text("{not json")
+    man = {"version": 1, "entries": [
+        # named "free" but its record says regression: the record wins
+        {"name": "x-free", "role": "student", "sha256": "aa", "file": "a.bin", "training_record": "a.json"},
+        {"name": "y", "role": "student", "sha256": "bb", "file": "b.bin", "training_record": "b.json"},
+        {"name": "z", "role": "student", "sha256": "cc", "file": "c.bin", "training_record": "c.json"},
+        {"name": "t", "role": "teacher", "sha256": "dd", "file": "t.bin", "training_record": "a.json"},
+        {"name": "u", "role": "student", "sha256": "ee", "file": "u.bin"},
+    ]}
+    a = student_training("aa", man, tmp_path)
+    assert a["regression"] is True and a["reg_weight"] == 0.1 and a["n_reg_pairs"] == 8 and a["name"] == "x-free"
+    b = student_training("bb", man, tmp_path)
+    assert b["regression"] is False and b["gan"] is True and b["reg_weight"] is None and b["steps"] == 5
+    for sha in ("cc", "dd", "ee", "ff", ""):  # unreadable record, a teacher, no record, unknown hash
+        assert student_training(sha, man, tmp_path) is None
+    bad = {"version": 1, "entries": [{"name": "v", "role": "student", "sha256": "aa", "file": "a.bin",
+                                      "training_record": "../a.json"}]}
+    assert student_training("aa", bad, tmp_path) is None  # a record outside the root is never read
