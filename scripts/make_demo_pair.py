@@ -293,8 +293,9 @@ def upsert_manifest(out: Path) -> None:
         if fname == FREE_STUDENT_FILE:
             e["source"] = "trained by scripts/make_demo_pair.py --free (this repository)"
         new.append(e)
-    names = {e["name"] for e in new}
-    data["entries"] = [e for e in data["entries"] if e.get("name") not in names] + new
+    by_name = {e["name"]: e for e in new}  # replaced in place (a small diff); new names appended
+    kept = [by_name.pop(e["name"], e) if e.get("name") in by_name else e for e in data["entries"]]
+    data["entries"] = kept + list(by_name.values())
     tmp = mpath.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.replace(mpath)

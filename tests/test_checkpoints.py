@@ -392,6 +392,29 @@ def test_pickle_module_unused_by_loader_for_torch_files(tmp_path):
     assert pickle.HIGHEST_PROTOCOL >= 4 and os.path.exists(p)
 
 
+def test_shipped_free_student_loads_safely_and_its_record_says_no_regression():
+    """The free digits16 student (issue #11): a manifest entry beside the regression student, loaded
+    through the safe loader, sha256 as listed; its training record says DMD loss alone."""
+    from dmdcore.checkpoints import load_checkpoint, manifest_entry, student_training
+
+    free, reg = manifest_entry("demo-digits16-student-free"), manifest_entry("demo-digits16-student")
+    for e in (free, reg):
+        assert e["role"] == "student" and e["kind"] == "image" and e["url"] is None
+        p = entry_path(e)
+        assert p.stat().st_size <= 10 * 10**6 and p.stat().st_size == e["size"]
+        ck = load_checkpoint(p, device="cpu")  # weights_only torch.load: no code runs
+        assert ck.sha256 == e["sha256"] == hashlib.sha256(p.read_bytes()).hexdigest()
+    assert free["sha256"] != reg["sha256"]
+    rec = json.loads(entry_path({"name": "r", "file": free["training_record"]}).read_text())
+    dc = rec["distill_config"]
+    assert dc["regression"] is False and dc["gan"] is False and rec["regression"] is False
+    assert rec["teacher"]["sha256"] == manifest_entry("demo-digits16-teacher")["sha256"]
+    assert len(rec["student_log"]) == dc["steps"] and all("loss_reg" not in m for m in rec["student_log"])
+    assert student_training(free["sha256"])["regression"] is False
+    tr = student_training(reg["sha256"])
+    assert tr["regression"] is True and tr["reg_weight"] == 0.005 and tr["n_reg_pairs"] == 256
+
+
 def test_student_training_reads_the_record_not_the_name(tmp_path):
     from dmdcore.checkpoints import student_training
 
