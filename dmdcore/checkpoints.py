@@ -545,10 +545,15 @@ def save_checkpoint(model: EDMPrecond, path: str | Path, *, fmt: str = OUR_FORMA
 
 
 def _write_checkpoint(tmp: Path, path: Path, fmt: str, cfg: dict, sd: dict, role, meta) -> None:
+    # torch.save to an open file, not a path: given a path, torch names the zip's inner folder
+    # after it (here the temp name, which holds the pid), so the same weights gave different bytes
+    # and sha256 on every run; through a file object the archive is named "archive" every time.
     if fmt == OUR_FORMAT:
-        torch.save({"format": OUR_FORMAT, "role": role, "config": cfg, "meta": meta or {}, "state_dict": sd}, tmp)
+        with open(tmp, "wb") as fh:
+            torch.save({"format": OUR_FORMAT, "role": role, "config": cfg, "meta": meta or {}, "state_dict": sd}, fh)
     elif fmt == "state-dict":
-        torch.save(sd, tmp)
+        with open(tmp, "wb") as fh:
+            torch.save(sd, fh)
         path.with_name(path.name + ".json").write_text(json.dumps({"config": cfg, "role": role, "meta": meta or {}},
                                                                   indent=1))
     elif fmt == "safetensors":

@@ -439,3 +439,22 @@ def test_student_training_reads_the_record_not_the_name(tmp_path):
     bad = {"version": 1, "entries": [{"name": "v", "role": "student", "sha256": "aa", "file": "a.bin",
                                       "training_record": "../a.json"}]}
     assert student_training("aa", bad, tmp_path) is None  # a record outside the root is never read
+
+
+@pytest.mark.parametrize("fmt", ["dmdcore.image.v1", "state-dict"])
+def test_save_checkpoint_bytes_depend_only_on_the_weights(tmp_path, fmt):
+    """Same weights -> same file bytes (so a retrained shipped file can be checked by sha256),
+    whatever the destination name or process; different weights -> different bytes."""
+    from dmdcore.networks import EDMPrecond
+
+    cfg = dict(img_resolution=8, img_channels=1, label_dim=0, model_channels=16, channel_mult=[1, 2],
+               num_blocks=1, attn_resolutions=[], dropout=0.0)
+    torch.manual_seed(0)
+    net = EDMPrecond(**cfg)
+    a = save_checkpoint(net, tmp_path / "a.pt", fmt=fmt).read_bytes()
+    b = save_checkpoint(net, tmp_path / "other-name.bin", fmt=fmt).read_bytes()
+    assert a == b
+    with torch.no_grad():
+        next(net.parameters()).add_(1.0)
+    assert save_checkpoint(net, tmp_path / "c.pt", fmt=fmt).read_bytes() != a
+    assert load_checkpoint(tmp_path / "other-name.bin", device="cpu").n_params > 0
