@@ -51,6 +51,7 @@ __all__ = [
     "read_manifest",
     "manifest_entry",
     "entry_path",
+    "student_training",
     "fetch",
     "register_cli",
 ]
@@ -544,10 +545,15 @@ def save_checkpoint(model: EDMPrecond, path: str | Path, *, fmt: str = OUR_FORMA
 
 
 def _write_checkpoint(tmp: Path, path: Path, fmt: str, cfg: dict, sd: dict, role, meta) -> None:
+    # torch.save to an open file, not a path: given a path, torch names the zip's inner folder
+    # after it (here the temp name, which holds the pid), so the same weights gave different bytes
+    # and sha256 on every run; through a file object the archive is named "archive" every time.
     if fmt == OUR_FORMAT:
-        torch.save({"format": OUR_FORMAT, "role": role, "config": cfg, "meta": meta or {}, "state_dict": sd}, tmp)
+        with open(tmp, "wb") as fh:
+            torch.save({"format": OUR_FORMAT, "role": role, "config": cfg, "meta": meta or {}, "state_dict": sd}, fh)
     elif fmt == "state-dict":
-        torch.save(sd, tmp)
+        with open(tmp, "wb") as fh:
+            torch.save(sd, fh)
         path.with_name(path.name + ".json").write_text(json.dumps({"config": cfg, "role": role, "meta": meta or {}},
                                                                   indent=1))
     elif fmt == "safetensors":
@@ -598,6 +604,38 @@ def entry_path(entry: dict, root: str | Path | None = None) -> Path:
     if not f or Path(f).is_absolute() or ".." in Path(f).parts:
         raise ValueError(f"manifest entry {entry.get('name')!r}: 'file' must be a relative path inside checkpoints/")
     return root / f
+
+
+def student_training(sha256: str, manifest: str | Path | dict | None = None,
+                     root: str | Path | None = None) -> dict | None:
+    """How a shipped student was distilled, read from its training record (the manifest entry with
+    this ``sha256`` names the record in ``training_record``; the answer comes from the record's
+    ``distill_config``, not from the entry's name). None when no student entry with a training
+    record has this hash, or when the record is unreadable.
+
+    Returns {"name", "record", "regression", "reg_weight", "n_reg_pairs", "gan", "steps", "init"};
+    reg_weight / n_reg_pairs are None without regression."""
+    try:
+        entries = read_manifest(manifest)["entries"]
+    except ValueError:
+        return None
+    for e in entries:
+        if e.get("role") != "student" or not sha256 or e.get("sha256") != sha256 or not e.get("training_record"):
+            continue
+        try:
+            p = entry_path({"name": e.get("name"), "file": e["training_record"]}, root)
+            rec = json.loads(p.read_text())
+        except (OSError, ValueError):
+            return None
+        dc = rec.get("distill_config") if isinstance(rec, dict) else None
+        if not isinstance(dc, dict) or "regression" not in dc:
+            return None
+        reg = dc.get("regression") is True
+        return {"name": e.get("name"), "record": e["training_record"], "regression": reg,
+                "reg_weight": dc.get("reg_weight") if reg else None,
+                "n_reg_pairs": dc.get("n_reg_pairs") if reg else None,
+                "gan": dc.get("gan") is True, "steps": dc.get("steps"), "init": dc.get("init")}
+    return None
 
 
 def _expected_total(resp, have: int) -> int | None:

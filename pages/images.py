@@ -157,25 +157,18 @@ def _resolve(role: str, choice) -> object | None:
     return ck
 
 
-def _demo_student_training() -> dict | None:
-    """The demo student's distillation settings (checkpoints/demo/training.json), or None."""
-    import json
-
-    try:
-        d = json.loads((ckpts.default_manifest_path().parent / "demo" / "training.json").read_text())
-        return d.get("distill_config") or {}
-    except (OSError, ValueError):
+def _training_note(tr: dict | None) -> str | None:
+    """One line saying how a shipped student was distilled (from its training record), or None."""
+    if tr is None:
         return None
-
-
-def _is_demo_student(ck) -> bool:
-    """True when ``ck`` is the shipped demo student (by content: any source, same sha256)."""
-    try:
-        entries = ckpts.read_manifest()["entries"]
-    except ValueError:
-        return False
-    return any(e.get("role") == "student" and str(e.get("name", "")).startswith("demo-") and e.get("sha256")
-               and e["sha256"] == ck.sha256 for e in entries)
+    if tr["regression"]:
+        return (f"**Regression control** ({tr['name']}): distilled with the DMD regression loss (weight "
+                f"{tr['reg_weight']} on {tr['n_reg_pairs']} teacher noise→image pairs), which pulls G(z) toward "
+                f"the teacher's T(z) for the same noise; its pairing is tied by construction "
+                f"(checkpoints/{tr['record']}).")
+    return (f"**Free student** ({tr['name']}): distilled with the DMD loss alone (no regression pairs"
+            f"{', no GAN' if not tr['gan'] else ', with the GAN loss'}; {tr['steps']} steps), so nothing ties "
+            f"its noise→image pairing to the teacher's (checkpoints/{tr['record']}).")
 
 
 def _class_names(ck) -> list[str]:
@@ -227,6 +220,9 @@ student = _resolve("student", _pick("student", c2))
 for ck, col in ((teacher, c1), (student, c2)):
     if ck is not None:
         col.caption(ckpts.describe(ck) + f" · sha256 {ck.sha256[:12]}…")
+student_training = ckpts.student_training(student.sha256) if student is not None else None
+if student_training is not None:
+    c2.markdown(_training_note(student_training))
 
 if teacher is None or student is None:
     st.info("Choose a teacher and a student to compare.")
@@ -289,7 +285,7 @@ if go:
         else:
             S[JOB] = (job.start(), {"pairs": pairs, "names": names, "sampler": sampler, "nfe": nfe,
                                     "teacher": Path(teacher.path).name, "student": Path(student.path).name,
-                                    "demo_student": _is_demo_student(student)})
+                                    "training": student_training})
 
 with st.sidebar:
     stats = cache.stats()
@@ -357,14 +353,17 @@ def _results():
             "ΔE = (E_pair − E_OT)/(E_ind − E_OT) on flattened images: 0 = the student sends each noise where "
             "the teacher does (copying), ≈1 = pairing no better than chance. " + ci))
         k1.caption(ci)
-        if meta.get("demo_student"):
-            dc = _demo_student_training() or {}
-            how = (f" (weight {dc['reg_weight']} on {dc.get('n_reg_pairs', '?')} teacher noise→image pairs)"
-                   if dc.get("regression") and "reg_weight" in dc else "")
-            k1.caption("⚠ Demo pair: this student was trained **with the DMD regression loss**" + how +
-                       ", which pulls G(z) toward the teacher's T(z) for the same noise. A low ΔE here is "
-                       "expected by construction, not evidence that distribution matching alone copies the "
-                       "teacher's pairing (see checkpoints/demo/training.json).")
+        tr = meta.get("training")
+        if tr is not None and tr["regression"]:
+            k1.caption(f"⚠ Regression control: this student was trained **with the DMD regression loss** (weight "
+                       f"{tr['reg_weight']} on {tr['n_reg_pairs']} teacher noise→image pairs), which pulls G(z) "
+                       "toward the teacher's T(z) for the same noise. A low ΔE here is expected by construction, not "
+                       "evidence that distribution matching alone copies the teacher's pairing "
+                       f"(see checkpoints/{tr['record']}).")
+        elif tr is not None:
+            k1.caption("Free student: trained with the DMD loss alone (no regression), so this ΔE measures the "
+                       "pairing distribution matching produced by itself; compare it with the regression control "
+                       f"(see checkpoints/{tr['record']}).")
         k2.metric("Pair retrieval (top-1)", f"{m.retrieval:.1%}", help=f"chance = 1/n = {1 / m.n:.1%}")
         k3.metric("Mean per-pair L2", f"{m.l2.mean():.3f}")
         k4.metric("Pairs", f"{m.n}/{n}")

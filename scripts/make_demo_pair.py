@@ -4,6 +4,14 @@ the project's own ``dmdcore.distill.DMDTrainer``.
 
     nice -n 10 python scripts/make_demo_pair.py            # full recipe (CPU, ~15-25 min on 2 cores)
     python scripts/make_demo_pair.py --teacher-steps 50 --student-steps 5 --out /tmp/demo   # smoke run
+    python scripts/make_demo_pair.py --free --threads 1    # the free student from the SHIPPED teacher
+
+``--free`` (issue #11): load the shipped teacher (checkpoints/demo/digits16-teacher.pt, through the
+safe loader, sha256 checked against the manifest) instead of training one, and distill a student
+with the DMD loss alone (no regression pairs, GAN off), so its noise->image pairing is free. It
+writes digits16-student-free.bin (+ sidecar), training-free.json (recipe, full loss curve, a ΔE
+trajectory against fixed teacher samples, wall and CPU seconds) and training-free.log, and upserts
+the manifest entry ``demo-digits16-student-free``; the regression student's files are untouched.
 
 Outputs (in --out, default checkpoints/demo/):
   digits16-teacher.pt   plain state dict (torch.save) + digits16-teacher.pt.json sidecar (config)
@@ -43,6 +51,9 @@ from dmdcore.samplers import edm_sampler  # noqa: E402
 
 TEACHER_FILE = "digits16-teacher.pt"
 STUDENT_FILE = "digits16-student.bin"
+FREE_STUDENT_FILE = "digits16-student-free.bin"
+FREE_RECORD = "training-free.json"
+FREE_LOG = "training-free.log"
 
 
 def train_teacher(x, y, *, steps, batch, lr, ema, seed, log):
@@ -77,9 +88,73 @@ def train_teacher(x, y, *, steps, batch, lr, ema, seed, log):
     return ema_net, losses, time.time() - t0
 
 
+def eval_set(teacher, n, seed, log):
+    """Fixed teacher samples for the ΔE trajectory: classes i % 10, seeds seed+i, EDM sampler N=18."""
+    from dmdcore.images import sample_teacher
+
+    classes, seeds = [i % 10 for i in range(n)], [seed + i for i in range(n)]
+    t0 = time.time()
+    t = sample_teacher(teacher, classes, seeds)
+    log(f"eval set: {n} teacher samples (N=18) in {time.time() - t0:.0f}s")
+    return classes, seeds, t
+
+
+def eval_delta_e(generator, ev) -> dict:
+    """ΔE (and E terms) of the current generator against the fixed teacher samples ``ev``."""
+    from dmdcore.images import sample_student
+    from dmdcore.pairing import pairing_inefficiency
+
+    classes, seeds, t = ev
+    was_training = generator.training
+    generator.eval()
+    s = sample_student(generator, classes, seeds)
+    generator.train(was_training)
+    r = pairing_inefficiency(s.reshape(len(seeds), -1).double().numpy(), t.reshape(len(seeds), -1).double().numpy())
+    return {"delta_e": float(r.delta_e), "e_pair": float(r.e_pair), "e_ot": float(r.e_ot), "e_ind": float(r.e_ind)}
+
+
+def distill_student(teacher, x, cfg, *, reg_pairs, steps, log, ev=None, eval_every=0):
+    """Run ``steps`` DMDTrainer steps; returns (generator, per-step log, ΔE trajectory, wall s, CPU s)."""
+    trainer = DMDTrainer(teacher, cfg, sample_shape=tuple(x.shape[1:]), sigma_data=DEMO_CONFIG["sigma_data"],
+                         label_dim=10, reg_pairs=reg_pairs, device="cpu")
+    s_log, traj = [], []
+    if ev is not None and eval_every > 0:
+        traj.append({"step": 0, **eval_delta_e(trainer.generator, ev)})
+        log(f"student step 0 delta_e {traj[-1]['delta_e']:.4f}")
+    t2, c2 = time.time(), time.process_time()
+    eval_s = 0.0
+    for _ in range(steps):
+        m = trainer.step()
+        s_log.append(m)
+        if m["step"] % 10 == 0 or m["step"] == steps:
+            log(f"student step {m['step']}/{steps} " +
+                " ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "step") + f" ({time.time() - t2:.0f}s)")
+        if ev is not None and eval_every > 0 and (m["step"] % eval_every == 0 or m["step"] == steps):
+            te = time.time()
+            traj.append({"step": m["step"], **eval_delta_e(trainer.generator, ev)})
+            eval_s += time.time() - te
+            log(f"student step {m['step']} delta_e {traj[-1]['delta_e']:.4f} (n={len(ev[1])})")
+    wall, cpu = time.time() - t2, time.process_time() - c2
+    return trainer.generator.eval(), s_log, traj, wall, cpu, eval_s
+
+
+def load_shipped_teacher(out: Path):
+    """The shipped teacher through the safe loader, its sha256 checked against the manifest."""
+    from dmdcore.checkpoints import load_checkpoint, manifest_entry
+
+    ck = load_checkpoint(out / TEACHER_FILE, device="cpu")
+    want = manifest_entry("demo-digits16-teacher")["sha256"]
+    if ck.sha256 != want:
+        raise SystemExit(f"{TEACHER_FILE}: sha256 {ck.sha256} differs from the manifest's {want}")
+    return ck.model.requires_grad_(False).eval(), ck.sha256
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "checkpoints" / "demo"))
+    ap.add_argument("--free", action="store_true",
+                    help="load the shipped teacher from --out and distill a student with the DMD loss alone "
+                         "(no regression, no GAN) into digits16-student-free.bin")
     ap.add_argument("--teacher-steps", type=int, default=1500)
     ap.add_argument("--teacher-batch", type=int, default=32)
     ap.add_argument("--teacher-lr", type=float, default=2e-3)
@@ -91,6 +166,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reg-pairs", type=int, default=256, help="teacher ODE pairs for the regression loss (0 = none)")
     ap.add_argument("--reg-weight", type=float, default=0.005,
                     help="regression_loss sums over the 256 pixels while dmd_loss averages: 0.005 keeps both terms comparable")
+    ap.add_argument("--eval-n", type=int, default=100, help="--free: teacher samples for the ΔE trajectory")
+    ap.add_argument("--eval-every", type=int, default=25, help="--free: ΔE every this many steps (0 = never)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--manifest-only", action="store_true",
@@ -102,6 +179,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.free:
+        return main_free(args, out)
     log = lambda s: print(s, flush=True)  # noqa: E731
 
     x, y = digits16()
@@ -125,18 +204,8 @@ def main(argv=None) -> int:
                         lr_gen=args.lr_gen, lr_fake=args.lr_fake, regression=reg_pairs is not None,
                         reg_weight=args.reg_weight, n_reg_pairs=max(args.reg_pairs, 1),
                         reg_batch=min(args.student_batch, max(args.reg_pairs, 1)), seed=args.seed)
-    trainer = DMDTrainer(teacher, cfg, sample_shape=tuple(x.shape[1:]), sigma_data=DEMO_CONFIG["sigma_data"],
-                         label_dim=10, reg_pairs=reg_pairs, device="cpu")
-    s_log = []
-    t2 = time.time()
-    for _ in range(args.student_steps):
-        m = trainer.step()
-        s_log.append(m)
-        if m["step"] % 10 == 0 or m["step"] == args.student_steps:
-            log(f"student step {m['step']}/{args.student_steps} " +
-                " ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "step") + f" ({time.time() - t2:.0f}s)")
-    s_time = time.time() - t2
-    student = trainer.generator.eval()
+    student, s_log, _, s_time, _, _ = distill_student(teacher, x, cfg, reg_pairs=reg_pairs,
+                                                      steps=args.student_steps, log=log)
     save_checkpoint(student, out / STUDENT_FILE, fmt="state-dict", config=DEMO_CONFIG, role="student",
                     meta={"distilled_from": TEACHER_FILE, "steps": args.student_steps})
 
@@ -154,6 +223,47 @@ def main(argv=None) -> int:
     return 0
 
 
+def main_free(args, out: Path) -> int:
+    """--free: the shipped teacher, the DMD loss alone (no regression pairs, no GAN)."""
+    logf = (out / FREE_LOG).open("w")
+
+    def log(s):
+        print(s, flush=True)
+        logf.write(s + "\n")
+        logf.flush()
+
+    x, _ = digits16()
+    teacher_dir = ROOT / "checkpoints" / "demo"
+    teacher, teacher_sha = load_shipped_teacher(teacher_dir)
+    log(f"teacher: {teacher_dir / TEACHER_FILE} sha256 {teacher_sha[:12]} (safe loader, manifest hash checked)")
+    ev = eval_set(teacher, args.eval_n, 10_000, log) if args.eval_every > 0 else None
+    cfg = DistillConfig(init="teacher", ratio=args.ratio, steps=args.student_steps, batch=args.student_batch,
+                        lr_gen=args.lr_gen, lr_fake=args.lr_fake, regression=False, gan=False, seed=args.seed)
+    student, s_log, traj, wall, cpu, eval_s = distill_student(teacher, x, cfg, reg_pairs=None,
+                                                              steps=args.student_steps, log=log, ev=ev,
+                                                              eval_every=args.eval_every)
+    save_checkpoint(student, out / FREE_STUDENT_FILE, fmt="state-dict", config=DEMO_CONFIG, role="student",
+                    meta={"distilled_from": TEACHER_FILE, "steps": args.student_steps, "regression": False,
+                          "gan": False, "pairing": "free (DMD loss alone)", "training_record": FREE_RECORD})
+    recipe = {"args": {k: v for k, v in vars(args).items() if k not in ("reg_pairs", "reg_weight", "teacher_steps",
+                                                                          "teacher_batch", "teacher_lr")},
+              "teacher": {"file": TEACHER_FILE, "sha256": teacher_sha},
+              "config": DEMO_CONFIG, "distill_config": cfg.to_dict(), "regression": False, "gan": False,
+              "student_seconds": round(wall, 1), "student_cpu_seconds": round(cpu, 1),
+              "eval_seconds": round(eval_s, 1),
+              "eval": {"n": args.eval_n, "classes": "i % 10", "seeds": "10000 + i", "teacher_sampler": "EDM Heun N=18"},
+              "delta_e_trajectory": traj, "student_log": s_log, "student_log_tail": s_log[-5:],
+              "torch": torch.__version__}
+    (out / FREE_RECORD).write_text(json.dumps(recipe, indent=1, default=str))
+    if out.resolve() == teacher_dir.resolve():
+        upsert_manifest(out)
+        log("manifest updated")
+    log(f"{FREE_STUDENT_FILE}: {(out / FREE_STUDENT_FILE).stat().st_size / 1e6:.2f} MB; student {wall:.0f}s wall, "
+        f"{cpu:.0f}s CPU (of which ΔE evaluation {eval_s:.0f}s wall)")
+    logf.close()
+    return 0
+
+
 def upsert_manifest(out: Path) -> None:
     """Add/replace the demo entries (kind "image") in checkpoints/manifest.json, keeping others."""
     mpath = ROOT / "checkpoints" / "manifest.json"
@@ -162,17 +272,30 @@ def upsert_manifest(out: Path) -> None:
                   source="trained by scripts/make_demo_pair.py (this repository)", license="MIT (this repository)",
                   classes="digits")
     new = []
+    records = {STUDENT_FILE: "demo/training.json", FREE_STUDENT_FILE: f"demo/{FREE_RECORD}"}
     for name, role, fname, desc in [
         ("demo-digits16-teacher", "teacher", TEACHER_FILE,
          "Tiny class-conditional EDM teacher (DhariwalUNet, 16x16 grey digits, 10 classes)"),
         ("demo-digits16-student", "student", STUDENT_FILE,
-         "One-step DMD student distilled from demo-digits16-teacher"),
+         "One-step DMD student distilled from demo-digits16-teacher with the DMD regression loss "
+         "(the pairing control: regression ties it to the teacher's pairs)"),
+        ("demo-digits16-student-free", "student", FREE_STUDENT_FILE,
+         "One-step DMD student distilled from demo-digits16-teacher with the DMD loss alone "
+         "(no regression, no GAN): its pairing is free"),
     ]:
         p = out / fname
-        new.append(dict(common, name=name, role=role, file=f"demo/{fname}", size=p.stat().st_size,
-                        sha256=hashlib.sha256(p.read_bytes()).hexdigest(), description=desc))
-    names = {e["name"] for e in new}
-    data["entries"] = [e for e in data["entries"] if e.get("name") not in names] + new
+        if not p.exists():
+            continue
+        e = dict(common, name=name, role=role, file=f"demo/{fname}", size=p.stat().st_size,
+                 sha256=hashlib.sha256(p.read_bytes()).hexdigest(), description=desc)
+        if fname in records:  # students: where their recipe (regression or not) is recorded
+            e["training_record"] = records[fname]
+        if fname == FREE_STUDENT_FILE:
+            e["source"] = "trained by scripts/make_demo_pair.py --free (this repository)"
+        new.append(e)
+    by_name = {e["name"]: e for e in new}  # replaced in place (a small diff); new names appended
+    kept = [by_name.pop(e["name"], e) if e.get("name") in by_name else e for e in data["entries"]]
+    data["entries"] = kept + list(by_name.values())
     tmp = mpath.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.replace(mpath)

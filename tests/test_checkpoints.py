@@ -390,3 +390,71 @@ def test_pickle_module_unused_by_loader_for_torch_files(tmp_path):
     ck = load_checkpoint(p, config=SMALL, device="cpu")
     assert _same_output(net, ck.model)
     assert pickle.HIGHEST_PROTOCOL >= 4 and os.path.exists(p)
+
+
+def test_shipped_free_student_loads_safely_and_its_record_says_no_regression():
+    """The free digits16 student (issue #11): a manifest entry beside the regression student, loaded
+    through the safe loader, sha256 as listed; its training record says DMD loss alone."""
+    from dmdcore.checkpoints import load_checkpoint, manifest_entry, student_training
+
+    free, reg = manifest_entry("demo-digits16-student-free"), manifest_entry("demo-digits16-student")
+    for e in (free, reg):
+        assert e["role"] == "student" and e["kind"] == "image" and e["url"] is None
+        p = entry_path(e)
+        assert p.stat().st_size <= 10 * 10**6 and p.stat().st_size == e["size"]
+        ck = load_checkpoint(p, device="cpu")  # weights_only torch.load: no code runs
+        assert ck.sha256 == e["sha256"] == hashlib.sha256(p.read_bytes()).hexdigest()
+    assert free["sha256"] != reg["sha256"]
+    rec = json.loads(entry_path({"name": "r", "file": free["training_record"]}).read_text())
+    dc = rec["distill_config"]
+    assert dc["regression"] is False and dc["gan"] is False and rec["regression"] is False
+    assert rec["teacher"]["sha256"] == manifest_entry("demo-digits16-teacher")["sha256"]
+    assert len(rec["student_log"]) == dc["steps"] and all("loss_reg" not in m for m in rec["student_log"])
+    assert student_training(free["sha256"])["regression"] is False
+    tr = student_training(reg["sha256"])
+    assert tr["regression"] is True and tr["reg_weight"] == 0.005 and tr["n_reg_pairs"] == 256
+
+
+def test_student_training_reads_the_record_not_the_name(tmp_path):
+    from dmdcore.checkpoints import student_training
+
+    (tmp_path / "a.json").write_text(json.dumps({"distill_config": {"regression": True, "reg_weight": 0.1,
+                                                                    "n_reg_pairs": 8, "gan": False, "steps": 3}}))
+    (tmp_path / "b.json").write_text(json.dumps({"distill_config": {"regression": False, "gan": True, "steps": 5}}))
+    (tmp_path / "c.json").write_text("{not json")
+    man = {"version": 1, "entries": [
+        # named "free" but its record says regression: the record wins
+        {"name": "x-free", "role": "student", "sha256": "aa", "file": "a.bin", "training_record": "a.json"},
+        {"name": "y", "role": "student", "sha256": "bb", "file": "b.bin", "training_record": "b.json"},
+        {"name": "z", "role": "student", "sha256": "cc", "file": "c.bin", "training_record": "c.json"},
+        {"name": "t", "role": "teacher", "sha256": "dd", "file": "t.bin", "training_record": "a.json"},
+        {"name": "u", "role": "student", "sha256": "ee", "file": "u.bin"},
+    ]}
+    a = student_training("aa", man, tmp_path)
+    assert a["regression"] is True and a["reg_weight"] == 0.1 and a["n_reg_pairs"] == 8 and a["name"] == "x-free"
+    b = student_training("bb", man, tmp_path)
+    assert b["regression"] is False and b["gan"] is True and b["reg_weight"] is None and b["steps"] == 5
+    for sha in ("cc", "dd", "ee", "ff", ""):  # unreadable record, a teacher, no record, unknown hash
+        assert student_training(sha, man, tmp_path) is None
+    bad = {"version": 1, "entries": [{"name": "v", "role": "student", "sha256": "aa", "file": "a.bin",
+                                      "training_record": "../a.json"}]}
+    assert student_training("aa", bad, tmp_path) is None  # a record outside the root is never read
+
+
+@pytest.mark.parametrize("fmt", ["dmdcore.image.v1", "state-dict"])
+def test_save_checkpoint_bytes_depend_only_on_the_weights(tmp_path, fmt):
+    """Same weights -> same file bytes (so a retrained shipped file can be checked by sha256),
+    whatever the destination name or process; different weights -> different bytes."""
+    from dmdcore.networks import EDMPrecond
+
+    cfg = dict(img_resolution=8, img_channels=1, label_dim=0, model_channels=16, channel_mult=[1, 2],
+               num_blocks=1, attn_resolutions=[], dropout=0.0)
+    torch.manual_seed(0)
+    net = EDMPrecond(**cfg)
+    a = save_checkpoint(net, tmp_path / "a.pt", fmt=fmt).read_bytes()
+    b = save_checkpoint(net, tmp_path / "other-name.bin", fmt=fmt).read_bytes()
+    assert a == b
+    with torch.no_grad():
+        next(net.parameters()).add_(1.0)
+    assert save_checkpoint(net, tmp_path / "c.pt", fmt=fmt).read_bytes() != a
+    assert load_checkpoint(tmp_path / "other-name.bin", device="cpu").n_params > 0

@@ -23,21 +23,21 @@ def _runs_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("DMD_RUNS_DIR", str(tmp_path / "runs"))
 
 
-def _demo_entries():
-    es = {e["role"]: e for e in read_manifest()["entries"] if e.get("kind") == "image" and e.get("url") is None}
-    return es["teacher"], es["student"]
+def _demo_entries(student: str = "demo-digits16-student"):
+    es = {e["name"]: e for e in read_manifest()["entries"] if e.get("kind") == "image" and e.get("url") is None}
+    return es["demo-digits16-teacher"], es[student]
 
 
 def test_demo_pair_is_shipped_small_and_loads():
     t, s = _demo_entries()
-    total = 0
-    for e in (t, s):
+    _, f = _demo_entries("demo-digits16-student-free")
+    for e in (t, s, f):
         p = entry_path(e)
         assert p.exists(), p
-        total += p.stat().st_size
+        assert p.stat().st_size <= 10 * 10**6  # each shipped file <= 10 MB
         ck = load_checkpoint(p, device="cpu")
         assert ck.config["label_dim"] == 10 and ck.config["img_resolution"] == 16
-    assert total <= 10 * 10**6
+        assert ck.sha256 == e["sha256"] and p.stat().st_size == e["size"]
 
 
 def _page() -> AppTest:
@@ -95,8 +95,9 @@ def test_page_generates_demo_grids_and_metrics():
     assert shown["Mean per-pair L2"] == f"{m.l2.mean():.3f}"
     assert shown["Pairs"] == "10/10"
     # the demo student was distilled WITH the regression loss: said next to ΔE
-    notes = [c.value for c in at.caption if "regression loss" in c.value]
+    notes = [c.value for c in at.caption if c.value.startswith("⚠") and "regression loss" in c.value]
     assert len(notes) == 1 and "expected by construction" in notes[0] and "0.005" in notes[0]
+    assert "Regression control" in notes[0]
 
     # the per-pair table holds the same L2 values
     table = at.dataframe[0].value
@@ -185,3 +186,36 @@ def test_upload_with_same_name_and_size_but_new_content_is_replaced(tmp_path):
 
     kept = sorted(p.name for p in (Path(os.environ["DMD_RUNS_DIR"]) / "uploads").glob("teacher-*-same-name.pt"))
     assert kept == sorted(f"teacher-{hashlib.sha256(b).hexdigest()[:16]}-same-name.pt" for b in blobs)
+
+
+def test_page_offers_both_shipped_students_and_labels_the_regression_control():
+    """The free student (DMD loss alone) is selectable next to the regression one; which is the
+    regression control comes from each training record, and both go through the same copy report."""
+    at = _page()
+    sb = at.selectbox(key="img_student_entry")
+    assert {"demo-digits16-student", "demo-digits16-student-free"} <= set(sb.options)
+    seen = {}
+    for name in ("demo-digits16-student", "demo-digits16-student-free"):
+        at.selectbox(key="img_student_entry").set_value(name)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        labels = [m.value for m in at.markdown if "Regression control" in m.value or "Free student" in m.value]
+        assert len(labels) == 1 and name in labels[0], labels
+        seen[name] = labels[0]
+        at.number_input(key="img_per_class").set_value(1)
+        at.number_input(key="img_steps").set_value(4)
+        at.number_input(key="img_boot").set_value(0)
+        at.button(key="FormSubmitter:img_settings-Generate").click()
+        at.run()
+        _wait_done(at)
+        shown = {x.label: x.value for x in at.metric}
+        t, s = _demo_entries(name)
+        T = load_checkpoint(entry_path(t), device="cpu").model
+        S_ = load_checkpoint(entry_path(s), device="cpu").model
+        ti = sample_teacher(T, list(range(10)), [0] * 10, sampler=SamplerConfig(steps=4))
+        m = pair_metrics(ti, sample_student(S_, list(range(10)), [0] * 10), bootstrap=0, seed=0)
+        assert shown["ΔE (pairing inefficiency)"] == f"{m.delta_e:.3f}"
+        free_note = [c.value for c in at.caption if c.value.startswith("Free student")]
+        assert len(free_note) == (1 if name.endswith("-free") else 0)
+    assert seen["demo-digits16-student"].startswith("**Regression control**")
+    assert seen["demo-digits16-student-free"].startswith("**Free student**")
