@@ -289,10 +289,11 @@ def tables_from_sweeps(root) -> dict:
     the newest non-quick sweep of each preset (":full" counts as its preset; quick sweeps are
     smoke tests and are not evidence)."""
     from dmdcore.sweep.results import list_sweeps, results_table
+    from dmdcore.sweep.spec import preset_of
 
     tables: dict = {}
     for s in list_sweeps(root):  # newest first
-        name = str(s.get("name", "")).partition(":")[0]
+        name = preset_of(s.get("name", ""))
         if s.get("quick") or name in tables or name not in {c.preset for c in CLAIMS}:
             continue
         tables[name] = results_table(s["path"])

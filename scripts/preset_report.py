@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dmdcore import sweep as sw  # noqa: E402
 from dmdcore.runs import RunDir  # noqa: E402
+from dmdcore.sweep.spec import preset_of  # noqa: E402
 
 
 
@@ -118,7 +119,7 @@ def board(dirs: list[Path]) -> str:
 
     tables = {}
     for out in dirs:
-        name = json.loads((out / "sweep.json").read_text())["spec"]["name"].partition(":")[0]
+        name = preset_of(json.loads((out / "sweep.json").read_text())["spec"]["name"])
         tables[name] = pd.concat([tables[name], sw.results_table(out)]) if name in tables else sw.results_table(out)
     return claims.board_markdown(claims.claim_board(tables))
 

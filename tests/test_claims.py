@@ -216,3 +216,15 @@ def test_preset_report_script_arguments(capsys, tmp_path):
             mod.main(argv)
         assert e.value.code == 2
     assert "no sweep.json" in capsys.readouterr().err
+
+
+def test_full_variant_sweeps_count_as_their_preset():
+    """SweepSpec.variant("full") names the sweep "<preset>-full" in sweep.json; the board must read
+    it as its preset (it was "not yet run" for a finished convergence:full sweep)."""
+    from dmdcore.sweep.spec import load_preset, preset_of
+
+    for p in ("dimension", "convergence"):
+        full = load_preset(p + ":full")
+        assert full.name == p + "-full" and preset_of(full.name) == p
+        assert preset_of(p + ":full") == p and preset_of(p) == p
+    assert preset_of("my-fullness") == "my-fullness"

@@ -195,7 +195,7 @@ class SweepSpec:
             raise SweepSpecError(f"spec variant: sweep {self.name!r} has no 'full' variant")
         d = self.to_dict()
         d.pop("full")
-        d["name"] = f"{self.name}-full"
+        d["name"] = f"{self.name}{FULL_SUFFIX}"
         # full.grid adds or replaces axes; an axis set to null is removed.
         d["grid"] = {k: v for k, v in {**d["grid"], **self.full.get("grid", {})}.items() if v is not None}
         d["base"] = {**d["base"], **_flatten(self.full.get("base", {}), "spec.full.base")}
@@ -222,6 +222,16 @@ def _check_resources(res) -> dict:
             raise SweepSpecError(f"spec.resources.{k}: {v!r} is out of range "
                                  "(cpus_per_cell in (0, 1024], gpus_per_cell in [0, 64], max_retries in 0..100)")
     return dict(res)
+
+
+FULL_SUFFIX = "-full"  # SweepSpec.variant("full") names the sweep "<preset>-full"
+
+
+def preset_of(sweep_name: str) -> str:
+    """The preset a sweep was made from: "dimension" for "dimension", "dimension:full" (the CLI
+    argument) and "dimension-full" (the name ``SweepSpec.variant("full")`` writes to sweep.json)."""
+    name = str(sweep_name).partition(":")[0]
+    return name[: -len(FULL_SUFFIX)] if name.endswith(FULL_SUFFIX) else name
 
 
 def list_presets() -> list[str]:
