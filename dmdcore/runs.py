@@ -166,14 +166,24 @@ class RunDir:
         run = cls(path)
         if run.path.exists() and not run.path.is_dir():
             raise ValueError(f"run_dir: {str(run.path)!r} exists and is not a directory")
-        made = not run.path.exists()
+        # Whether *this* process made the directory: an atomic mkdir of the last component (two
+        # writers that both saw "not there yet" must not both think they made it: the one refused
+        # below then removed the directory the other had claimed and was writing).
         with disk_full_as_error(run.path):
-            run.path.mkdir(parents=True, exist_ok=True)
+            run.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                run.path.mkdir()
+                made = True
+            except FileExistsError:
+                made = False
         try:
             run.claim()
         except BaseException:
-            if made:
-                shutil.rmtree(run.path, ignore_errors=True)
+            if made:  # refused: another writer claimed it; remove it only while still empty
+                try:
+                    run.path.rmdir()
+                except OSError:
+                    pass
             raise
         try:
             if (run.path / CONFIG_FILE).exists() and not overwrite:

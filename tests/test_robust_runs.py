@@ -198,6 +198,29 @@ def test_second_writer_is_refused_while_the_first_lives(tmp_path):
     assert not (d / LOCK_FILE).exists()
 
 
+def test_refused_writer_never_removes_the_directory_another_writer_claimed(tmp_path, monkeypatch):
+    """The race behind a CI failure: two writers both saw `same` missing; the one refused at
+    claim time removed the directory (rmtree) the other had claimed and was writing, whose
+    config.json rename then failed. A refused writer may remove the directory only while it is
+    empty."""
+    out = tmp_path / "same"
+
+    def other_writer_claims_first(self):
+        (self.path / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
+        (self.path / ".config.json.x.tmp").write_text("{}")  # the other writer's file in flight
+        raise RunBusyError("run_dir: being written by process 1")
+
+    monkeypatch.setattr(RunDir, "claim", other_writer_claims_first)
+    with pytest.raises(RunBusyError):
+        RunDir.create(out, kind="teacher", experiment={})
+    assert (out / ".config.json.x.tmp").exists() and (out / LOCK_FILE).exists()
+    # refused on an empty directory it made itself: that one is cleaned up
+    monkeypatch.setattr(RunDir, "claim", lambda self: (_ for _ in ()).throw(RunBusyError("busy")))
+    with pytest.raises(RunBusyError):
+        RunDir.create(tmp_path / "empty", kind="teacher", experiment={})
+    assert not (tmp_path / "empty").exists()
+
+
 def test_racing_cli_writers_never_mix(tmp_path):
     """Two `teacher --out same` started together: exactly one runs, the other is refused with
     exit 2; metrics.csv holds one seed's rows only, matching config.json."""
