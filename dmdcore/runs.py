@@ -208,9 +208,10 @@ class RunDir:
             atomic_write_json(run.path / CONFIG_FILE, content)
             run.write_status("running", "created", step=0)
         except BaseException:
-            run.release()
-            if made:
+            if made:  # ours alone: removed while still claimed (the lock goes with it)
                 shutil.rmtree(run.path, ignore_errors=True)
+            else:
+                run.release()
             raise
         return run
 
