@@ -250,8 +250,9 @@ with st.form("img_settings"):
     steps = f4.number_input("Teacher steps N", 1, 512, 18, key="img_steps",
                             help="EDM Heun sampler with N Karras levels: 2N−1 network evaluations per image.")
     g1, g2, g3 = st.columns(3)
-    imagenet_setting = g1.checkbox("EDM ImageNet stochastic setting (N=256, S_churn=40)", key="img_churn",
-                                   help="S_min 0.05, S_max 50, S_noise 1.003; overrides N. 511 NFE per image.")
+    imagenet_setting = g1.checkbox("EDM ImageNet stochastic", key="img_churn",
+                                   help="EDM's ImageNet-64 stochastic sampler setting: N = 256, S_churn 40, S_min 0.05, "
+                                        "S_max 50, S_noise 1.003; overrides N. 511 NFE per image.")
     batch = g2.number_input("Batch size", 1, 64, 8, key="img_batch", help="Does not change the images (per-image seeds).")
     boot = g3.number_input("Bootstrap resamples (ΔE CI)", 0, 2000, 200, key="img_boot")
     go = st.form_submit_button("Generate", type="primary")
