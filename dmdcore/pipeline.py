@@ -793,6 +793,7 @@ class Experiment:
             row["eta_student"] = self._safe(pairing.transport_inefficiency, self.z.numpy(), s)
             modes = pairing.mode_transition(s, t, centers=self._centers)
             row["copy_rate"] = modes.copy_rate
+            row["copy_k"] = int(self._centers.shape[0])
             row["retrieval"] = pairing.pair_retrieval_accuracy(s, t)
             self._evaluate_per_step(ev.step, ev.step_samples, t)
             basin = None

@@ -66,10 +66,12 @@ METRIC_COLUMNS = (
     "w2_data_floor",
     # student rows: max(W₂²(T′,T), W₂²(T(z),T(z′))), the W₂²(S,T) a converged student reaches
     "w2_floor",
+    # student rows: K, the number of mode centres the copy rate is scored on (its chance level is 1/K)
+    "copy_k",
 )
 # metrics.csv columns holding text / integers (the rest are floats)
 _TEXT_COLUMNS = ("phase", "verdict", "verdict_basis")
-_INT_COLUMNS = ("step", "n_eval", "dim", "delta_e_valid", "converged")
+_INT_COLUMNS = ("step", "n_eval", "dim", "delta_e_valid", "converged", "copy_k")
 # Columns of timing.csv: per evaluation, the cumulative seconds spent inside Experiment.step().
 TIMING_COLUMNS = ("step", "phase", "wall_s")
 
@@ -305,6 +307,11 @@ class RunDir:
         writer = csv.writer(buf, lineterminator="\n")
         if new:
             writer.writerow(columns)
+        else:
+            # a run written by an older version (fewer columns) keeps its own header: its rows
+            # stay readable; a column it lacks is not written
+            with open(p, encoding="utf-8-sig", newline="") as fh:
+                columns = tuple(next(csv.reader([fh.readline()]), ())) or columns
         writer.writerow([_format_cell(row.get(c)) for c in columns])
         with disk_full_as_error(p), open(p, "a", encoding="utf-8", newline="") as fh:
             fh.write(buf.getvalue())

@@ -124,6 +124,8 @@ def companion_lines(row: dict, n_modes: int | None = None) -> list[str]:
     out = []
     n = row.get("n_eval")
     cr, rt = _num(row.get("copy_rate")), _num(row.get("retrieval"))
+    if n_modes is None and _num(row.get("copy_k")):
+        n_modes = int(_num(row.get("copy_k")))  # the K the run scored its copy rate on
     if cr is not None:
         chance = f"{1.0 / n_modes:.3f} with {n_modes} equal modes" if n_modes else "1/K for K equal modes"
         out.append(f"copy rate {cr:.3f} (chance {chance})")

@@ -252,3 +252,21 @@ def test_a_sweep_without_a_finished_cell_shows_a_message_not_empty_axes(app, tmp
     assert any("No cell has a ΔE yet" in i.value for i in at.info)
     table = at.dataframe[-1].value
     assert table["status"].tolist() == ["pending", "pending"]
+
+
+def test_delta_e_over_training_carries_its_reference_levels():
+    """The every-cell ΔE chart marks ΔE 1 (an independent, random pairing) and ΔE 0 (the OT
+    pairing), as the Toy Lab's ΔE panel does, so a curve's height reads against them."""
+    import pandas as pd
+
+    from ui import experiments_plots as xp
+
+    curves = pd.DataFrame({"cell": ["a", "a", "b", "b"], "step": [0, 50, 0, 50], "data.dim": [2, 2, 64, 64],
+                           "delta_e": [0.9, 0.3, 0.1, 0.05]})
+    fig = xp.curves_overlay_figure(curves, ["data.dim"])
+    lines = {s.name: s for s in fig.layout.shapes}
+    assert lines["chance:1"].y0 == 1.0 and lines["chance:0"].y0 == 0.0
+    texts = {a.text for a in fig.layout.annotations}
+    assert "random pairing (ΔE 1)" in texts and "OT pairing (ΔE 0)" in texts
+    assert len(fig.data) == 2  # one trace per cell; the levels are shapes, not extra legend entries
+    assert not xp.curves_overlay_figure(curves.iloc[:0], ["data.dim"]).layout.shapes  # no cells: no axes to mark

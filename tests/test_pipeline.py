@@ -135,6 +135,7 @@ def test_run_directory_is_complete_and_numbers_recompute(tmp_path):
     centers = 2.0 * np.stack([np.cos(angles), np.sin(angles)], 1)
     mode = lambda a: ((a[:, None, :] - centers[None]) ** 2).sum(-1).argmin(1)  # noqa: E731
     assert last["copy_rate"] == pytest.approx(np.mean(mode(x) == mode(t)))
+    assert last["copy_k"] == 8  # the K of the copy rate's chance level 1/K
     # η(S) = E‖S(z) − z‖² / W₂²(z, S(z)) − 1
     eta_s = ((x.astype(np.float64) - z) ** 2).sum(1).mean() / _assignment_cost(x, z) - 1
     assert last["eta_student"] == pytest.approx(eta_s, rel=1e-5, abs=1e-9)

@@ -61,6 +61,20 @@ def test_metrics_roundtrip_exact_and_torn_row(tmp_path):
         run.append_metrics({"step": 1, "phase": "warmup"})
 
 
+def test_metrics_appended_to_a_run_from_an_older_version_stay_readable(tmp_path):
+    # a run directory written before a column existed (its header lacks "copy_k"): resuming it
+    # appends rows in its own header's layout, so no row is dropped as malformed
+    run = RunDir.create(tmp_path / "r", kind="experiment", experiment=EXP)
+    old_columns = [c for c in METRIC_COLUMNS if c != "copy_k"]
+    (run.path / "metrics.csv").write_text(",".join(old_columns) + "\n")
+    run.append_metrics({"step": 0, "phase": "student", "delta_e": 0.5, "copy_k": 8})
+    run.append_metrics({"step": 10, "phase": "student", "delta_e": 0.25})
+    rows = run.read_metrics()
+    assert [(r["step"], r["delta_e"]) for r in rows] == [(0, 0.5), (10, 0.25)]
+    assert "copy_k" not in rows[0]
+    assert (run.path / "metrics.csv").read_text().splitlines()[0].split(",") == old_columns
+
+
 def test_timing_csv_roundtrip_torn_row_and_overwrite(tmp_path):
     run = RunDir.create(tmp_path / "r", kind="experiment", experiment=EXP)
     assert run.read_timing() == []

@@ -231,6 +231,9 @@ def test_verdict_text_for_old_and_new_rows():
     comp = vt.companion_lines(new, n_modes=8)
     assert comp[0] == "copy rate 0.980 (chance 0.125 with 8 equal modes)"
     assert "chance 0.0010" in comp[1] and "within the mode" in comp[2]  # high copy rate, ΔE not small
+    # a sweep cell's row carries the K its run scored the copy rate on: the chance level is a number
+    assert vt.companion_lines({**new, "copy_k": 8})[0] == comp[0]
+    assert vt.companion_lines(new)[0] == "copy rate 0.980 (chance 1/K for K equal modes)"  # K unknown: said so
 
 
 def test_sweep_summary_refuses_to_pool_and_drops_unreadable_cells():

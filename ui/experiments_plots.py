@@ -85,6 +85,9 @@ def curves_overlay_figure(curves: pd.DataFrame, axes: list[str], *, height: int 
                                      showlegend=lab not in shown, line=dict(color=color[lab], width=1.5),
                                      hovertemplate=f"{cell}<br>step=%{{x}}<br>ΔE=%{{y:.3f}}<extra></extra>"))
             shown.add(lab)
+        for y, text in ((1.0, "random pairing (ΔE 1)"), (0.0, "OT pairing (ΔE 0)")):
+            fig.add_hline(y=y, line=dict(color="#888", dash="dot", width=1), annotation_text=text,
+                          annotation_font_size=11, annotation_position="top left", name=f"chance:{y:g}")
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), title="ΔE over training, every cell",
                       xaxis_title="student step", yaxis_title="ΔE", legend=LEGEND)
     return fig

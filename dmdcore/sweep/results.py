@@ -22,7 +22,7 @@ METRIC_COLUMNS = ("delta_e", "delta_e_lo", "delta_e_hi", "e_pair", "e_ot", "e_in
                   "dim", "delta_e_twin", "delta_e_cross", "resolution", "delta_e_valid",
                   # plateau criterion at the last evaluation; ablation power (dmdcore.ablations)
                   "converged", "gan_dm_ratio", "memorization", "w2_teacher_data",
-                  "w2_data_floor", "w2_floor")
+                  "w2_data_floor", "w2_floor", "copy_k")
 # ... and the copy verdict's text columns (empty for runs made before it existed)
 VERDICT_TEXT_COLUMNS = ("verdict", "verdict_basis")
 
