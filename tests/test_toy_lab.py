@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from ui import plots, timecursor, toylab, urlstate
+from ui import curves, plots, timecursor, toylab, urlstate
 
 
 # ------------------------------------------------------------------ plots: colors / projection
@@ -135,7 +135,7 @@ def test_transition_and_basin_figures():
         plots.basin_figure(tm, np.zeros((3, 3), int), extent=3.0)
 
 
-def test_curves_figure_band_and_missing_cells():
+def test_student_curves_band_and_missing_cells():
     metrics = pd.DataFrame({
         "step": [0, 10, 20, 30],
         "phase": ["teacher", "student", "student", "student"],
@@ -147,14 +147,17 @@ def test_curves_figure_band_and_missing_cells():
         "eta_student": [None, 0.3, 0.2, 0.15],
         "loss_dm": [None, 1.0, 0.9, 0.8],
     })
-    fig = plots.curves_figure(metrics)
-    assert plots.curve_point_count(fig, "ΔE") == 3
+
+    def points(fig, name):  # finite y values of the trace called name (0 if absent)
+        ys = [np.asarray(tr.y, np.float64) for tr in fig.data if tr.name == name and tr.y is not None]
+        return int(np.isfinite(ys[0]).sum()) if ys else 0
+
+    fig = curves.student_curves_figure(metrics)
+    assert points(fig, "ΔE") == 3  # the teacher row's empty cells are not points
     band = next(tr for tr in fig.data if tr.name == "ΔE 95% CI")
     assert np.allclose(np.asarray(band.y, float), [0.6, 0.35, 0.3, 0.1, 0.25, 0.4])
-    assert plots.curve_point_count(fig, "η(S)") == 3
-    assert plots.curve_point_count(fig, "loss_dm") == 3
-    empty = plots.curves_figure(None)
-    assert plots.curve_point_count(empty, "ΔE") == 0
+    assert points(fig, "η(S)") == 3 and points(fig, "loss_dm") == 3
+    assert points(curves.student_curves_figure(None), "ΔE") == 0
 
 
 # ------------------------------------------------------------------ URL codec
@@ -429,8 +432,8 @@ def test_transport_pause_step_resume_time_travel_and_reset(runs_dir):
     assert _metric(at, "pair retrieval") == f"{row['retrieval']:.3f}"
     assert any(f"Basin maps at student step {first} " in c.value for c in at.caption)
     assert any(f"Evaluation at student step {first} of 100000" in c.value for c in at.caption)
-    curves = json.loads(at.get("plotly_chart")[-1].proto.spec)
-    cursors = [sh for sh in curves["layout"]["shapes"] if sh.get("name") == "cursor"]
+    spec = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    cursors = [sh for sh in spec["layout"]["shapes"] if sh.get("name") == "cursor"]
     assert len(cursors) == 5 and all(sh["x0"] == first for sh in cursors)  # one per student panel
     # Resume reads as running at once; Stop ends it
     at.button(key="btn_resume").click()
@@ -599,7 +602,6 @@ def test_invalid_setting_keeps_the_last_valid_configuration(runs_dir):
 def test_teacher_and_student_curves_have_their_own_step_axes_and_the_cursor():
     """A run that trains its teacher (steps 0–400) then its student (0–150): the W₂² panel must
     not join W₂²(T, data) and W₂²(S, data) into one line, and losses use each phase's steps."""
-    from ui import curves
 
     metrics = pd.DataFrame(
         [{"step": s, "phase": "teacher", "loss": 1.0 / (s + 1), "w2_data": 0.5, "eta_teacher": 0.1}
@@ -624,7 +626,6 @@ def test_teacher_and_student_curves_have_their_own_step_axes_and_the_cursor():
 
 
 def test_copy_rate_and_retrieval_curves_carry_their_chance_levels():
-    from ui import curves
 
     metrics = pd.DataFrame([{"step": s, "phase": "student", "delta_e": 0.3, "copy_rate": 0.2 + s / 200,
                              "retrieval": s / 300, "n_eval": 250} for s in (0, 50, 100)])
