@@ -300,7 +300,33 @@ def tables_from_sweeps(root) -> dict:
     return tables
 
 
-def board_frame(rows: list[BoardRow]) -> pd.DataFrame:
-    """The board as a table for display (status in its own column)."""
-    return pd.DataFrame([{"claim": r.claim, "preset": r.preset, "measured answer (95% CI, n)": r.answer,
-                          "controls": r.controls, "status": r.status, "reason": r.reason} for r in rows])
+def tables_with_sources(root, shipped_dir=None) -> tuple[dict, dict]:
+    """``({preset: results table}, {preset: where it came from})``: the newest non-quick sweep of
+    each preset under ``root`` (``tables_from_sweeps``); a preset without one falls back to the
+    results the repository ships (``dmdcore.shipped_results``, ``shipped_dir`` or its default),
+    so a fresh install shows what was measured, and says so."""
+    from dmdcore import shipped_results as sr
+    from dmdcore.sweep.results import list_sweeps
+    from dmdcore.sweep.spec import preset_of
+
+    tables = tables_from_sweeps(root)
+    sources = {}
+    for s in list_sweeps(root):  # newest first, as tables_from_sweeps chose
+        name = preset_of(s.get("name", ""))
+        if name in tables and name not in sources and not s.get("quick"):
+            sources[name] = f"your sweep `{s.get('name')}` ({s.get('path')})"
+    for preset, (table, meta) in sr.shipped(shipped_dir).items():
+        if preset not in tables and preset in {c.preset for c in CLAIMS}:
+            tables[preset] = table
+            sources[preset] = sr.describe(meta)
+    return tables, sources
+
+
+def board_frame(rows: list[BoardRow], sources: dict | None = None) -> pd.DataFrame:
+    """The board as a table for display (status in its own column; ``sources``: where each
+    preset's table came from, shown in a last column when given)."""
+    out = pd.DataFrame([{"claim": r.claim, "preset": r.preset, "measured answer (95% CI, n)": r.answer,
+                         "controls": r.controls, "status": r.status, "reason": r.reason} for r in rows])
+    if sources is not None:
+        out["source"] = [sources.get(r.preset, "not run") for r in rows]
+    return out

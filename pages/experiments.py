@@ -363,11 +363,16 @@ def claims_panel() -> None:
                "preset measured (converged cells only) and a status: supported, contradicted or inconclusive. "
                "Also in docs/experiments.md (scripts/preset_report.py --board).")
     try:
-        rows = claims.claim_board(claims.tables_from_sweeps(sweeps_root()))
+        tables, sources = claims.tables_with_sources(sweeps_root())
+        rows = claims.claim_board(tables)
     except (ValueError, OSError) as exc:
         st.error(f"Claim board: {exc}")
         return
-    st.dataframe(claims.board_frame(rows), hide_index=True, key="exp_claims_table")
+    if any(not v.startswith("your sweep") for v in sources.values()):
+        st.info("Presets you have not run here show the results this repository ships "
+                "(checkpoints/results/, the runs behind docs/experiments.md): see the source column. "
+                "Run a preset to replace its row with your own measurement.")
+    st.dataframe(claims.board_frame(rows, sources), hide_index=True, key="exp_claims_table")
 
 
 st.title("Experiments")

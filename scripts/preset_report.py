@@ -3,6 +3,9 @@
     python scripts/preset_report.py runs/sweeps/dim [more sweep dirs ...]
     python scripts/preset_report.py --board [sweep dirs ...]   # the claim board (dmdcore.claims)
 
+    python scripts/preset_report.py --export checkpoints/results/dimension.json --time T DIR
+        # ship DIR's results table (dmdcore.shipped_results); T: `/usr/bin/time -f "%U %S %e"` output
+
 ``--board`` prints the claim board that opens docs/experiments.md: each sweep directory's preset
 (the name in its sweep.json, ":full" stripped) feeds its claim; a preset with no directory, or
 runs made before the plateau criterion, is "inconclusive: not yet run with the current code".
@@ -130,12 +133,31 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").strip().splitlines()[0])
     ap.add_argument("--board", action="store_true", help="print the claim board of these sweep directories")
     ap.add_argument("dirs", nargs="*", type=Path, help="sweep directories (python -m dmdcore sweep --out DIR)")
+    ap.add_argument("--export", type=Path, metavar="OUT.json",
+                    help="write the one sweep directory's results table to OUT.json (dmdcore.shipped_results)")
+    ap.add_argument("--time", type=Path, metavar="FILE",
+                    help="with --export: the sweep's `/usr/bin/time -f \"%%U %%S %%e\"` output (CPU and wall seconds)")
     args = ap.parse_args(argv)
     if not args.dirs and not args.board:
         ap.error("give at least one sweep directory")
     missing = [str(d) for d in args.dirs if not (d / "sweep.json").is_file()]
     if missing:
         ap.error("not a sweep directory (no sweep.json): " + ", ".join(missing))
+    if args.export:
+        if len(args.dirs) != 1:
+            ap.error("--export takes exactly one sweep directory")
+        wall = cpu = None
+        if args.time:
+            try:
+                user, system, wall = (float(x) for x in args.time.read_text().split()[-3:])
+            except ValueError:
+                ap.error(f"--time {args.time}: expected the three numbers 'user sys elapsed'")
+            cpu = user + system
+        from dmdcore import shipped_results
+
+        meta = shipped_results.export(args.dirs[0], args.export, wall_s=wall, cpu_s=cpu)
+        print(f"{args.export}: {shipped_results.describe(meta)}")
+        return 0
     if args.board:
         print(board(args.dirs))
         return 0

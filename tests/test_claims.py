@@ -1,5 +1,7 @@
 """The claim board (dmdcore.claims): status words from results tables, converged cells only."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -166,6 +168,25 @@ def test_board_reads_the_newest_full_size_sweep_of_a_preset(tmp_path):
         assert cells[1] == f"{int(t.loc[d, 'converged'])}/1"
         assert cells[2] == str(int(t.loc[d, "step"]))
         assert cells[-2] == f"{t.loc[d, 'verdict']} 1"
+    # shipped: the same table written by `preset_report.py --export` and read back gives the same
+    # board; a fresh install (no sweeps of its own) shows it with where it came from
+    (tmp_path / "time.txt").write_text("700.5 16.5 581.25\n")
+    ship = tmp_path / "ship"
+    assert mod.main(["--export", str(ship / "dimension.json"), "--time", str(tmp_path / "time.txt"),
+                     str(tmp_path / "dim")]) == 0
+    from dmdcore import shipped_results as sr
+
+    loaded, meta = sr.load(ship / "dimension.json")
+    assert meta["preset"] == "dimension" and meta["cells"] == 2 and meta["wall_s"] == 581.25
+    assert meta["cpu_s"] == 717.0 and "run_dir" not in loaded
+    assert claims.claim_board({"dimension": loaded}) == claims.claim_board(tables)
+    fresh, sources = claims.tables_with_sources(tmp_path / "nothing-here", ship)
+    assert set(fresh) == {"dimension"} and sources["dimension"].startswith("shipped run of `dimension`")
+    assert "581 s wall" in sources["dimension"]
+    mine, sources = claims.tables_with_sources(tmp_path, ship)  # the user's own sweep wins
+    assert sources["dimension"].startswith("your sweep `dimension`") and len(mine["dimension"]) == 2
+    frame = claims.board_frame(claims.claim_board(fresh), sources)
+    assert list(frame["source"])[1:] == ["not run"] * 4
 
 
 def _preset_report():
@@ -185,12 +206,43 @@ def test_experiments_page_shows_the_claim_board(tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("DMD_RUNS_DIR", str(tmp_path))
+    monkeypatch.setenv("DMD_SHIPPED_RESULTS", str(tmp_path / "none"))  # nothing shipped, nothing run
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "experiments.py"), default_timeout=120)
     at.run()
     assert not at.exception and not at.error
     board = next(d.value for d in at.dataframe if "status" in d.value.columns)
     assert list(board["preset"]) == [c.preset for c in claims.CLAIMS]
     assert set(board["status"]) == {"inconclusive"} and set(board["reason"]) == {claims.NOT_RUN}
+    assert set(board["source"]) == {"not run"}
+
+
+def test_shipped_results_loader_refuses_bad_files(tmp_path):
+    from dmdcore import shipped_results as sr
+
+    good = {"format": sr.FORMAT, "meta": {"preset": "dimension"}, "columns": ["cell", "status", "delta_e"],
+            "rows": [["a", "finished", 0.5]]}
+    cases = {
+        "not json": ("{oops", "not JSON"),
+        "format": ({**good, "format": "pickle"}, "'format'"),
+        "meta": ({**good, "meta": []}, "'meta'"),
+        "columns": ({**good, "columns": ["cell", "cell", "x"]}, "distinct"),
+        "missing": ({**good, "columns": ["cell", "status", "w2"]}, "lacks 'delta_e'"),
+        "ragged": ({**good, "rows": [["a", "finished"]]}, "rows[0] must be a list of 3"),
+        "nested": ({**good, "rows": [["a", "finished", {"__class__": "os.system"}]]}, "rows[0].delta_e is a dict"),
+    }
+    for name, (doc, match) in cases.items():
+        p = tmp_path / f"{name.replace(' ', '_')}.json"
+        p.write_text(doc if isinstance(doc, str) else __import__("json").dumps(doc))
+        with pytest.raises(ValueError, match=re.escape(match)) as e:
+            sr.load(p)
+        assert str(p) in str(e.value)
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * (sr.MAX_BYTES + 1))
+    with pytest.raises(ValueError, match="more than"):
+        sr.load(big)
+    (tmp_path / "ok.json").write_text(__import__("json").dumps(good))
+    table, meta = sr.load(tmp_path / "ok.json")
+    assert table.to_dict("records") == [{"cell": "a", "status": "finished", "delta_e": 0.5}]
 
 
 def test_sweep_summaries_leave_out_unconverged_cells():
