@@ -56,9 +56,10 @@ def _commit(repo: Path) -> str | None:
 
 
 def export(sweep_dir: str | os.PathLike, out: str | os.PathLike, *, wall_s: float | None = None,
-           cpu_s: float | None = None, note: str = "") -> dict:
+           cpu_s: float | None = None, commit: str | None = None, note: str = "") -> dict:
     """Write the results of the sweep in ``sweep_dir`` to ``out`` (JSON); returns its meta.
-    ``wall_s`` / ``cpu_s``: the sweep's measured times (e.g. from ``/usr/bin/time``)."""
+    ``wall_s`` / ``cpu_s``: the sweep's measured times (e.g. from ``/usr/bin/time``); ``commit``:
+    the code that ran it (default: this checkout's HEAD)."""
     from dmdcore.sweep.results import _manifest, results_table
     from dmdcore.sweep.spec import preset_of
 
@@ -76,7 +77,7 @@ def export(sweep_dir: str | os.PathLike, out: str | os.PathLike, *, wall_s: floa
         if "converged" in table else 0,
         "measured": time.strftime("%Y-%m-%d", time.gmtime(updated)) if isinstance(updated, (int, float)) else None,
         "wall_s": wall_s, "cpu_s": cpu_s,
-        "commit": _commit(Path(__file__).resolve().parent.parent),
+        "commit": commit or _commit(Path(__file__).resolve().parent.parent),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
         "note": note,
     }

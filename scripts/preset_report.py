@@ -137,6 +137,7 @@ def main(argv: list[str]) -> int:
                     help="write the one sweep directory's results table to OUT.json (dmdcore.shipped_results)")
     ap.add_argument("--time", type=Path, metavar="FILE",
                     help="with --export: the sweep's `/usr/bin/time -f \"%%U %%S %%e\"` output (CPU and wall seconds)")
+    ap.add_argument("--commit", help="with --export: the commit of the code that ran the sweep (default: this checkout's)")
     args = ap.parse_args(argv)
     if not args.dirs and not args.board:
         ap.error("give at least one sweep directory")
@@ -155,7 +156,7 @@ def main(argv: list[str]) -> int:
             cpu = user + system
         from dmdcore import shipped_results
 
-        meta = shipped_results.export(args.dirs[0], args.export, wall_s=wall, cpu_s=cpu)
+        meta = shipped_results.export(args.dirs[0], args.export, wall_s=wall, cpu_s=cpu, commit=args.commit)
         print(f"{args.export}: {shipped_results.describe(meta)}")
         return 0
     if args.board:
