@@ -8,8 +8,10 @@ last evaluation satisfied the plateau criterion (``converged`` = 1, dmdcore.conv
 a table without that column was made by older code and is not read. Tests, per claim:
 
 * **dimension** (ΔE falls with d): ΔE at the highest d against the lowest d (mean and 95% CI over
-  replicates); supported when the high-d interval lies below the low-d one, contradicted when
-  above, else inconclusive.
+  replicates), both among the dimensions whose teachers are at the quality target
+  (W₂²(T,data) ≤ ``TEACHER_QUALITY_MAX``× the data floor; others are left out and named, since
+  there dimension is confounded with teacher quality); supported when the high-d interval lies
+  below the low-d one, contradicted when above, else inconclusive.
 * **gan** (copying not caused by the GAN): paired difference ΔE(GAN) − ΔE(no GAN) over the GAN
   levels whose GAN/DM gradient ratio is ≥ 0.1 (``gan_dm_ratio``; a GAN too weak to matter proves
   nothing); contradicted when its 95% CI lies below 0 (with the GAN students copy more);
@@ -130,27 +132,41 @@ def _equal_test(diff: pd.Series, what: str) -> tuple[str, str, str]:
 
 
 def _dimension(done: pd.DataFrame) -> tuple[str, str, str, str]:
-    dims = sorted(done["data.dim"].unique())
-    lo_d, hi_d = dims[0], dims[-1]
+    """ΔE at the lowest against the highest d whose teachers are at the quality target; a d whose
+    teachers are not is left out (and named), since there the axis is confounded with teacher
+    quality. Fewer than two such d: inconclusive."""
+    all_dims = sorted(done["data.dim"].unique())
+    quality = {d: teacher_quality(done[done["data.dim"] == d]) for d in all_dims}
+    off = [d for d in all_dims if not quality[d] <= TEACHER_QUALITY_MAX]
+    dims = [d for d in all_dims if d not in off]
+    off_txt = ", ".join(f"d={d} ({quality[d]:.1f}×)" if math.isfinite(quality[d]) else f"d={d} (not recorded)"
+                        for d in off)
+    ends = (dims[0], dims[-1]) if len(dims) >= 2 else (all_dims[0], all_dims[-1])
+    controls = _controls(done) + "; teacher W₂²(T,data) / data floor " + ", ".join(
+        f"d={d}: {quality[d]:.1f}×" for d in dict.fromkeys((*ends, *off)) if math.isfinite(quality[d]))
+    if len(dims) < 2:
+        lo_d, hi_d = ends
+        a = mean_ci(done[done["data.dim"] == lo_d]["delta_e"].to_numpy(float))
+        b = mean_ci(done[done["data.dim"] == hi_d]["delta_e"].to_numpy(float))
+        ans = f"ΔE at d={lo_d}: {_fmt(*a)}; at d={hi_d}: {_fmt(*b)}"
+        if len(all_dims) < 2:
+            return ans, controls, "inconclusive", "fewer than 2 dimensions with converged cells"
+        return ans, controls, "inconclusive", (
+            f"teachers not at the quality target (W₂²(T,data) ≤ {TEACHER_QUALITY_MAX}× the data floor) at "
+            + off_txt + ": the dimension axis is confounded with teacher quality")
+    lo_d, hi_d = ends
     a = mean_ci(done[done["data.dim"] == lo_d]["delta_e"].to_numpy(float))
     b = mean_ci(done[done["data.dim"] == hi_d]["delta_e"].to_numpy(float))
     ans = f"ΔE at d={lo_d}: {_fmt(*a)}; at d={hi_d}: {_fmt(*b)}"
-    quality = {d: teacher_quality(done[done["data.dim"] == d]) for d in (lo_d, hi_d)}
-    controls = _controls(done) + "; teacher W₂²(T,data) / data floor " + ", ".join(
-        f"d={d}: {q:.1f}×" for d, q in quality.items() if math.isfinite(q))
-    if len(dims) < 2 or a[3] < 2 or b[3] < 2:
-        return ans, controls, "inconclusive", "fewer than 2 converged cells at the lowest or highest d"
-    off = [f"d={d} ({q:.1f}×)" if math.isfinite(q) else f"d={d} (not recorded)"
-           for d, q in quality.items() if not q <= TEACHER_QUALITY_MAX]
-    if off:
-        return ans, controls, "inconclusive", (
-            f"teachers not at the quality target (W₂²(T,data) ≤ {TEACHER_QUALITY_MAX}× the data floor) at "
-            + ", ".join(off) + ": the dimension axis is confounded with teacher quality")
+    left_out = (f"; left out: {off_txt}, teachers not at the quality target (W₂²(T,data) ≤ "
+                f"{TEACHER_QUALITY_MAX}× the data floor)") if off else ""
+    if a[3] < 2 or b[3] < 2:
+        return ans, controls, "inconclusive", "fewer than 2 converged cells at the lowest or highest d" + left_out
     if b[2] < a[1]:
-        return ans, controls, "supported", "high-d interval lies below the low-d one"
+        return ans, controls, "supported", "high-d interval lies below the low-d one" + left_out
     if b[1] > a[2]:
-        return ans, controls, "contradicted", "ΔE is higher at the highest d than at the lowest"
-    return ans, controls, "inconclusive", "the intervals overlap"
+        return ans, controls, "contradicted", "ΔE is higher at the highest d than at the lowest" + left_out
+    return ans, controls, "inconclusive", "the intervals overlap" + left_out
 
 
 def teacher_quality(cells: pd.DataFrame) -> float:

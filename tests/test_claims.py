@@ -52,8 +52,14 @@ def test_dimension_claim_needs_teachers_at_the_quality_target():
     poor = {128: {"w2_teacher_data": 39.0, "w2_data_floor": 4.3}}
     down = _table("data.dim", [2, 16, 128], lambda d: 0.5 / np.log2(2 * d), extra=poor)
     row = {r.preset: r for r in claims.claim_board({"dimension": down})}["dimension"]
-    assert row.status == "inconclusive" and "d=128 (9.1×)" in row.reason and "confounded" in row.reason
-    assert "d=2: 1.2×" in row.controls
+    # d=128 is left out (named, with its ratio); the claim is read between d=2 and d=16
+    assert row.status == "supported" and "left out: d=128 (9.1×)" in row.reason
+    assert "at d=16:" in row.answer and "d=128" not in row.answer
+    assert "d=2: 1.2×" in row.controls and "d=128: 9.1×" in row.controls
+    # with fewer than two dimensions at the target, the axis is confounded: inconclusive
+    both = _table("data.dim", [2, 128], lambda d: 0.5 / d, extra={**poor, 2: poor[128]})
+    row = {r.preset: r for r in claims.claim_board({"dimension": both})}["dimension"]
+    assert row.status == "inconclusive" and "d=2 (9.1×), d=128 (9.1×)" in row.reason and "confounded" in row.reason
     unknown = _table("data.dim", [2, 128], lambda d: 0.5 / d).drop(columns=["w2_data_floor"])
     assert "not recorded" in _status({"dimension": unknown})["dimension"][1]
 
