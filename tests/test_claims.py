@@ -222,6 +222,35 @@ def test_experiments_page_shows_the_claim_board(tmp_path, monkeypatch):
     assert set(board["source"]) == {"not run"}
 
 
+def test_fresh_install_board_is_computed_from_the_shipped_results(tmp_path, monkeypatch):
+    """With no sweeps of its own, the page's board is dmdcore.claims on the repository's shipped
+    results tables (checkpoints/results/), each row naming its source; each shipped file records
+    its wall time and commit."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from dmdcore import shipped_results as sr
+
+    shipped = sr.shipped()
+    assert shipped, "checkpoints/results/ ships no results"
+    for preset, (table, meta) in shipped.items():
+        assert preset in {c.preset for c in claims.CLAIMS} and meta["wall_s"] > 0 and meta["commit"]
+        assert meta["cells"] == len(table) and not meta["quick"]
+    expect = claims.claim_board({p: t for p, (t, _) in shipped.items()})
+    monkeypatch.setenv("DMD_RUNS_DIR", str(tmp_path))
+    monkeypatch.delenv("DMD_SHIPPED_RESULTS", raising=False)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "experiments.py"), default_timeout=120)
+    at.run()
+    assert not at.exception and not at.error
+    board = next(d.value for d in at.dataframe if "status" in d.value.columns)
+    assert list(board["status"]) == [r.status for r in expect]
+    assert list(board["measured answer (95% CI, n)"]) == [r.answer for r in expect]
+    for preset, src in zip(board["preset"], board["source"]):
+        assert src.startswith("shipped run of") if preset in shipped else src == "not run"
+    assert any("results this repository ships" in i.value for i in at.info)
+
+
 def test_shipped_results_loader_refuses_bad_files(tmp_path):
     from dmdcore import shipped_results as sr
 
