@@ -355,6 +355,9 @@ def past_panel() -> None:
 
 
 # ------------------------------------------------------------------------------------------ claims
+CLAIM_COLORS = {"supported": "#2ca02c", "contradicted": "#d62728", "inconclusive": "#7f7f7f"}
+
+
 def claims_panel() -> None:
     """The study's claims against the newest full-size sweep of each preset (dmdcore.claims)."""
     from dmdcore import claims
@@ -370,9 +373,18 @@ def claims_panel() -> None:
         return
     if any(not v.startswith("your sweep") for v in sources.values()):
         st.info("Presets you have not run here show the results this repository ships "
-                "(checkpoints/results/, the runs behind docs/experiments.md): see the source column. "
+                "(checkpoints/results/, the runs behind docs/experiments.md): each claim names its source. "
                 "Run a preset to replace its row with your own measurement.")
-    st.dataframe(claims.board_frame(rows, sources), hide_index=True, key="exp_claims_table")
+    for r in rows:  # one block per claim, its status word first (a wide table hid it off-screen)
+        color = CLAIM_COLORS.get(r.status, "#6b6b6b")
+        st.markdown(f"<span style='background:{color};color:white;padding:2px 8px;border-radius:4px'>"
+                    f"{r.status}</span> &nbsp; **{r.claim}** &nbsp; (preset `{r.preset}`)", unsafe_allow_html=True)
+        lines = ([f"Measured: {r.answer}"] if r.answer else []) + [f"Why: {r.reason}"]
+        lines += [f"Controls: {r.controls}"] if r.controls else []
+        lines += [f"Source: {sources.get(r.preset, 'not run')}"]
+        st.caption("  \n".join(lines))
+    with st.expander("The board as a table"):
+        st.dataframe(claims.board_frame(rows, sources), hide_index=True, key="exp_claims_table")
 
 
 st.title("Experiments")
