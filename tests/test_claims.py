@@ -249,6 +249,9 @@ def test_fresh_install_board_is_computed_from_the_shipped_results(tmp_path, monk
     for preset, src in zip(board["preset"], board["source"]):
         assert src.startswith("shipped run of") if preset in shipped else src == "not run"
     assert any("results this repository ships" in i.value for i in at.info)
+    # what a reader sees first: one block per claim, its status word leading
+    heads = [m.value for m in at.markdown if "(preset `" in m.value]
+    assert [h.split("</span>")[0].rsplit(">", 1)[-1] for h in heads] == [r.status for r in expect]
 
 
 def test_shipped_results_loader_refuses_bad_files(tmp_path):
