@@ -79,6 +79,10 @@ def _fmt(m, lo, hi, n) -> str:
     return f"{m:+.3f}{ci}, n = {n}"
 
 
+def _pairs(n: int) -> str:
+    return "pair" if n == 1 else "pairs"
+
+
 def usable(table: pd.DataFrame | None) -> tuple[pd.DataFrame | None, str]:
     """Finished, converged cells of a results table, or (None, reason)."""
     if table is None or len(table) == 0:
@@ -118,7 +122,7 @@ def _equal_test(diff: pd.Series, what: str) -> tuple[str, str, str]:
     ±EQUIVALENCE (no effect), or above 0 (X makes students copy less, so it cannot be what makes
     them copy) supports it; otherwise inconclusive."""
     m, lo, hi, n = mean_ci(diff.to_numpy(float))
-    ans = f"ΔE difference {what}: {_fmt(m, lo, hi, n)} pairs"
+    ans = f"ΔE difference {what}: {_fmt(m, lo, hi, n)} {_pairs(n)}"
     if n < 2 or not math.isfinite(lo):
         return ans, "inconclusive", "fewer than 2 converged pairs"
     if hi < 0:
@@ -257,7 +261,7 @@ def _convergence(done: pd.DataFrame):
 def _freedom(done: pd.DataFrame):
     ref = "random-full" if (done["student"] == "random-full").any() else "random-init"
     m, lo, hi, n = mean_ci(_paired(done, "student", "teacher-init", ref).to_numpy(float))
-    ans = f"ΔE(teacher-init) − ΔE({ref}): {_fmt(m, lo, hi, n)} pairs"
+    ans = f"ΔE(teacher-init) − ΔE({ref}): {_fmt(m, lo, hi, n)} {_pairs(n)}"
     controls = _controls(done)
     if n < 2 or not math.isfinite(lo):
         return ans, controls, "inconclusive", "fewer than 2 converged pairs"

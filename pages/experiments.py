@@ -24,6 +24,7 @@ ensure_router()
 from dmdcore import sweep as sw  # noqa: E402
 from ui import experiments_plots as xp  # noqa: E402
 from ui.session import max_sweeps, runs_root, sweep_slots  # noqa: E402
+from ui.claims import render_board  # noqa: E402
 from ui.verdict import render_verdict  # noqa: E402
 
 JOB_KEY = "exp_sweep_job"
@@ -355,36 +356,12 @@ def past_panel() -> None:
 
 
 # ------------------------------------------------------------------------------------------ claims
-CLAIM_COLORS = {"supported": "#2ca02c", "contradicted": "#d62728", "inconclusive": "#7f7f7f"}
-
-
 def claims_panel() -> None:
-    """The study's claims against the newest full-size sweep of each preset (dmdcore.claims)."""
-    from dmdcore import claims
-
+    """The study's claims against the newest full-size sweep of each preset (ui/claims.py)."""
     st.caption("Each claim of the study, the preset that tests it, what the newest non-quick sweep of that "
                "preset measured (converged cells only) and a status: supported, contradicted or inconclusive. "
                "Also in docs/experiments.md (scripts/preset_report.py --board).")
-    try:
-        tables, sources = claims.tables_with_sources(sweeps_root())
-        rows = claims.claim_board(tables)
-    except (ValueError, OSError) as exc:
-        st.error(f"Claim board: {exc}")
-        return
-    if any(not v.startswith("your sweep") for v in sources.values()):
-        st.info("Presets you have not run here show the results this repository ships "
-                "(checkpoints/results/, the runs behind docs/experiments.md): each claim names its source. "
-                "Run a preset to replace its row with your own measurement.")
-    for r in rows:  # one block per claim, its status word first (a wide table hid it off-screen)
-        color = CLAIM_COLORS.get(r.status, "#6b6b6b")
-        st.markdown(f"<span style='background:{color};color:white;padding:2px 8px;border-radius:4px'>"
-                    f"{r.status}</span> &nbsp; **{r.claim}** &nbsp; (preset `{r.preset}`)", unsafe_allow_html=True)
-        lines = ([f"Measured: {r.answer}"] if r.answer else []) + [f"Why: {r.reason}"]
-        lines += [f"Controls: {r.controls}"] if r.controls else []
-        lines += [f"Source: {sources.get(r.preset, 'not run')}"]
-        st.caption("  \n".join(lines))
-    with st.expander("The board as a table"):
-        st.dataframe(claims.board_frame(rows, sources), hide_index=True, key="exp_claims_table")
+    render_board(sweeps_root())
 
 
 st.title("Experiments")

@@ -2,10 +2,11 @@
 
 import streamlit as st
 
+from ui.claims import render_board
 from ui.illustration import schematic_figure
 from ui.toylab import START_HERE_VALUES, request_autostart
 from ui.router import ensure_router
-from ui.session import warm_up_process
+from ui.session import runs_root, warm_up_process
 
 ensure_router()
 warm_up_process()  # heavy imports + gc.freeze off the request path (see ui/session.py)
@@ -15,8 +16,9 @@ st.markdown(
     """
 **Distribution Matching Distillation (DMD)** trains a one-step *student* S to produce the same
 *distribution* as a many-step diffusion *teacher* T. Nothing in that objective says *which* noise
-vector z should land on *which* sample — so a student is free to **remap** noise. Yet large
-students are observed to **copy**: S(z) ≈ T(z) for the same z.
+vector z should land on *which* sample — so a student is free to **remap** noise. Li, Jones, Tong
+and Bronstein (2026) report that high-dimensional students nonetheless **copy**: S(z) ≈ T(z) for
+the same z. This lab measures whether they do — and our runs do not always agree (below).
 
 This lab lets you watch that pairing form. We color every noise vector by its position, push the
 same noise through teacher and student, and compare. The headline number is the **pairing
@@ -41,6 +43,12 @@ with right:
         "the student reaches its plateau (measured: about 300 steps and 15 s of one CPU core; "
         "at most 1000 steps). The headline then says *converged at student step N*."
     )
+
+st.subheader("What our runs found")
+st.caption("Each claim of the study against this tool's own measurement (converged students, 95% CIs, "
+           "controls): the runs shipped with the repository, or yours once you run a preset. Reasons, "
+           "controls and sources on the Experiments page's Claim board; tables in docs/experiments.md.")
+render_board(runs_root() / "sweeps", compact=True)
 
 st.subheader("Pages")
 st.page_link("pages/toy_lab.py", label="Toy Lab — live distillation on 2-D and R^d toys", icon=":material/science:")

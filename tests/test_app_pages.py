@@ -54,6 +54,21 @@ def test_home_explains_copying_and_links_every_page():
     assert "copies" in titles and "remaps" in titles
 
 
+def test_home_states_what_our_runs_found_from_the_shipped_results():
+    """The study's claims are stated as the study's, beside this tool's answer: the status word
+    and measured answer of every claim, computed by dmdcore.claims from checkpoints/results/."""
+    from dmdcore import claims, shipped_results
+
+    expect = claims.claim_board({p: t for p, (t, _) in shipped_results.shipped().items()})
+    at = _app()
+    heads = [m.value for m in at.markdown if "(preset `" in m.value]
+    assert [h.split("</span>")[0].rsplit(">", 1)[-1] for h in heads] == [r.status for r in expect]
+    captions = [c.value for c in at.caption]
+    for r in expect:
+        assert any((r.answer or r.reason) in c for c in captions), r.preset
+    assert "report that high-dimensional students" in " ".join(m.value for m in at.markdown)
+
+
 def test_docs_page_shows_delta_e_definition_controls_and_loop_diagram():
     at = _app()
     at.switch_page("pages/docs.py")
