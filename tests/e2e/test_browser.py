@@ -302,8 +302,11 @@ def test_start_here_runs_to_the_plateau_in_a_real_browser(tmp_path):
         keyed_button(page, "start_here").click()
         page.mouse.move(5, 5)
         main = page.locator('[data-testid="stMain"]')
-        main.get_by_text("converged at student step", exact=False).first.wait_for(timeout=300000)
-        page.get_by_text("Export").first.wait_for(timeout=60000)  # the job has ended
+        # Home's own caption also says "converged at student step N": wait for the Toy Lab first,
+        # then for the job to end (Export appears), however long a busy machine makes that
+        page.wait_for_url("**/toy_lab**", timeout=120000)
+        page.get_by_text("Export").first.wait_for(timeout=300000)  # the job has ended
+        main.get_by_text("converged at student step", exact=False).first.wait_for(timeout=60000)
         wait_app_idle(page, timeout_ms=60000)
         runs = [p for p in tmp_path.glob("toylab-*") if (p / "metrics.csv").is_file()]
         assert len(runs) == 1
