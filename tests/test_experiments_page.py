@@ -231,8 +231,16 @@ def test_result_figures_are_readable():
     assert heat.layout.xaxis.type == "category" and heat.layout.yaxis.type == "category"
     assert heat.data[0].textfont.size >= 12
     line = xp.delta_e_vs_x_figure(table, "data.dim", ["data.dim", "distill.gan"], log_x=True)
-    assert line.layout.xaxis.type == "log" and line.layout.xaxis.tickformat and line.layout.xaxis.dtick == "D2"
+    assert line.layout.xaxis.type == "log" and line.layout.xaxis.tickmode == "array"
+    assert list(line.layout.xaxis.tickvals) == [2, 5, 10, 20, 50, 100]
+    assert list(line.layout.xaxis.ticktext) == ["2", "5", "10", "20", "50", "100"]
     assert line.layout.legend.orientation == "v" and line.layout.legend.x > 1
+    # Points spanning two decades get a labelled tick at every 1-2-5 step between and around them
+    # (Plotly's own 'D2' ticks left one label on a narrow plot), and one per decade when wider.
+    scatter = xp.quality_vs_copying_figure(table.assign(w2=[0.013, 0.05, 0.2, 0.4]), ["data.dim"])
+    assert list(scatter.layout.xaxis.ticktext) == ["0.01", "0.02", "0.05", "0.1", "0.2", "0.5"]
+    assert xp.log_tick_values([1e-5, 1e3]) == [10.0 ** k for k in range(-5, 4)]
+    assert xp.log_tick_values([0.0, -1.0, float("nan")]) == []
 
 
 def test_a_sweep_without_a_finished_cell_shows_a_message_not_empty_axes(app, tmp_path):

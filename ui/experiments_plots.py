@@ -17,9 +17,38 @@ DELTA_E_DEF = ("ΔE = (E_pair − E_OT)/(E_ind − E_OT): 0 = the student copies
                "noise→sample pairing, ≈1 = no better than an independent pairing.")
 # Legends to the right of the plot: a horizontal legend below it covered the x-axis title.
 LEGEND = dict(orientation="v", yanchor="top", y=1.0, x=1.02, font=dict(size=12))
-# Log axes: labelled ticks at 1-2-5 with their full values (Plotly's default labelled the minor
-# ticks with a single digit: "10 9 8 7 …").
+# Log axes: labelled ticks at 1-2-5 with their full values, placed explicitly from the data
+# (Plotly's default labelled minor ticks with a single digit, "10 9 8 7 …", and its "D2" mode left
+# a single labelled tick on a narrow plot spanning two decades).
 LOG_TICKS = dict(type="log", dtick="D2", tickformat=".3~g")
+
+
+def log_tick_values(values) -> list[float]:
+    """Tick positions for a log axis covering the positive finite ``values``: 1-2-5 × 10^k inside
+    the range (one per decade when that would exceed 9 ticks), widened by one step each side so
+    the extreme points sit between labelled ticks. Empty when there are no positive values."""
+    v = np.asarray(pd.to_numeric(pd.Series(list(values)), errors="coerce"), dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if not len(v):
+        return []
+    lo_k, hi_k = int(np.floor(np.log10(v.min()))), int(np.ceil(np.log10(v.max())))
+    for mults in ((1, 2, 5), (1,)):
+        cands = sorted(m * 10.0 ** k for k in range(lo_k, hi_k + 1) for m in mults)
+        below = [c for c in cands if c <= v.min()]
+        above = [c for c in cands if c >= v.max()]
+        lo, hi = (below[-1] if below else cands[0]), (above[0] if above else cands[-1])
+        ticks = [c for c in cands if lo <= c <= hi]
+        if len(ticks) <= 9:
+            return ticks
+    return ticks
+
+
+def log_axis(values) -> dict:
+    """Plotly axis settings for a log axis with labelled ticks at ``log_tick_values(values)``."""
+    ticks = log_tick_values(values)
+    if len(ticks) < 2:
+        return LOG_TICKS
+    return dict(type="log", tickmode="array", tickvals=ticks, ticktext=[f"{t:.3g}" for t in ticks])
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf")
 
@@ -66,7 +95,7 @@ def delta_e_vs_x_figure(table: pd.DataFrame, x: str, axes: list[str], *, log_x: 
                       title=f"ΔE vs {x} (mean over seeds, 95% CI)",
                       xaxis_title=x, yaxis_title="ΔE", legend=LEGEND)
     if log_x:
-        fig.update_xaxes(**LOG_TICKS)
+        fig.update_xaxes(**log_axis(table[x] if x in table else []))
     return fig
 
 
@@ -114,7 +143,7 @@ def quality_vs_copying_figure(table: pd.DataFrame, axes: list[str], *, height: i
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10),
                       title="Quality vs copying (one point per cell)", xaxis_title="W₂²(student, teacher)",
                       yaxis_title="ΔE", legend=LEGEND)
-    fig.update_xaxes(**LOG_TICKS)
+    fig.update_xaxes(**log_axis(done["w2"]))
     return fig
 
 
