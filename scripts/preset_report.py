@@ -2,6 +2,7 @@
 
     python scripts/preset_report.py runs/sweeps/dim [more sweep dirs ...]
     python scripts/preset_report.py --board [sweep dirs ...]   # the claim board (dmdcore.claims)
+    python scripts/preset_report.py --board --shipped [dirs]   # ... presets without a dir from checkpoints/results/
 
     python scripts/preset_report.py --export checkpoints/results/dimension.json --time T DIR
         # ship DIR's results table (dmdcore.shipped_results); T: `/usr/bin/time -f "%U %S %e"` output
@@ -9,6 +10,9 @@
 ``--board`` prints the claim board that opens docs/experiments.md: each sweep directory's preset
 (the name in its sweep.json, ":full" stripped) feeds its claim; a preset with no directory, or
 runs made before the plateau criterion, is "inconclusive: not yet run with the current code".
+With ``--shipped``, a preset with no directory is read from the results the repository ships
+(``checkpoints/results/``, ``dmdcore.shipped_results``) instead, as the dashboard does on a
+fresh install; the board in docs/experiments.md is printed this way.
 
 For each sweep directory: a table with one row per grid point over the non-seed axes — how many
 cells reached the plateau criterion (converged / finished) and their mean step count; ΔE mean with
@@ -117,13 +121,19 @@ def report(out: Path) -> str:
     return "\n".join(lines)
 
 
-def board(dirs: list[Path]) -> str:
+def board(dirs: list[Path], shipped_dir: Path | None = None) -> str:
+    """The claim board of ``dirs``; with ``shipped_dir``, presets without a directory are read from
+    the results shipped there."""
     from dmdcore import claims
+    from dmdcore import shipped_results as sr
 
     tables = {}
     for out in dirs:
         name = preset_of(json.loads((out / "sweep.json").read_text())["spec"]["name"])
         tables[name] = pd.concat([tables[name], sw.results_table(out)]) if name in tables else sw.results_table(out)
+    if shipped_dir is not None:
+        for name, (table, _meta) in sr.shipped(shipped_dir).items():
+            tables.setdefault(name, table)
     return claims.board_markdown(claims.claim_board(tables))
 
 
@@ -132,6 +142,9 @@ def main(argv: list[str]) -> int:
 
     ap = argparse.ArgumentParser(description=(__doc__ or "").strip().splitlines()[0])
     ap.add_argument("--board", action="store_true", help="print the claim board of these sweep directories")
+    ap.add_argument("--shipped", action="store_true",
+                    help="with --board: presets without a sweep directory come from the shipped results "
+                         "(checkpoints/results/, or $DMD_SHIPPED_RESULTS)")
     ap.add_argument("dirs", nargs="*", type=Path, help="sweep directories (python -m dmdcore sweep --out DIR)")
     ap.add_argument("--export", type=Path, metavar="OUT.json",
                     help="write the one sweep directory's results table to OUT.json (dmdcore.shipped_results)")
@@ -139,6 +152,8 @@ def main(argv: list[str]) -> int:
                     help="with --export: the sweep's `/usr/bin/time -f \"%%U %%S %%e\"` output (CPU and wall seconds)")
     ap.add_argument("--commit", help="with --export: the commit of the code that ran the sweep (default: this checkout's)")
     args = ap.parse_args(argv)
+    if args.shipped and not args.board:
+        ap.error("--shipped goes with --board")
     if not args.dirs and not args.board:
         ap.error("give at least one sweep directory")
     missing = [str(d) for d in args.dirs if not (d / "sweep.json").is_file()]
@@ -160,7 +175,9 @@ def main(argv: list[str]) -> int:
         print(f"{args.export}: {shipped_results.describe(meta)}")
         return 0
     if args.board:
-        print(board(args.dirs))
+        from dmdcore import shipped_results as sr
+
+        print(board(args.dirs, sr.results_dir() if args.shipped else None))
         return 0
     for d in args.dirs:
         print(report(d))

@@ -306,6 +306,28 @@ def test_preset_report_script_arguments(capsys, tmp_path):
             mod.main(argv)
         assert e.value.code == 2
     assert "no sweep.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--shipped"])
+    assert e.value.code == 2 and "--shipped goes with --board" in capsys.readouterr().err
+
+
+def test_board_from_the_shipped_results_is_the_one_docs_print(capsys, monkeypatch):
+    """`preset_report.py --board --shipped` reads presets without a directory from
+    checkpoints/results/ (as the dashboard does on a fresh install) and prints the board that
+    opens docs/experiments.md, row for row."""
+    from pathlib import Path
+
+    from dmdcore import shipped_results as sr
+
+    monkeypatch.delenv(sr.ENV, raising=False)
+    mod = _preset_report()
+    assert mod.main(["--board", "--shipped"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    tables = {k: t for k, (t, _m) in sr.shipped(sr.RESULTS_DIR).items()}
+    assert printed == claims.board_markdown(claims.claim_board(tables)).splitlines()
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "experiments.md").read_text().splitlines()
+    start = docs.index(printed[0])
+    assert docs[start:start + len(printed)] == printed
 
 
 def test_full_variant_sweeps_count_as_their_preset():
