@@ -677,3 +677,28 @@ def test_serial_threads_per_process_limits_only_while_cells_run(tmp_path, monkey
     assert torch.get_num_threads() == before["torch"]
     with pytest.raises(ValueError, match="threads_per_process"):
         sw.run_sweep(tiny_spec(), tmp_path / "bad", workers=0, threads_per_process=0)
+
+
+def test_summary_level_means_are_those_of_the_matched_pairs():
+    """The level means printed beside a paired difference come from the matched pairs only, so
+    their difference is the mean paired difference; with one pair the line gives that pair's two
+    values; with none it says they are not compared. (Means over all cells mixed in cells with no
+    counterpart: 'means 0.569 vs 0.522' beside a change of +0.144.)"""
+    import re
+
+    t = _paired_table({2: +0.1, 64: +0.1}, noise=0.05)
+    # a cell with no counterpart, far from the rest: it must not move the printed means
+    t = pd.concat([t, t.iloc[[0]].assign(cell="lonely", seed=99, delta_e=5.0)], ignore_index=True)
+    text = sw.summarize(t, ["data.n_samples", "data.dim", "seed"])
+    line = next(x for x in text.splitlines() if x.startswith("Switching data.n_samples from 100 to 20000"))
+    m = float(re.search(r"changed ΔE by ([+-][0-9.]+)", line).group(1))
+    a, b = (float(v) for v in re.search(r"means ([0-9.]+) vs ([0-9.]+) over those pairs", line).groups())
+    assert abs((b - a) - m) <= 0.0015  # rounding of three printed numbers
+    one = t[(t["seed"] == 0) & (t["data.dim"] == 2)]
+    text1 = sw.summarize(one, ["data.n_samples", "data.dim", "seed"])
+    ref, lv = (float(one[one["data.n_samples"] == k]["delta_e"].iloc[0]) for k in (100, 20000))
+    assert (f"ΔE was {ref:.3f} with data.n_samples=100 and {lv:.3f} with data.n_samples=20000 in the one "
+            f"matched pair ({lv - ref:+.3f}): too few for a CI.") in text1
+    none = t[((t["data.n_samples"] == 100) & (t["seed"] == 0)) | ((t["data.n_samples"] == 20000) & (t["seed"] == 1))]
+    assert "has a counterpart with data.n_samples=100 at the same data.dim, seed: not compared" in \
+        sw.summarize(none, ["data.n_samples", "data.dim", "seed"])

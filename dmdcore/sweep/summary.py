@@ -168,23 +168,31 @@ def _paired_lines(done: pd.DataFrame, axis: str, levels: list, others: list[str]
     match = [*others, *replicates]
     piv = done.pivot_table(index=match, columns=axis, values=metric, aggfunc="mean") if match else None
     for lv in levels[1:6]:
-        m_ref = done[done[axis] == ref][metric].mean()
-        m_lv = done[done[axis] == lv][metric].mean()
         if piv is not None:
             diffs = (piv[lv] - piv[ref]).dropna() if (lv in piv and ref in piv) else pd.Series(dtype=float)
             diff = diffs.to_numpy(dtype=np.float64)
+            # the level means over the matched pairs only, so that their difference is the mean
+            # paired difference (means over all cells mix in cells of other configurations)
+            m_ref = float(piv.loc[diffs.index, ref].mean()) if len(diff) else float("nan")
+            m_lv = float(piv.loc[diffs.index, lv].mean()) if len(diff) else float("nan")
         else:
+            m_ref = done[done[axis] == ref][metric].mean()
+            m_lv = done[done[axis] == lv][metric].mean()
             diffs, diff = None, np.array([m_lv - m_ref])
         if len(diff) >= 2:
             m, lo, hi, n = mean_ci(diff)
             lines.append(
                 f"Switching {axis} from {ref} to {lv} changed {label} by {m:+.3f} on average "
                 f"(95% CI {lo:+.3f} to {hi:+.3f}, n = {n} matched pairs; means {_fmt(m_ref)} vs "
-                f"{_fmt(m_lv)}); {_verdict(lo, hi)}; {_sign_count(diff, label)}."
+                f"{_fmt(m_lv)} over those pairs); {_verdict(lo, hi)}; {_sign_count(diff, label)}."
             )
+        elif len(diff) == 1:
+            where = "the one matched pair" if piv is not None else "the one cell of each"
+            lines.append(f"{label} was {_fmt(m_ref)} with {axis}={ref} and {_fmt(m_lv)} with {axis}={lv} in "
+                         f"{where} ({diff[0]:+.3f}): too few for a CI.")
         else:
-            lines.append(f"{label} was {_fmt(m_ref)} with {axis}={ref} and {_fmt(m_lv)} with {axis}={lv} "
-                         f"({len(diff)} matched pair(s): too few for a CI).")
+            lines.append(f"No finished cell with {axis}={lv} has a counterpart with {axis}={ref} at the same "
+                         f"{', '.join(match)}: not compared.")
         if diffs is None or len(diff) == 0:
             continue
         for o in others:
