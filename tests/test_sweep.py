@@ -702,3 +702,25 @@ def test_summary_level_means_are_those_of_the_matched_pairs():
     none = t[((t["data.n_samples"] == 100) & (t["seed"] == 0)) | ((t["data.n_samples"] == 20000) & (t["seed"] == 1))]
     assert "has a counterpart with data.n_samples=100 at the same data.dim, seed: not compared" in \
         sw.summarize(none, ["data.n_samples", "data.dim", "seed"])
+
+
+def test_summary_states_no_trend_when_one_level_is_left():
+    """A condition whose cells are readable at one level of a numeric axis only (the others
+    unresolved) gets no 'fell from X at d=2 to X at d=2' trend line and no undefined Spearman ρ."""
+    import warnings
+
+    rows = []
+    for d in (2, 8, 32):
+        for loss, de in (("dmd", 0.1 * d ** 0.5), ("reg", 0.007)):
+            for s in (0, 1):
+                ok = loss == "dmd" or d == 2
+                rows.append({"cell": f"{d}-{loss}-{s}", "data.dim": d, "loss": loss, "seed": s,
+                             "status": "finished", "message": "", "step": 10, "n_eval": 100, "wall_s": 1.0,
+                             "delta_e": de + 0.001 * s, "delta_e_lo": de - 0.001, "delta_e_hi": de + 0.002,
+                             "delta_e_valid": ok, "verdict": "partial" if ok else "unresolved", "run_dir": ""})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = sw.summarize(pd.DataFrame(rows), ["data.dim", "loss", "seed"])
+    assert "ΔE is readable only at data.dim=2 [loss=reg]: 0.007" in text and "no trend over data.dim" in text
+    assert "[loss=reg]; Spearman" not in text and "ρ = nan" not in text
+    assert "at data.dim=32 [loss=dmd]; Spearman ρ = 0.956 over 6 cells" in text

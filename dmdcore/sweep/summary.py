@@ -136,6 +136,10 @@ def _trend_lines(done: pd.DataFrame, axis: str, others: list[str], metric: str, 
         if others:
             gkey = gkey if isinstance(gkey, tuple) else (gkey,)
             cond = " [" + ", ".join(f"{o}={v}" for o, v in zip(others, gkey)) + "]"
+        if len(g) < 2:  # the other levels' cells were all left out: no trend to state
+            lines.append(f"{label} is readable only at {axis}={a[axis]:g}{cond}: "
+                         f"{_fmt_ci(a['mean'], a['ci_low'], a['ci_high'], int(a['n']))}; no trend over {axis}.")
+            continue
         cells = done
         for o, v in zip(others, gkey if others else ()):
             cells = cells[cells[o] == v]
@@ -233,8 +237,8 @@ def _per_level_lines(done: pd.DataFrame, diffs: pd.Series, axis: str, ref, lv, o
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3:
-        return math.nan
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return math.nan  # too few points, or a constant input: ρ is not defined
     from scipy import stats
 
     r = stats.spearmanr(x[ok], y[ok]).statistic
