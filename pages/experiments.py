@@ -360,7 +360,7 @@ def claims_panel() -> None:
     """The study's claims against the newest full-size sweep of each preset (ui/claims.py)."""
     st.caption("Each claim of the study, the preset that tests it, what the newest non-quick sweep of that "
                "preset measured (converged cells only) and a status: supported, contradicted or inconclusive. "
-               "Also in docs/experiments.md (scripts/preset_report.py --board).")
+               "Also in docs/experiments.md (scripts/preset_report.py --board --shipped).")
     render_board(sweeps_root())
 
 
