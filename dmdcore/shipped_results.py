@@ -158,4 +158,6 @@ def describe(meta: dict) -> str:
         parts.append(f"{meta['wall_s']:.0f} s wall")
     if meta.get("commit"):
         parts.append(f"commit {str(meta['commit'])[:7]}")
+    if meta.get("note"):
+        parts.append(str(meta["note"]))
     return ", ".join(parts)

@@ -148,8 +148,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("dirs", nargs="*", type=Path, help="sweep directories (python -m dmdcore sweep --out DIR)")
     ap.add_argument("--export", type=Path, metavar="OUT.json",
                     help="write the one sweep directory's results table to OUT.json (dmdcore.shipped_results)")
-    ap.add_argument("--time", type=Path, metavar="FILE",
-                    help="with --export: the sweep's `/usr/bin/time -f \"%%U %%S %%e\"` output (CPU and wall seconds)")
+    ap.add_argument("--time", type=Path, metavar="FILE", action="append", default=[],
+                    help="with --export: the sweep's `/usr/bin/time -f \"%%U %%S %%e\"` output (CPU and wall seconds); "
+                         "give it once per segment of a resumed sweep and the times add up")
+    ap.add_argument("--wall-only", type=float, metavar="SECONDS", action="append", default=[],
+                    help="with --export: a segment of a resumed sweep whose wall time is known (e.g. from its start "
+                         "and stop timestamps) but not its CPU time; it adds to the wall time and leaves CPU unknown")
+    ap.add_argument("--note", default="", help="with --export: a short note stored with the results (e.g. how it was run)")
     ap.add_argument("--commit", help="with --export: the commit of the code that ran the sweep (default: this checkout's)")
     args = ap.parse_args(argv)
     if args.shipped and not args.board:
@@ -163,15 +168,22 @@ def main(argv: list[str]) -> int:
         if len(args.dirs) != 1:
             ap.error("--export takes exactly one sweep directory")
         wall = cpu = None
-        if args.time:
+        for t in args.time:
             try:
-                user, system, wall = (float(x) for x in args.time.read_text().split()[-3:])
+                user, system, elapsed = (float(x) for x in t.read_text().split()[-3:])
             except ValueError:
-                ap.error(f"--time {args.time}: expected the three numbers 'user sys elapsed'")
-            cpu = user + system
+                ap.error(f"--time {t}: expected the three numbers 'user sys elapsed'")
+            wall, cpu = (wall or 0.0) + elapsed, (cpu or 0.0) + user + system
+        for w in args.wall_only:
+            if not w > 0:
+                ap.error(f"--wall-only {w}: expected a positive number of seconds")
+            wall = (wall or 0.0) + w
+        if args.wall_only:
+            cpu = None  # one segment's CPU time is unknown, so the total is too
         from dmdcore import shipped_results
 
-        meta = shipped_results.export(args.dirs[0], args.export, wall_s=wall, cpu_s=cpu, commit=args.commit)
+        meta = shipped_results.export(args.dirs[0], args.export, wall_s=wall, cpu_s=cpu, commit=args.commit,
+                                      note=args.note)
         print(f"{args.export}: {shipped_results.describe(meta)}")
         return 0
     if args.board:

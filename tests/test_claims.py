@@ -186,6 +186,19 @@ def test_board_reads_the_newest_full_size_sweep_of_a_preset(tmp_path):
     assert meta["preset"] == "dimension" and meta["cells"] == 2 and meta["wall_s"] == 581.25
     assert meta["cpu_s"] == 717.0 and "run_dir" not in loaded
     assert claims.claim_board({"dimension": loaded}) == claims.claim_board(tables)
+    # a resumed sweep: its segments' times add up; a segment without CPU time leaves CPU unknown
+    (tmp_path / "time2.txt").write_text("100.0 0.5 90.0\n")
+    both = ["--time", str(tmp_path / "time.txt"), "--time", str(tmp_path / "time2.txt")]
+    assert mod.main(["--export", str(tmp_path / "two.json"), *both, str(tmp_path / "dim")]) == 0
+    meta2 = sr.load(tmp_path / "two.json")[1]
+    assert meta2["wall_s"] == 671.25 and meta2["cpu_s"] == 817.5
+    assert mod.main(["--export", str(tmp_path / "three.json"), *both, "--wall-only", "300",
+                     "--note", "resumed twice", str(tmp_path / "dim")]) == 0
+    meta3 = sr.load(tmp_path / "three.json")[1]
+    assert meta3["wall_s"] == 971.25 and meta3["cpu_s"] is None and meta3["note"] == "resumed twice"
+    assert "971 s wall" in sr.describe(meta3) and sr.describe(meta3).endswith(", resumed twice")
+    with pytest.raises(SystemExit):
+        mod.main(["--export", str(tmp_path / "four.json"), "--wall-only", "-1", str(tmp_path / "dim")])
     fresh, sources = claims.tables_with_sources(tmp_path / "nothing-here", ship)
     assert set(fresh) == {"dimension"} and sources["dimension"].startswith("shipped run of `dimension`")
     assert "581 s wall" in sources["dimension"]
