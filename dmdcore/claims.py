@@ -27,6 +27,8 @@ a table without that column was made by older code and is not read. Tests, per c
   overlapping extremes → inconclusive.
 * **freedom** (teacher-initialised students copy more): paired difference ΔE(teacher-init) −
   ΔE(random-full); supported when its CI lies below 0, contradicted when above, else inconclusive.
+  The reason names the dimensions where no pair could be read and why (their random-full students
+  not converged, or converged with ΔE not readable).
 """
 
 from __future__ import annotations
@@ -258,18 +260,41 @@ def _convergence(done: pd.DataFrame):
     return ans, controls, "inconclusive", "the extreme levels' CIs overlap"
 
 
-def _freedom(done: pd.DataFrame):
+def _freedom(done: pd.DataFrame, table: pd.DataFrame | None = None):
     ref = "random-full" if (done["student"] == "random-full").any() else "random-init"
-    m, lo, hi, n = mean_ci(_paired(done, "student", "teacher-init", ref).to_numpy(float))
+    diff = _paired(done, "student", "teacher-init", ref)
+    m, lo, hi, n = mean_ci(diff.to_numpy(float))
     ans = f"ΔE(teacher-init) − ΔE({ref}): {_fmt(m, lo, hi, n)} {_pairs(n)}"
     controls = _controls(done)
+    where = _unpaired_dims(diff, done, table, ref)
     if n < 2 or not math.isfinite(lo):
-        return ans, controls, "inconclusive", "fewer than 2 converged pairs"
+        return ans, controls, "inconclusive", "fewer than 2 converged pairs" + where
     if hi < 0:
-        return ans, controls, "supported", "the 95% CI lies below 0"
+        return ans, controls, "supported", "the 95% CI lies below 0" + where
     if lo > 0:
-        return ans, controls, "contradicted", "teacher-initialised students copy less"
-    return ans, controls, "inconclusive", "the CI contains 0"
+        return ans, controls, "contradicted", "teacher-initialised students copy less" + where
+    return ans, controls, "inconclusive", "the CI contains 0" + where
+
+
+def _unpaired_dims(diff: pd.Series, done: pd.DataFrame, table: pd.DataFrame | None, ref: str) -> str:
+    """Where the paired test could not look: the dimensions with a readable teacher-init cell but
+    no pair, and why the ``ref`` students there are out (not converged, or ΔE not readable), so a
+    reader sees that an answer from low d says nothing about high d."""
+    if "data.dim" not in done.columns or "data.dim" not in (diff.index.names or []):
+        return ""
+    paired = set(diff.index.get_level_values("data.dim"))
+    missing = sorted(set(done.loc[done["student"] == "teacher-init", "data.dim"]) - paired)
+    if not missing:
+        return ""
+    dims = lambda ds: ", ".join(f"d={d:g}" for d in ds)  # noqa: E731
+    out = f"; pairs only at {dims(sorted(paired))}" if paired else "; no pairs"
+    out += f"; no converged {ref} student with a readable ΔE at {dims(missing)}"
+    if table is not None and {"student", "data.dim", "converged", "status"} <= set(table.columns):
+        there = table[(table["student"] == ref) & table["data.dim"].isin(missing)]
+        not_conv = int(((there["status"] != "finished") | (there["converged"] != 1)).sum())
+        unread = len(there) - not_conv
+        out += f" ({not_conv} not converged, {unread} converged with ΔE not readable)"
+    return out
 
 
 _TESTS = {"dimension": _dimension, "gan": _gan, "memorization": _memorization,
@@ -288,6 +313,8 @@ def claim_board(tables: dict) -> list[BoardRow]:
         if c.key == "memorization":  # its power check reads every converged cell, readable or not
             conv = table[(table["status"] == "finished") & (table["converged"] == 1)]
             ans, controls, status, reason = _memorization(done, conv)
+        elif c.key == "freedom":  # says why the dimensions without a pair have none
+            ans, controls, status, reason = _freedom(done, table)
         else:
             ans, controls, status, reason = _TESTS[c.key](done)
         rows.append(BoardRow(c.text, c.preset, ans, controls, status, reason))

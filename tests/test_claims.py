@@ -124,6 +124,18 @@ def test_freedom_and_convergence_claims():
     f["verdict_basis"] = f["verdict"] + " because …"
     row = {r.preset: r for r in claims.claim_board({"freedom": f})}["freedom"]
     assert row.status == "supported" and "n = 3 pairs" in row.answer
+    assert "pairs only" not in row.reason  # one dimension, all paired: nothing to add
+    # as measured in freedom:full: pairs only at d = 2; at d = 64 the random-full students did not
+    # converge (2) or converged with a ΔE that cannot be read (1) — the reason says so
+    lo = f.assign(**{"data.dim": 2})
+    hi = f.assign(**{"data.dim": 64}, cell=f["cell"] + "-64")
+    rf = hi["student"] == "random-full"
+    hi.loc[rf, "converged"] = [0, 0, 1]
+    hi.loc[rf, "verdict"] = "invalid"
+    row = {r.preset: r for r in claims.claim_board({"freedom": pd.concat([lo, hi], ignore_index=True)})}["freedom"]
+    assert row.status == "supported" and "n = 3 pairs" in row.answer
+    assert row.reason.endswith("pairs only at d=2; no converged random-full student with a readable ΔE at d=64 "
+                               "(2 not converged, 1 converged with ΔE not readable)")
     c = _table("teacher.steps", [50, 200, 800], lambda s: 1.0 / np.log(s), extra={})
     c["w2_teacher_data"] = 1.0
     assert _status({"convergence": c})["convergence"][0] == "supported"
